@@ -1,0 +1,256 @@
+//! Configuration: `certgate.yaml` → [`file::FileConfig`] (serde, `deny_unknown_fields`,
+//! with line numbers) → validated runtime [`Config`].
+//!
+//! Everything that can be checked without binding a socket is checked here: files exist and
+//! parse, keys match certificates, addresses do not clash, values are in range. Every error
+//! names the file, the line (when the key is in the file) and the dotted key, so an operator
+//! can fix it without reading code. The TLS module turns the loaded material into rustls
+//! types; nothing here binds or spawns.
+
+pub mod file;
+pub mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+pub use file::load;
+
+/// A configuration error, always pointing at the file and key it comes from.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{}: {key}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// 1-based line of the key in the file, when the key is written there.
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `client_auth.trusted_cas[1]`; `(file)` for whole-file problems.
+    pub key: String,
+    pub message: String,
+}
+
+/// Where the account id of a client certificate comes from, tried in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountSource {
+    SanUri,
+    SanEmail,
+    SubjectCn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMode {
+    /// A connection without a certificate completes (enrollment and public paths work).
+    Optional,
+    /// The handshake fails without a certificate.
+    Required,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMinVersion {
+    Tls12,
+    Tls13,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    FailClosed,
+    ServeStale,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A PEM file loaded and parsed at validation time. Keeping the parsed DER here means the
+/// TLS module never re-reads a file that might have changed since it was validated.
+#[derive(Clone)]
+pub struct PemCerts {
+    pub path: PathBuf,
+    pub certs: Vec<CertificateDer<'static>>,
+}
+
+impl std::fmt::Debug for PemCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PemCerts({}, {} certs)", self.path.display(), self.certs.len())
+    }
+}
+
+/// A private key; `Debug` never prints the key material.
+pub struct SecretKey {
+    pub path: PathBuf,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for SecretKey {
+    fn clone(&self) -> Self {
+        Self { path: self.path.clone(), key: self.key.clone_key() }
+    }
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKey({}, ...)", self.path.display())
+    }
+}
+
+#[derive(Clone)]
+pub struct Crl {
+    pub path: PathBuf,
+    pub der: CertificateRevocationListDer<'static>,
+    /// Revoked serials (lowercase hex, see [`crate::identity::serial_hex`]) with the raw
+    /// issuer name they belong to, for the per-request check on resumed sessions.
+    pub revoked: Vec<(Vec<u8>, String)>,
+    /// `nextUpdate` as unix seconds, when present.
+    pub next_update: Option<i64>,
+}
+
+impl std::fmt::Debug for Crl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Crl({}, {} revoked)", self.path.display(), self.revoked.len())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Server chain, leaf first.
+    pub cert: PemCerts,
+    pub key: SecretKey,
+    pub min_version: TlsMinVersion,
+    pub session_resumption: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientAuthConfig {
+    pub mode: ClientAuthMode,
+    /// Every configured client CA file; the enrollment CA is added by the TLS module.
+    pub trusted_cas: Vec<PemCerts>,
+    pub crls: Vec<Crl>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub account_from: Vec<AccountSource>,
+    pub uri_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `http://` or `https://` base; its path (if any) is prefixed to forwarded paths.
+    pub url: http::Uri,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutesConfig {
+    /// Normalised public prefixes: leading `/`, no trailing `/` (except the root `/`).
+    pub public: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeadersConfig {
+    pub xfcc: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub ttl: Duration,
+    pub max_entries: u64,
+}
+
+#[derive(Debug, Clone)]
+pub enum StateBackend {
+    /// redb file store at this path.
+    Embedded { path: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub backend: StateBackend,
+    pub cache: CacheConfig,
+    pub on_error: OnError,
+    pub max_stale: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct EnrollmentConfig {
+    pub enabled: bool,
+    pub ca_cert: PemCerts,
+    pub ca_key: SecretKey,
+    pub validity: Duration,
+    pub ticket_ttl: Duration,
+    /// Base of the enroll_url handed out, without a trailing slash.
+    pub public_url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub idle_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
+    /// `None` = unlimited.
+    pub max_connection_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive, e.g. `info` or `certgate=debug,info`.
+    pub level: String,
+    pub access: bool,
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was loaded from.
+    pub source: PathBuf,
+    pub listen: SocketAddr,
+    pub server_names: Vec<String>,
+    pub tls: TlsConfig,
+    pub client_auth: ClientAuthConfig,
+    pub identity: IdentityConfig,
+    pub upstream: UpstreamConfig,
+    pub routes: RoutesConfig,
+    pub headers: HeadersConfig,
+    pub state: StateConfig,
+    /// `None` when `enrollment.enabled: false`.
+    pub enrollment: Option<EnrollmentConfig>,
+    pub admin: AdminConfig,
+    pub metrics: MetricsConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+impl Config {
+    /// Loads and validates `path` (see [`file::load`]).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        file::load(path)
+    }
+
+    /// Parses and validates YAML text as if it were the file `path` (relative paths are
+    /// resolved against `path`'s folder). Used by tests and `check-config`.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        file::from_yaml(text, path)
+    }
+}

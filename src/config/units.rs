@@ -1,0 +1,1 @@
+//! (pending) durations and sizes.

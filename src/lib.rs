@@ -1,0 +1,32 @@
+//! certgate: an mTLS auth gateway.
+//!
+//! Module map (dependencies point one way; nothing imports `app` or `cli`):
+//! - [`config`]: YAML → validated runtime [`config::Config`].
+//! - [`identity`]: the typed client identity parsed from the leaf certificate.
+//! - [`metrics`]: every metric handle and name.
+//! - [`gate`]: the pure per-request decision.
+//! - [`state`]: the `StateStore` trait, backends and the read-through cache.
+//! - [`tls`]: rustls server config, client verifier, accept loop.
+//! - [`pages`]: refusal pages (HTML for browsers, JSON otherwise).
+//! - [`proxy`]: per-request handling and forwarding upstream.
+//! - [`ticket`]: enrollment ticket generation and hashing.
+//! - [`ca`]: certificate issuing and the development PKI.
+//! - [`admin`]: the admin API, health probes and `/metrics`.
+//! - [`admin_client`]: the `certgate admin …` HTTP client.
+//! - [`app`]: wires everything from a `Config`, binds, serves, drains.
+//! - [`cli`]: the `certgate` command line.
+
+pub mod admin;
+pub mod admin_client;
+pub mod app;
+pub mod ca;
+pub mod cli;
+pub mod config;
+pub mod gate;
+pub mod identity;
+pub mod metrics;
+pub mod pages;
+pub mod proxy;
+pub mod state;
+pub mod ticket;
+pub mod tls;

@@ -1,0 +1,282 @@
+//! Every Prometheus metric certgate exports: names live here and nowhere else.
+//!
+//! One [`Metrics`] value holds the handles; it is built once by `app`, registered in one
+//! registry, and passed (cloned: the handles are `Arc`s inside) to whoever counts. The
+//! `/metrics` endpoint that encodes it is served by `admin`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Metric names, without the `_total` suffix prometheus-client appends to counters.
+pub mod names {
+    pub const REQUESTS: &str = "certgate_requests";
+    pub const REQUEST_DURATION: &str = "certgate_request_duration_seconds";
+    pub const UPSTREAM_DURATION: &str = "certgate_upstream_duration_seconds";
+    pub const UPSTREAM_ERRORS: &str = "certgate_upstream_errors";
+    pub const TLS_HANDSHAKES: &str = "certgate_tls_handshakes";
+    pub const CONNECTIONS_ACTIVE: &str = "certgate_connections_active";
+    pub const CONNECTIONS_REFUSED: &str = "certgate_connections_refused";
+    pub const STATE_CACHE: &str = "certgate_state_cache";
+    pub const STATE_STORE_ERRORS: &str = "certgate_state_store_errors";
+    pub const STATE_STORE_UP: &str = "certgate_state_store_up";
+    pub const ENROLLMENTS: &str = "certgate_enrollments";
+    pub const CONFIG_RELOADS: &str = "certgate_config_reloads";
+    pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "certgate_config_last_reload_success";
+    pub const CLIENT_CERT_NOT_AFTER: &str = "certgate_client_cert_not_after_seconds";
+    pub const CRL_NEXT_UPDATE: &str = "certgate_crl_next_update_seconds";
+    pub const ADMIN_REQUESTS: &str = "certgate_admin_requests";
+}
+
+/// The per-request decision, also the `decision` label and the refusal's `error` token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DecisionLabel {
+    allowed,
+    public,
+    own,
+    no_cert,
+    revoked,
+    reset,
+    expired,
+    store_unavailable,
+    misdirected,
+    bad_request,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub decision: DecisionLabel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum UpstreamErrorKind {
+    connect,
+    timeout,
+    protocol,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub kind: UpstreamErrorKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum HandshakeResult {
+    ok,
+    failed,
+    timeout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Resumed {
+    yes,
+    no,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub result: HandshakeResult,
+    pub resumed: Resumed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum CacheResult {
+    hit,
+    miss,
+    stale,
+    error,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub result: CacheResult,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    success,
+    failure,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub result: Outcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdminLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+/// Handles to every metric. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    pub requests: Family<DecisionLabels, Counter>,
+    pub request_duration: Histogram,
+    pub upstream_duration: Histogram,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub tls_handshakes: Family<HandshakeLabels, Counter>,
+    pub connections_active: Gauge,
+    pub connections_refused: Counter,
+    pub state_cache: Family<CacheLabels, Counter>,
+    pub state_store_errors: Counter,
+    pub state_store_up: Gauge,
+    pub enrollments: Family<OutcomeLabels, Counter>,
+    pub config_reloads: Family<OutcomeLabels, Counter>,
+    pub config_last_reload_success: Gauge,
+    pub client_cert_not_after: Histogram,
+    pub crl_next_update: Gauge,
+    pub admin_requests: Family<AdminLabels, Counter>,
+    registry: Arc<Registry>,
+}
+
+impl Metrics {
+    /// Builds every handle and registers it in a fresh registry.
+    pub fn new() -> Self {
+        use names::*;
+        let mut r = Registry::default();
+        let requests = Family::<DecisionLabels, Counter>::default();
+        r.register(REQUESTS, "Requests by gate decision", requests.clone());
+        let request_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        r.register(
+            REQUEST_DURATION,
+            "Time from request head to response head",
+            request_duration.clone(),
+        );
+        let upstream_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        r.register(
+            UPSTREAM_DURATION,
+            "Time waiting for the upstream's response head",
+            upstream_duration.clone(),
+        );
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        r.register(UPSTREAM_ERRORS, "Upstream failures by kind", upstream_errors.clone());
+        let tls_handshakes = Family::<HandshakeLabels, Counter>::default();
+        r.register(TLS_HANDSHAKES, "TLS handshakes by result", tls_handshakes.clone());
+        let connections_active = Gauge::default();
+        r.register(CONNECTIONS_ACTIVE, "Open client connections", connections_active.clone());
+        let connections_refused = Counter::default();
+        r.register(
+            CONNECTIONS_REFUSED,
+            "Connections closed at once because limits.max_connections was reached",
+            connections_refused.clone(),
+        );
+        let state_cache = Family::<CacheLabels, Counter>::default();
+        r.register(STATE_CACHE, "State cache lookups by result", state_cache.clone());
+        let state_store_errors = Counter::default();
+        r.register(STATE_STORE_ERRORS, "Failed state store calls", state_store_errors.clone());
+        let state_store_up = Gauge::default();
+        r.register(
+            STATE_STORE_UP,
+            "1 when the last state store call succeeded",
+            state_store_up.clone(),
+        );
+        let enrollments = Family::<OutcomeLabels, Counter>::default();
+        r.register(ENROLLMENTS, "Enrollment attempts by result", enrollments.clone());
+        let config_reloads = Family::<OutcomeLabels, Counter>::default();
+        r.register(CONFIG_RELOADS, "Configuration reloads by result", config_reloads.clone());
+        let config_last_reload_success = Gauge::default();
+        r.register(
+            CONFIG_LAST_RELOAD_SUCCESS,
+            "1 when the last configuration (re)load succeeded",
+            config_last_reload_success.clone(),
+        );
+        let client_cert_not_after = Histogram::new(
+            [
+                3600.0, 86400.0, 604800.0, 2592000.0, 7776000.0, 15552000.0, 31536000.0,
+                63072000.0,
+            ]
+            .into_iter(),
+        );
+        r.register(
+            CLIENT_CERT_NOT_AFTER,
+            "Remaining lifetime of client certificates seen at the handshake",
+            client_cert_not_after.clone(),
+        );
+        let crl_next_update = Gauge::default();
+        r.register(
+            CRL_NEXT_UPDATE,
+            "Seconds until the earliest nextUpdate of the configured CRLs (negative: expired)",
+            crl_next_update.clone(),
+        );
+        let admin_requests = Family::<AdminLabels, Counter>::default();
+        r.register(ADMIN_REQUESTS, "Admin API requests", admin_requests.clone());
+        Metrics {
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_errors,
+            tls_handshakes,
+            connections_active,
+            connections_refused,
+            state_cache,
+            state_store_errors,
+            state_store_up,
+            enrollments,
+            config_reloads,
+            config_last_reload_success,
+            client_cert_not_after,
+            crl_next_update,
+            admin_requests,
+            registry: Arc::new(r),
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn count_decision(&self, decision: DecisionLabel) {
+        self.requests.get_or_create(&DecisionLabels { decision }).inc();
+    }
+
+    pub fn count_cache(&self, result: CacheResult) {
+        self.state_cache.get_or_create(&CacheLabels { result }).inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_exported_with_design_names() {
+        let m = Metrics::new();
+        m.count_decision(DecisionLabel::revoked);
+        m.count_cache(CacheResult::hit);
+        m.tls_handshakes
+            .get_or_create(&HandshakeLabels { result: HandshakeResult::ok, resumed: Resumed::yes })
+            .inc();
+        let text = m.encode();
+        assert!(text.contains("certgate_requests_total{decision=\"revoked\"} 1"), "{text}");
+        assert!(text.contains("certgate_state_cache_total{result=\"hit\"} 1"), "{text}");
+        assert!(
+            text.contains("certgate_tls_handshakes_total{result=\"ok\",resumed=\"yes\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("certgate_connections_active"), "{text}");
+        assert!(text.contains("certgate_state_store_up"), "{text}");
+    }
+}

@@ -1,0 +1,192 @@
+//! Shared state: revocations, account generations and resets, the issued-certificate
+//! registry and enrollment tickets.
+//!
+//! [`StateStore`] is the one interface; `embedded.rs` (redb, the zero-setup default) is a
+//! backend, and `cache.rs` puts a moka read-through cache in front of any backend. Request
+//! handlers and the admin API see `Arc<dyn StateStore>` / [`cache::StateCache`], never a
+//! concrete backend: only `app` names one.
+
+pub mod cache;
+pub mod embedded;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::Serialize;
+
+/// A boxed future, so the trait stays object-safe (`Arc<dyn StateStore>`).
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Unix seconds.
+pub type UnixTime = i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend could not be reached or failed; the state is unknown.
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+    /// The stored data could not be decoded (a bug or a corrupted store).
+    #[error("state store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The per-account record (`acct:<account>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountState {
+    pub account: String,
+    /// Starts at 1; `reset` increments it. Certificates of an older generation are refused.
+    pub generation: u64,
+    pub two_factor: bool,
+    pub created_at: UnixTime,
+    /// Time of the last reset; certificates not issued by the enrollment CA whose
+    /// `notBefore` is earlier are refused. `None` if never reset.
+    pub reset_at: Option<UnixTime>,
+}
+
+/// RFC 5280 revocation reasons, by their RFC names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RevocationReason {
+    Unspecified,
+    KeyCompromise,
+    CaCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+    CertificateHold,
+    RemoveFromCrl,
+    PrivilegeWithdrawn,
+    AaCompromise,
+}
+
+impl RevocationReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::KeyCompromise => "keyCompromise",
+            Self::CaCompromise => "cACompromise",
+            Self::AffiliationChanged => "affiliationChanged",
+            Self::Superseded => "superseded",
+            Self::CessationOfOperation => "cessationOfOperation",
+            Self::CertificateHold => "certificateHold",
+            Self::RemoveFromCrl => "removeFromCRL",
+            Self::PrivilegeWithdrawn => "privilegeWithdrawn",
+            Self::AaCompromise => "aACompromise",
+        }
+    }
+
+    /// Parses the RFC 5280 name (case-insensitive, so `cACompromise` and `caCompromise`
+    /// both work).
+    pub fn parse(s: &str) -> Option<Self> {
+        const ALL: [RevocationReason; 10] = [
+            RevocationReason::Unspecified,
+            RevocationReason::KeyCompromise,
+            RevocationReason::CaCompromise,
+            RevocationReason::AffiliationChanged,
+            RevocationReason::Superseded,
+            RevocationReason::CessationOfOperation,
+            RevocationReason::CertificateHold,
+            RevocationReason::RemoveFromCrl,
+            RevocationReason::PrivilegeWithdrawn,
+            RevocationReason::AaCompromise,
+        ];
+        ALL.into_iter().find(|r| r.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+/// A revocation (`revoked:<serial>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Revocation {
+    /// Lowercase hex serial.
+    pub serial: String,
+    pub reason: RevocationReason,
+    pub revoked_at: UnixTime,
+    /// The certificate's `notAfter` when known; the record may be dropped after it.
+    pub not_after: Option<UnixTime>,
+}
+
+/// A certificate certgate has seen or issued (`cert:<serial>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertRecord {
+    pub serial: String,
+    pub account: String,
+    pub generation: u64,
+    pub fingerprint: String,
+    pub not_after: UnixTime,
+    pub issued_at: UnixTime,
+}
+
+/// An enrollment ticket as stored: only the hash of the ticket string is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketRecord {
+    /// Hex SHA-256 of the ticket string.
+    pub hash: String,
+    pub account: String,
+    pub generation: u64,
+    pub expires_at: UnixTime,
+}
+
+/// The storage contract. Every write is durable when its future resolves. All methods are
+/// cancel-safe from the caller's point of view (a dropped future either did the whole
+/// write or none of it).
+pub trait StateStore: Send + Sync + 'static {
+    /// A cheap round trip; `Ok` means the store answers.
+    fn ping(&self) -> BoxFut<'_, Result<(), StoreError>>;
+
+    fn account(&self, account: &str) -> BoxFut<'_, Result<Option<AccountState>, StoreError>>;
+
+    /// Sets `two_factor`, creating the record (generation 1) if there is none.
+    fn enable_two_factor(
+        &self,
+        account: &str,
+        now: UnixTime,
+    ) -> BoxFut<'_, Result<AccountState, StoreError>>;
+
+    /// generation + 1 (creating the record at generation 2 if there is none — a reset is
+    /// meant to invalidate whatever certificates already exist), `reset_at = now`, and
+    /// every open ticket of the account voided.
+    fn reset_account(
+        &self,
+        account: &str,
+        now: UnixTime,
+    ) -> BoxFut<'_, Result<AccountState, StoreError>>;
+
+    fn revocation(&self, serial: &str) -> BoxFut<'_, Result<Option<Revocation>, StoreError>>;
+
+    /// Idempotent: revoking a revoked serial keeps the first record and returns it.
+    fn revoke(&self, revocation: Revocation) -> BoxFut<'_, Result<Revocation, StoreError>>;
+
+    /// Every revocation still on record (for the CRL and the admin API).
+    fn revocations(&self) -> BoxFut<'_, Result<Vec<Revocation>, StoreError>>;
+
+    fn record_certificate(&self, cert: CertRecord) -> BoxFut<'_, Result<(), StoreError>>;
+
+    fn certificate(&self, serial: &str) -> BoxFut<'_, Result<Option<CertRecord>, StoreError>>;
+
+    fn certificates_of(&self, account: &str) -> BoxFut<'_, Result<Vec<CertRecord>, StoreError>>;
+
+    fn put_ticket(&self, ticket: TicketRecord) -> BoxFut<'_, Result<(), StoreError>>;
+
+    /// Atomically removes and returns the ticket if it exists and has not expired at `now`.
+    /// Of two racing calls for one hash, exactly one gets `Some`.
+    fn consume_ticket(
+        &self,
+        hash: &str,
+        now: UnixTime,
+    ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>>;
+
+    /// Returns the next CRL number (strictly increasing, persisted).
+    fn next_crl_number(&self) -> BoxFut<'_, Result<u64, StoreError>>;
+
+    /// Drops expired tickets and revocations whose certificate expired before `now`.
+    /// Returns how many records were removed.
+    fn sweep(&self, now: UnixTime) -> BoxFut<'_, Result<u64, StoreError>>;
+}
+
+/// Current unix time in seconds.
+pub fn now() -> UnixTime {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
