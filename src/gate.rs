@@ -95,7 +95,9 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
         return Err(PathError::NotAbsolute);
     }
     let bytes = path.as_bytes();
-    let needs_work = bytes.iter().any(|&b| b == b'%' || b == b'\\' || b < 0x20 || b == 0x7f)
+    let needs_work = bytes
+        .iter()
+        .any(|&b| b == b'%' || b == b'\\' || b < 0x20 || b == 0x7f)
         || path.contains("/./")
         || path.contains("//")
         || path.contains("/../")
@@ -237,7 +239,9 @@ pub fn host_matches_sni(host: Option<&str>, sni: Option<&str>) -> bool {
     };
     let host = strip_port(host);
     host.eq_ignore_ascii_case(sni.trim_end_matches('.'))
-        || host.trim_end_matches('.').eq_ignore_ascii_case(sni.trim_end_matches('.'))
+        || host
+            .trim_end_matches('.')
+            .eq_ignore_ascii_case(sni.trim_end_matches('.'))
 }
 
 fn strip_port(host: &str) -> &str {
@@ -258,7 +262,12 @@ mod tests {
     use crate::state::{AccountState, Revocation, RevocationReason};
     use http::HeaderValue;
 
-    fn ident(enroll: bool, generation: Option<u64>, not_before: i64, not_after: i64) -> ClientIdentity {
+    fn ident(
+        enroll: bool,
+        generation: Option<u64>,
+        not_before: i64,
+        not_after: i64,
+    ) -> ClientIdentity {
         let hv = HeaderValue::from_static("x");
         ClientIdentity {
             account: Some("alice".into()),
@@ -308,7 +317,10 @@ mod tests {
 
     #[test]
     fn no_cert() {
-        assert_eq!(decide_protected(None, None, Facts::default(), NOW), Decision::NoCert);
+        assert_eq!(
+            decide_protected(None, None, Facts::default(), NOW),
+            Decision::NoCert
+        );
     }
 
     #[test]
@@ -318,19 +330,28 @@ mod tests {
             decide_protected(Some(&i), Some(Err(())), Facts::default(), NOW),
             Decision::StoreUnavailable
         );
-        assert_eq!(decide_protected(Some(&i), None, Facts::default(), NOW), Decision::StoreUnavailable);
+        assert_eq!(
+            decide_protected(Some(&i), None, Facts::default(), NOW),
+            Decision::StoreUnavailable
+        );
     }
 
     #[test]
     fn allowed_without_records() {
         let i = ident(false, None, 0, 2_000);
-        assert_eq!(judge(&i, &CertState::default(), Facts::default(), NOW), Decision::Allowed);
+        assert_eq!(
+            judge(&i, &CertState::default(), Facts::default(), NOW),
+            Decision::Allowed
+        );
     }
 
     #[test]
     fn revoked_by_store_and_by_crl() {
         let i = ident(false, None, 0, 2_000);
-        let s = CertState { revocation: Some(revoked()), account: None };
+        let s = CertState {
+            revocation: Some(revoked()),
+            account: None,
+        };
         assert_eq!(judge(&i, &s, Facts::default(), NOW), Decision::Revoked);
         let f = Facts { crl_revoked: true };
         assert_eq!(judge(&i, &CertState::default(), f, NOW), Decision::Revoked);
@@ -339,7 +360,10 @@ mod tests {
     #[test]
     fn revoked_wins_over_reset_and_expired() {
         let i = ident(true, Some(1), 0, 10);
-        let s = CertState { revocation: Some(revoked()), account: Some(acct(2, Some(500))) };
+        let s = CertState {
+            revocation: Some(revoked()),
+            account: Some(acct(2, Some(500))),
+        };
         assert_eq!(judge(&i, &s, Facts::default(), NOW), Decision::Revoked);
     }
 
@@ -347,7 +371,10 @@ mod tests {
     fn reset_by_generation_for_enrollment_certs() {
         let old = ident(true, Some(1), 900, 2_000);
         let cur = ident(true, Some(2), 0, 2_000);
-        let s = CertState { revocation: None, account: Some(acct(2, Some(950))) };
+        let s = CertState {
+            revocation: None,
+            account: Some(acct(2, Some(950))),
+        };
         assert_eq!(judge(&old, &s, Facts::default(), NOW), Decision::Reset);
         // Current generation passes even though its notBefore precedes reset_at.
         assert_eq!(judge(&cur, &s, Facts::default(), NOW), Decision::Allowed);
@@ -361,20 +388,32 @@ mod tests {
         // A foreign certificate claiming a future generation gets no credit for it.
         let before = ident(false, Some(99), 900, 2_000);
         let after = ident(false, None, 960, 2_000);
-        let s = CertState { revocation: None, account: Some(acct(2, Some(950))) };
+        let s = CertState {
+            revocation: None,
+            account: Some(acct(2, Some(950))),
+        };
         assert_eq!(judge(&before, &s, Facts::default(), NOW), Decision::Reset);
         assert_eq!(judge(&after, &s, Facts::default(), NOW), Decision::Allowed);
         // Never reset: no reset_at, allowed.
-        let s = CertState { revocation: None, account: Some(acct(1, None)) };
+        let s = CertState {
+            revocation: None,
+            account: Some(acct(1, None)),
+        };
         assert_eq!(judge(&before, &s, Facts::default(), NOW), Decision::Allowed);
     }
 
     #[test]
     fn expired() {
         let i = ident(false, None, 0, NOW - 1);
-        assert_eq!(judge(&i, &CertState::default(), Facts::default(), NOW), Decision::Expired);
+        assert_eq!(
+            judge(&i, &CertState::default(), Facts::default(), NOW),
+            Decision::Expired
+        );
         let i = ident(false, None, 0, NOW);
-        assert_eq!(judge(&i, &CertState::default(), Facts::default(), NOW), Decision::Allowed);
+        assert_eq!(
+            judge(&i, &CertState::default(), Facts::default(), NOW),
+            Decision::Allowed
+        );
     }
 
     #[test]
@@ -406,8 +445,14 @@ mod tests {
         assert_eq!(classify("/static/x.css", &public), Ok(Route::Public));
         assert_eq!(classify("/staticx", &public), Ok(Route::Protected));
         assert_eq!(classify("/%73tatic/x", &public), Ok(Route::Public));
-        assert_eq!(classify("/static/../admin", &public), Err(PathError::DotDot));
-        assert_eq!(classify("/static%2f..%2fadmin", &public), Err(PathError::EncodedSeparator));
+        assert_eq!(
+            classify("/static/../admin", &public),
+            Err(PathError::DotDot)
+        );
+        assert_eq!(
+            classify("/static%2f..%2fadmin", &public),
+            Err(PathError::EncodedSeparator)
+        );
         assert_eq!(classify("/admin", &public), Ok(Route::Protected));
         assert_eq!(classify("/", &public), Ok(Route::Protected));
         assert_eq!(classify("/x", &["/".to_string()]), Ok(Route::Public));
@@ -416,8 +461,14 @@ mod tests {
     #[test]
     fn own_prefix_wins_over_public() {
         let public = vec!["/".to_string()];
-        assert_eq!(classify("/.certgate/enroll", &public), Ok(Route::Own(Cow::Borrowed("/enroll"))));
-        assert_eq!(classify("/.certgate", &public), Ok(Route::Own(Cow::Borrowed(""))));
+        assert_eq!(
+            classify("/.certgate/enroll", &public),
+            Ok(Route::Own(Cow::Borrowed("/enroll")))
+        );
+        assert_eq!(
+            classify("/.certgate", &public),
+            Ok(Route::Own(Cow::Borrowed("")))
+        );
         assert_eq!(
             classify("/%2ecertgate/ca.pem", &public),
             Ok(Route::Own(Cow::Owned("/ca.pem".to_string())))
@@ -428,7 +479,10 @@ mod tests {
     #[test]
     fn host_vs_sni() {
         assert!(host_matches_sni(Some("example.com"), Some("example.com")));
-        assert!(host_matches_sni(Some("EXAMPLE.com:8443"), Some("example.com")));
+        assert!(host_matches_sni(
+            Some("EXAMPLE.com:8443"),
+            Some("example.com")
+        ));
         assert!(!host_matches_sni(Some("other.com"), Some("example.com")));
         assert!(!host_matches_sni(None, Some("example.com")));
         assert!(!host_matches_sni(Some("example.com"), None));

@@ -110,7 +110,10 @@ pub fn serial_hex(raw: &[u8]) -> String {
 /// without a leading `00` sign byte. Returns `None` for anything that is not hex.
 pub fn normalize_serial(input: &str) -> Option<String> {
     let s = input.trim();
-    let s = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
+    let s = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
     let digits: String = s.chars().filter(|c| *c != ':').collect();
     if digits.is_empty() || digits.len() > 128 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
@@ -203,7 +206,9 @@ pub fn parse(der: &[u8], opts: &IdentityOptions) -> Result<ClientIdentity, Ident
     let not_after = cert.validity().not_after.timestamp();
 
     let headers = IdentityHeaders {
-        account: account.as_deref().and_then(|a| HeaderValue::from_str(a).ok()),
+        account: account
+            .as_deref()
+            .and_then(|a| HeaderValue::from_str(a).ok()),
         serial: header(&serial),
         fingerprint: header(&fingerprint),
         subject: header(&subject),
@@ -238,7 +243,13 @@ fn header(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| {
         let cleaned: String = s
             .chars()
-            .map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '?' })
+            .map(|c| {
+                if c.is_ascii() && !c.is_ascii_control() {
+                    c
+                } else {
+                    '?'
+                }
+            })
             .collect();
         HeaderValue::from_str(&cleaned).unwrap_or_else(|_| HeaderValue::from_static(""))
     })
@@ -254,7 +265,10 @@ fn xfcc(fingerprint: &str, subject: &str, uris: &[String], dns: &[String]) -> St
             v.to_string()
         }
     };
-    let mut s = format!("Hash={fingerprint};Subject=\"{}\"", subject.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut s = format!(
+        "Hash={fingerprint};Subject=\"{}\"",
+        subject.replace('\\', "\\\\").replace('"', "\\\"")
+    );
     for u in uris {
         let _ = write!(s, ";URI={}", quote(u));
     }

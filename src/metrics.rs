@@ -162,11 +162,23 @@ impl Metrics {
             upstream_duration.clone(),
         );
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
-        r.register(UPSTREAM_ERRORS, "Upstream failures by kind", upstream_errors.clone());
+        r.register(
+            UPSTREAM_ERRORS,
+            "Upstream failures by kind",
+            upstream_errors.clone(),
+        );
         let tls_handshakes = Family::<HandshakeLabels, Counter>::default();
-        r.register(TLS_HANDSHAKES, "TLS handshakes by result", tls_handshakes.clone());
+        r.register(
+            TLS_HANDSHAKES,
+            "TLS handshakes by result",
+            tls_handshakes.clone(),
+        );
         let connections_active = Gauge::default();
-        r.register(CONNECTIONS_ACTIVE, "Open client connections", connections_active.clone());
+        r.register(
+            CONNECTIONS_ACTIVE,
+            "Open client connections",
+            connections_active.clone(),
+        );
         let connections_refused = Counter::default();
         r.register(
             CONNECTIONS_REFUSED,
@@ -174,9 +186,17 @@ impl Metrics {
             connections_refused.clone(),
         );
         let state_cache = Family::<CacheLabels, Counter>::default();
-        r.register(STATE_CACHE, "State cache lookups by result", state_cache.clone());
+        r.register(
+            STATE_CACHE,
+            "State cache lookups by result",
+            state_cache.clone(),
+        );
         let state_store_errors = Counter::default();
-        r.register(STATE_STORE_ERRORS, "Failed state store calls", state_store_errors.clone());
+        r.register(
+            STATE_STORE_ERRORS,
+            "Failed state store calls",
+            state_store_errors.clone(),
+        );
         let state_store_up = Gauge::default();
         r.register(
             STATE_STORE_UP,
@@ -184,9 +204,17 @@ impl Metrics {
             state_store_up.clone(),
         );
         let enrollments = Family::<OutcomeLabels, Counter>::default();
-        r.register(ENROLLMENTS, "Enrollment attempts by result", enrollments.clone());
+        r.register(
+            ENROLLMENTS,
+            "Enrollment attempts by result",
+            enrollments.clone(),
+        );
         let config_reloads = Family::<OutcomeLabels, Counter>::default();
-        r.register(CONFIG_RELOADS, "Configuration reloads by result", config_reloads.clone());
+        r.register(
+            CONFIG_RELOADS,
+            "Configuration reloads by result",
+            config_reloads.clone(),
+        );
         let config_last_reload_success = Gauge::default();
         r.register(
             CONFIG_LAST_RELOAD_SUCCESS,
@@ -195,8 +223,7 @@ impl Metrics {
         );
         let client_cert_not_after = Histogram::new(
             [
-                3600.0, 86400.0, 604800.0, 2592000.0, 7776000.0, 15552000.0, 31536000.0,
-                63072000.0,
+                3600.0, 86400.0, 604800.0, 2592000.0, 7776000.0, 15552000.0, 31536000.0, 63072000.0,
             ]
             .into_iter(),
         );
@@ -243,11 +270,15 @@ impl Metrics {
     }
 
     pub fn count_decision(&self, decision: DecisionLabel) {
-        self.requests.get_or_create(&DecisionLabels { decision }).inc();
+        self.requests
+            .get_or_create(&DecisionLabels { decision })
+            .inc();
     }
 
     pub fn count_cache(&self, result: CacheResult) {
-        self.state_cache.get_or_create(&CacheLabels { result }).inc();
+        self.state_cache
+            .get_or_create(&CacheLabels { result })
+            .inc();
     }
 }
 
@@ -267,11 +298,20 @@ mod tests {
         m.count_decision(DecisionLabel::revoked);
         m.count_cache(CacheResult::hit);
         m.tls_handshakes
-            .get_or_create(&HandshakeLabels { result: HandshakeResult::ok, resumed: Resumed::yes })
+            .get_or_create(&HandshakeLabels {
+                result: HandshakeResult::ok,
+                resumed: Resumed::yes,
+            })
             .inc();
         let text = m.encode();
-        assert!(text.contains("certgate_requests_total{decision=\"revoked\"} 1"), "{text}");
-        assert!(text.contains("certgate_state_cache_total{result=\"hit\"} 1"), "{text}");
+        assert!(
+            text.contains("certgate_requests_total{decision=\"revoked\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("certgate_state_cache_total{result=\"hit\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("certgate_tls_handshakes_total{result=\"ok\",resumed=\"yes\"} 1"),
             "{text}"

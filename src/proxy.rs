@@ -1,1 +1,617 @@
-//! (pending)
+//! One request: strip client-sent identity headers, classify the path, ask `gate`,
+//! inject certgate's identity headers, forward upstream with the pooled hyper client, and
+//! stream the answer back. One map from failures to status codes ([`UpstreamError`] and
+//! `pages`); details go to the log, never to the client.
+//!
+//! Neighbours: `tls` hands over the connection's identity, `state::cache` answers the
+//! per-request state lookup, `gate` decides, `pages` renders refusals, `app` serves
+//! connections and owns this value.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::config::Config;
+use crate::gate::{self, Decision, Facts, Route};
+use crate::identity::ClientIdentity;
+use crate::metrics::{DecisionLabel, Metrics, UpstreamErrorKind, UpstreamErrorLabels};
+use crate::pages::{self, Page};
+use crate::state::cache::StateCache;
+use crate::tls::TlsMaterial;
+
+/// Response body: the upstream's streamed body, or one certgate wrote itself.
+pub type RespBody = Either<Incoming, Full<Bytes>>;
+
+/// Per-connection facts, computed once after the handshake.
+pub struct ConnInfo {
+    pub identity: Option<Arc<ClientIdentity>>,
+    pub peer: SocketAddr,
+    /// Lower-case SNI, when sent.
+    pub sni: Option<String>,
+    /// The peer's IP as a header value (for `X-Forwarded-For`).
+    pub peer_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(
+        identity: Option<Arc<ClientIdentity>>,
+        peer: SocketAddr,
+        sni: Option<String>,
+    ) -> Self {
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo {
+            identity,
+            peer,
+            sni,
+            peer_ip,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("upstream TLS roots: {0}")]
+    UpstreamTls(std::io::Error),
+    #[error("upstream.url {0} has no host")]
+    UpstreamUrl(String),
+}
+
+/// Why forwarding failed; mapped to 502/504 in one place ([`UpstreamError::page`]).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream connection failed: {0}")]
+    Connect(String),
+    #[error("upstream connection timed out")]
+    ConnectTimeout,
+    #[error("upstream did not answer within upstream.response_timeout")]
+    ResponseTimeout,
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+}
+
+impl UpstreamError {
+    fn page(&self) -> &'static Page {
+        match self {
+            UpstreamError::Connect(_) | UpstreamError::Protocol(_) => &pages::BAD_GATEWAY,
+            UpstreamError::ConnectTimeout | UpstreamError::ResponseTimeout => {
+                &pages::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    fn kind(&self) -> UpstreamErrorKind {
+        match self {
+            UpstreamError::Connect(_) => UpstreamErrorKind::connect,
+            UpstreamError::ConnectTimeout | UpstreamError::ResponseTimeout => {
+                UpstreamErrorKind::timeout
+            }
+            UpstreamError::Protocol(_) => UpstreamErrorKind::protocol,
+        }
+    }
+}
+
+/// The upstream base, split once.
+struct Upstream {
+    scheme: Scheme,
+    authority: Authority,
+    /// Path prefix of `upstream.url` without a trailing `/` (empty for none).
+    base_path: String,
+}
+
+/// Shared by every connection; cheap to call concurrently.
+pub struct Proxy {
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    upstream: Upstream,
+    response_timeout: Duration,
+    public: Vec<String>,
+    check_host: bool,
+    xfcc: bool,
+    log_access: bool,
+    cache: Arc<StateCache>,
+    material: Arc<ArcSwap<TlsMaterial>>,
+    metrics: Metrics,
+    /// `GET /.certgate/ca.pem`: the enrollment CA, when enrollment is on.
+    ca_pem: Option<Bytes>,
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1) plus the legacy ones; never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+static X_CLIENT_ACCOUNT: HeaderName = HeaderName::from_static("x-client-account");
+static X_CLIENT_CERT_SERIAL: HeaderName = HeaderName::from_static("x-client-cert-serial");
+static X_CLIENT_CERT_FINGERPRINT: HeaderName = HeaderName::from_static("x-client-cert-fingerprint");
+static X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
+static X_CLIENT_CERT_NOT_AFTER: HeaderName = HeaderName::from_static("x-client-cert-not-after");
+static CLIENT_CERT: HeaderName = HeaderName::from_static("client-cert");
+static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Whether a client-sent header is one of the identity headers certgate owns: these are
+/// removed from every request, on every route, before anything else looks at it.
+fn is_identity_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n.starts_with("x-client-")
+        || n.starts_with("x-forwarded-")
+        || n == "client-cert"
+        || n == "client-cert-chain"
+        || n == "forwarded"
+}
+
+/// Removes every client-sent identity header. Allocation-free unless one is present.
+pub fn strip_identity_headers(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_identity_header) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_identity_header(n))
+        .cloned()
+        .collect();
+    for n in names {
+        headers.remove(&n);
+    }
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names. Returns the
+/// `Upgrade` header when the message asked for a protocol upgrade.
+fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    let mut upgrade_requested = false;
+    let connection_listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| {
+            let t = t.trim();
+            if t.eq_ignore_ascii_case("upgrade") {
+                upgrade_requested = true;
+            }
+            HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()).ok()
+        })
+        .collect();
+    for n in &connection_listed {
+        headers.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        headers.remove(n);
+    }
+    let upgrade = headers.remove(header::UPGRADE);
+    if upgrade_requested { upgrade } else { None }
+}
+
+impl Proxy {
+    pub fn new(
+        cfg: &Config,
+        cache: Arc<StateCache>,
+        material: Arc<ArcSwap<TlsMaterial>>,
+        metrics: Metrics,
+    ) -> Result<Self, ProxyError> {
+        let url = &cfg.upstream.url;
+        let scheme = url.scheme().cloned().unwrap_or(Scheme::HTTP);
+        let authority = url
+            .authority()
+            .cloned()
+            .ok_or_else(|| ProxyError::UpstreamUrl(url.to_string()))?;
+        let base_path = url.path().trim_end_matches('/').to_string();
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.upstream.connect_timeout));
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = if scheme == Scheme::HTTPS {
+            builder
+                .with_provider_and_native_roots(provider)
+                .map_err(ProxyError::UpstreamTls)?
+        } else {
+            // Plain http upstream: the TLS side is never used; empty roots keep start-up
+            // independent of the system trust store.
+            let tls = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| ProxyError::UpstreamTls(std::io::Error::other(e)))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            builder.with_tls_config(tls)
+        };
+        let connector = builder
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.upstream.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.upstream.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+
+        let ca_pem = cfg
+            .enrollment
+            .as_ref()
+            .and_then(|e| e.ca_cert.certs.first())
+            .map(|c| {
+                use base64::Engine as _;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(c.as_ref());
+                let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+                for chunk in b64.as_bytes().chunks(64) {
+                    pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+                    pem.push('\n');
+                }
+                pem.push_str("-----END CERTIFICATE-----\n");
+                Bytes::from(pem)
+            });
+
+        Ok(Proxy {
+            client,
+            upstream: Upstream {
+                scheme,
+                authority,
+                base_path,
+            },
+            response_timeout: cfg.upstream.response_timeout,
+            public: cfg.routes.public.clone(),
+            check_host: !cfg.server_names.is_empty(),
+            xfcc: cfg.headers.xfcc,
+            log_access: cfg.log.access,
+            cache,
+            material,
+            metrics,
+            ca_pem,
+        })
+    }
+
+    /// Handles one request of connection `conn`. Never fails: every outcome is a response.
+    pub async fn handle(&self, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<RespBody> {
+        let start = Instant::now();
+        strip_identity_headers(req.headers_mut());
+        let (decision, resp) = self.route(conn, req).await;
+        let elapsed = start.elapsed();
+        self.metrics.count_decision(label(decision));
+        self.metrics.request_duration.observe(elapsed.as_secs_f64());
+        let refused = !matches!(
+            decision,
+            Decision::Allowed | Decision::Public | Decision::Own
+        );
+        if refused || self.log_access {
+            let id = conn.identity.as_deref();
+            tracing::info!(
+                target: "certgate::access",
+                decision = decision.as_str(),
+                status = resp.status().as_u16(),
+                account = id.and_then(|i| i.account.as_deref()).unwrap_or("-"),
+                serial = id.map(|i| i.serial.as_str()).unwrap_or("-"),
+                peer = %conn.peer,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
+        resp
+    }
+
+    async fn route(
+        &self,
+        conn: &ConnInfo,
+        req: Request<Incoming>,
+    ) -> (Decision, Response<RespBody>) {
+        let headers = req.headers();
+        if self.check_host {
+            let host = req
+                .uri()
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+            if !gate::host_matches_sni(host, conn.sni.as_deref()) {
+                return refuse(Decision::Misdirected, headers);
+            }
+        }
+        let route = match gate::classify(req.uri().path(), &self.public) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "refusing request path");
+                return refuse(Decision::BadRequest, headers);
+            }
+        };
+        match route {
+            Route::Own(rest) => {
+                let rest = rest.into_owned();
+                (Decision::Own, self.own_endpoint(&rest, &req))
+            }
+            Route::Public => (Decision::Public, self.forward(conn, req, false).await),
+            Route::Protected => {
+                let decision = self.decide(conn).await;
+                if decision == Decision::Allowed {
+                    (decision, self.forward(conn, req, true).await)
+                } else {
+                    refuse(decision, req.headers())
+                }
+            }
+        }
+    }
+
+    /// The per-request check for a protected path.
+    async fn decide(&self, conn: &ConnInfo) -> Decision {
+        let Some(id) = conn.identity.as_deref() else {
+            return Decision::NoCert;
+        };
+        let facts = {
+            let m = self.material.load();
+            Facts {
+                crl_revoked: !m.crls.is_empty() && m.crls.contains(&id.issuer_raw, &id.serial),
+            }
+        };
+        let state = self.cache.lookup(&id.serial, id.account.as_deref()).await;
+        let now = crate::state::now();
+        gate::decide_protected(Some(id), Some(state.as_ref().map_err(|_| ())), facts, now)
+    }
+
+    fn own_endpoint(&self, rest: &str, req: &Request<Incoming>) -> Response<RespBody> {
+        match (req.method(), rest, &self.ca_pem) {
+            (&http::Method::GET | &http::Method::HEAD, "/ca.pem", Some(pem)) => {
+                let mut r = Response::new(Either::Right(Full::new(pem.clone())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-pem-file"),
+                );
+                r
+            }
+            _ => pages::render(&pages::NOT_FOUND, req.headers()).map(Either::Right),
+        }
+    }
+
+    async fn forward(
+        &self,
+        conn: &ConnInfo,
+        req: Request<Incoming>,
+        with_identity: bool,
+    ) -> Response<RespBody> {
+        let accept_html = pages::wants_html(req.headers());
+        let (mut parts, body) = req.into_parts();
+        let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        parts.extensions = http::Extensions::new();
+
+        // Host: keep the client's (an h2 request carries it in :authority).
+        let host = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| parts.headers.get(header::HOST).cloned());
+        let upgrade = if parts.version == Version::HTTP_11 {
+            strip_hop_by_hop(&mut parts.headers)
+        } else {
+            strip_hop_by_hop(&mut parts.headers);
+            None
+        };
+
+        parts.uri = match self.upstream_uri(&parts.uri) {
+            Some(u) => u,
+            None => return pages::render(&pages::BAD_REQUEST, &parts.headers).map(Either::Right),
+        };
+        parts.version = Version::HTTP_11;
+        let h = &mut parts.headers;
+        if let Some(host) = &host {
+            h.insert(header::HOST, host.clone());
+            h.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        h.insert(X_FORWARDED_FOR.clone(), conn.peer_ip.clone());
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+        if with_identity && let Some(id) = conn.identity.as_deref() {
+            let ih = &id.headers;
+            if let Some(a) = &ih.account {
+                h.insert(X_CLIENT_ACCOUNT.clone(), a.clone());
+            }
+            h.insert(X_CLIENT_CERT_SERIAL.clone(), ih.serial.clone());
+            h.insert(X_CLIENT_CERT_FINGERPRINT.clone(), ih.fingerprint.clone());
+            h.insert(X_CLIENT_CERT_SUBJECT.clone(), ih.subject.clone());
+            h.insert(X_CLIENT_CERT_NOT_AFTER.clone(), ih.not_after.clone());
+            h.insert(CLIENT_CERT.clone(), ih.client_cert.clone());
+            if self.xfcc {
+                h.insert(X_FORWARDED_CLIENT_CERT.clone(), ih.xfcc.clone());
+            }
+        }
+        if let Some(up) = &upgrade {
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, up.clone());
+        }
+
+        let upstream_req = Request::from_parts(parts, body);
+        let started = Instant::now();
+        let result =
+            tokio::time::timeout(self.response_timeout, self.client.request(upstream_req)).await;
+        self.metrics
+            .upstream_duration
+            .observe(started.elapsed().as_secs_f64());
+        let mut resp = match result {
+            Err(_) => return self.upstream_failed(UpstreamError::ResponseTimeout, accept_html),
+            Ok(Err(e)) => return self.upstream_failed(classify_client_error(&e), accept_html),
+            Ok(Ok(r)) => r,
+        };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some() {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            if let Some(client_upgrade) = client_upgrade {
+                tokio::spawn(async move {
+                    let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade)
+                    else {
+                        tracing::debug!("protocol upgrade abandoned by one side");
+                        return;
+                    };
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+            }
+            return resp.map(Either::Left);
+        }
+        strip_hop_by_hop(resp.headers_mut());
+        resp.map(Either::Left)
+    }
+
+    fn upstream_failed(&self, err: UpstreamError, html: bool) -> Response<RespBody> {
+        tracing::warn!(error = %err, "upstream request failed");
+        self.metrics
+            .upstream_errors
+            .get_or_create(&UpstreamErrorLabels { kind: err.kind() })
+            .inc();
+        let page = err.page();
+        let r = if html {
+            pages::html(page)
+        } else {
+            pages::json(page)
+        };
+        r.map(Either::Right)
+    }
+
+    fn upstream_uri(&self, original: &Uri) -> Option<Uri> {
+        let pq = original.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let pq = if self.upstream.base_path.is_empty() {
+            PathAndQuery::try_from(pq).ok()?
+        } else {
+            PathAndQuery::try_from(format!("{}{}", self.upstream.base_path, pq)).ok()?
+        };
+        Uri::builder()
+            .scheme(self.upstream.scheme.clone())
+            .authority(self.upstream.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .ok()
+    }
+}
+
+fn classify_client_error(e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    if e.is_connect() {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(s) = src {
+            if let Some(io) = s.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::TimedOut
+            {
+                return UpstreamError::ConnectTimeout;
+            }
+            src = s.source();
+        }
+        return UpstreamError::Connect(error_chain(e));
+    }
+    UpstreamError::Protocol(error_chain(e))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+fn refuse(decision: Decision, headers: &HeaderMap) -> (Decision, Response<RespBody>) {
+    let page = match decision {
+        Decision::NoCert => &pages::NO_CERT,
+        Decision::Revoked => &pages::REVOKED,
+        Decision::Reset => &pages::RESET,
+        Decision::Expired => &pages::EXPIRED,
+        Decision::StoreUnavailable => &pages::STORE_UNAVAILABLE,
+        Decision::Misdirected => &pages::MISDIRECTED,
+        Decision::BadRequest | Decision::Allowed | Decision::Public | Decision::Own => {
+            &pages::BAD_REQUEST
+        }
+    };
+    (decision, pages::render(page, headers).map(Either::Right))
+}
+
+fn label(d: Decision) -> DecisionLabel {
+    match d {
+        Decision::Allowed => DecisionLabel::allowed,
+        Decision::Public => DecisionLabel::public,
+        Decision::Own => DecisionLabel::own,
+        Decision::NoCert => DecisionLabel::no_cert,
+        Decision::Revoked => DecisionLabel::revoked,
+        Decision::Reset => DecisionLabel::reset,
+        Decision::Expired => DecisionLabel::expired,
+        Decision::StoreUnavailable => DecisionLabel::store_unavailable,
+        Decision::Misdirected => DecisionLabel::misdirected,
+        Decision::BadRequest => DecisionLabel::bad_request,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_every_identity_header() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x-client-account", "mallory"),
+            ("X-Client-Cert-Serial", "01"),
+            ("client-cert", ":AAAA:"),
+            ("client-cert-chain", ":AAAA:"),
+            ("x-forwarded-client-cert", "Hash=00"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "evil"),
+            ("accept", "*/*"),
+            ("x-clientele", "keep"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_static(v),
+            );
+        }
+        strip_identity_headers(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        assert_eq!(left, vec!["accept", "x-clientele"]);
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret, Upgrade"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        let up = strip_hop_by_hop(&mut h);
+        assert_eq!(up.as_ref().map(|v| v.as_bytes()), Some(&b"websocket"[..]));
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn upgrade_header_without_connection_upgrade_is_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(strip_hop_by_hop(&mut h).is_none());
+        assert!(h.is_empty());
+    }
+}

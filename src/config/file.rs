@@ -14,5 +14,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 pub fn from_yaml(_text: &str, path: &Path) -> Result<Config, ConfigError> {
-    Err(ConfigError { file: path.to_path_buf(), line: None, key: "(file)".into(), message: "pending".into() })
+    Err(ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        key: "(file)".into(),
+        message: "pending".into(),
+    })
 }

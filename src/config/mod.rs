@@ -75,7 +75,12 @@ pub struct PemCerts {
 
 impl std::fmt::Debug for PemCerts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PemCerts({}, {} certs)", self.path.display(), self.certs.len())
+        write!(
+            f,
+            "PemCerts({}, {} certs)",
+            self.path.display(),
+            self.certs.len()
+        )
     }
 }
 
@@ -87,7 +92,10 @@ pub struct SecretKey {
 
 impl Clone for SecretKey {
     fn clone(&self) -> Self {
-        Self { path: self.path.clone(), key: self.key.clone_key() }
+        Self {
+            path: self.path.clone(),
+            key: self.key.clone_key(),
+        }
     }
 }
 
@@ -110,7 +118,12 @@ pub struct Crl {
 
 impl std::fmt::Debug for Crl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Crl({}, {} revoked)", self.path.display(), self.revoked.len())
+        write!(
+            f,
+            "Crl({}, {} revoked)",
+            self.path.display(),
+            self.revoked.len()
+        )
     }
 }
 

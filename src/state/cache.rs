@@ -38,13 +38,24 @@ impl StateCache {
     }
 
     /// The per-request check: revocation of `serial` and, when given, the account record.
-    pub async fn lookup(&self, serial: &str, account: Option<&str>) -> Result<CertState, Unavailable> {
-        let revocation = self.store.revocation(serial).await.map_err(|_| Unavailable)?;
+    pub async fn lookup(
+        &self,
+        serial: &str,
+        account: Option<&str>,
+    ) -> Result<CertState, Unavailable> {
+        let revocation = self
+            .store
+            .revocation(serial)
+            .await
+            .map_err(|_| Unavailable)?;
         let account = match account {
             Some(a) => self.store.account(a).await.map_err(|_| Unavailable)?,
             None => None,
         };
-        Ok(CertState { revocation, account })
+        Ok(CertState {
+            revocation,
+            account,
+        })
     }
 
     /// True once the store has answered at least once.
@@ -69,13 +80,21 @@ impl StateCache {
         Ok(out)
     }
 
-    pub async fn reset_account(&self, account: &str, now: UnixTime) -> Result<AccountState, StoreError> {
+    pub async fn reset_account(
+        &self,
+        account: &str,
+        now: UnixTime,
+    ) -> Result<AccountState, StoreError> {
         let out = self.store.reset_account(account, now).await?;
         self.invalidate_account(account);
         Ok(out)
     }
 
-    pub async fn enable_two_factor(&self, account: &str, now: UnixTime) -> Result<AccountState, StoreError> {
+    pub async fn enable_two_factor(
+        &self,
+        account: &str,
+        now: UnixTime,
+    ) -> Result<AccountState, StoreError> {
         let out = self.store.enable_two_factor(account, now).await?;
         self.invalidate_account(account);
         Ok(out)
