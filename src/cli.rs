@@ -1,4 +1,381 @@
-//! (pending)
-pub fn run() -> i32 {
-    0
+//! The `certgate` command line: `run`, `check-config`, `init`, `demo` and the `admin`
+//! client commands. Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+use crate::{app, ca, demo};
+
+/// Exit code for a runtime failure.
+pub const EXIT_RUNTIME: u8 = 1;
+/// Exit code for a usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "certgate",
+    version,
+    about = "mTLS auth gateway: the client certificate factor of two-factor sign-in"
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "CERTGATE_CONFIG",
+        default_value = "config/certgate.yaml"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Run,
+    /// Validate the configuration (files, keys, addresses) without binding anything.
+    CheckConfig,
+    /// Write a development PKI (server certificate for localhost, enrollment CA), an admin
+    /// token and a configuration that uses them.
+    Init {
+        /// Folder to write into (certs/, secrets/, config/certgate.yaml).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Start a self-contained demo: dev PKI, embedded store, built-in echo upstream, and
+    /// the gateway on https://localhost:8443; prints the commands to try.
+    Demo {
+        /// Folder for the demo's PKI, config and store.
+        #[arg(long, default_value = "demo")]
+        dir: PathBuf,
+    },
+    /// Admin API client: enable two-factor, reset, tickets, revoke, status.
+    Admin(AdminArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Admin API base URL (default: from admin.listen in the config).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// File holding the admin token (default: admin.token_file from the config).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Print the raw JSON answer.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub action: AdminAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminAction {
+    /// Enable two-factor for an account and print its enrollment link.
+    Enable { account: String },
+    /// Reset an account: every older certificate is refused from now on; prints a new link.
+    Reset { account: String },
+    /// Issue a new enrollment ticket for an account's current generation.
+    Ticket { account: String },
+    /// Revoke a certificate by serial (hex, `AB:CD:..` accepted).
+    Revoke {
+        serial: String,
+        /// RFC 5280 reason, e.g. keyCompromise, superseded (default unspecified).
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+    /// Show an account (generation, two-factor, certificates) or, with --serial, a certificate.
+    Status {
+        /// Account id.
+        account: Option<String>,
+        /// Show this certificate instead of an account.
+        #[arg(long)]
+        serial: Option<String>,
+    },
+}
+
+/// Parses the command line and runs it; returns the process exit code.
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(EXIT_USAGE),
+            };
+        }
+    };
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match cli.command {
+        Command::CheckConfig => check_config(&cli.config),
+        Command::Run => run_gateway(&cli.config),
+        Command::Init { ref dir, force } => init(dir, force),
+        Command::Demo { ref dir } => run_demo(dir),
+        Command::Admin(ref args) => admin(&cli.config, args),
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("certgate: configuration error: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match load(path) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok (listen {}, upstream {}, state {}, enrollment {})",
+                path.display(),
+                cfg.listen,
+                cfg.upstream.url,
+                match &cfg.state.backend {
+                    crate::config::StateBackend::Embedded { path } =>
+                        format!("embedded {}", path.display()),
+                },
+                if cfg.enrollment.is_some() {
+                    "on"
+                } else {
+                    "off"
+                },
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn init_tracing(cfg: &crate::config::LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CERTGATE_LOG")
+        .or_else(|_| EnvFilter::try_new(&cfg.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("certgate: cannot start the runtime: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        })
+}
+
+fn run_gateway(path: &Path) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_tracing(&cfg.log);
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    rt.block_on(async move {
+        let gw = match app::start(cfg).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "certgate failed to start");
+                eprintln!("certgate: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        wait_for_shutdown_signal().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        gw.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// Waits for SIGTERM or SIGINT. SIGHUP is caught (its default action would kill the
+/// process) and logged: configuration reload is not available in this version.
+async fn wait_for_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = hup.recv() => {
+                    tracing::warn!("SIGHUP received: configuration reload is not available in this version; restart to apply changes");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init(dir: &Path, force: bool) -> ExitCode {
+    let config_path = dir.join(demo::CONFIG_REL);
+    // The config template is fixed text: an identical existing file is not "overwritten".
+    let config_same =
+        std::fs::read_to_string(&config_path).is_ok_and(|t| t == demo::CONFIG_TEMPLATE);
+    if config_path.exists() && !config_same && !force {
+        eprintln!(
+            "certgate: {} already exists (use --force to overwrite)",
+            config_path.display()
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match ca::write_dev_pki(dir, force) {
+        Ok(pki) => {
+            if !config_same
+                && let Err(e) =
+                    ca::write_file(&config_path, demo::CONFIG_TEMPLATE.as_bytes(), false)
+            {
+                eprintln!("certgate: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+            for p in &pki.written {
+                println!("wrote {}", p.display());
+            }
+            if config_same {
+                println!("kept  {} (already the default)", config_path.display());
+            } else {
+                println!("wrote {}", config_path.display());
+            }
+            println!(
+                "\nNext: set upstream.url in {} to your application, then\n  certgate --config {} run",
+                config_path.display(),
+                config_path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ ca::CaError::Exists(_)) => {
+            eprintln!("certgate: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(e) => {
+            eprintln!("certgate: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn run_demo(dir: &Path) -> ExitCode {
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    rt.block_on(async move {
+        match demo_main(dir).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("certgate demo: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+    })
+}
+
+async fn demo_main(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
+    let fresh = demo::ensure_initialised(dir)?;
+    let config_path = dir.join(demo::CONFIG_REL);
+    let mut cfg = match load(&config_path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    init_tracing(&cfg.log);
+    let echo = demo::start_echo().await?;
+    cfg.upstream.url = format!("http://{echo}").parse()?;
+    cfg.listen = "127.0.0.1:8443".parse()?;
+    let enroll = cfg
+        .enrollment
+        .clone()
+        .ok_or("the demo needs enrollment enabled")?;
+    let gw = app::start(cfg).await?;
+    let issued = demo::ensure_alice(
+        dir,
+        &gw.cache,
+        (&enroll.ca_cert.path, &enroll.ca_key.path),
+        enroll.validity,
+    )
+    .await?;
+
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "certgate".into());
+    let d = dir.display();
+    let (alice_cert, alice_key) = demo::alice_paths(dir);
+    let (ac, ak) = (alice_cert.display(), alice_key.display());
+    let cfgp = config_path.display();
+    println!(
+        "\ncertgate demo is running ({state}).\n\
+  gateway   https://localhost:{port}   (server CA: {d}/certs/server-ca.pem)\n\
+  admin     http://{admin}   (token: {d}/secrets/admin-token)\n\
+  metrics   http://{metrics}/metrics\n\
+  upstream  built-in echo server on {echo}\n\
+{alice_note}\n\
+Try these in another terminal:\n\n\
+  # 1. No certificate: refused with 403 no_cert\n\
+  curl --cacert {d}/certs/server-ca.pem https://localhost:{port}/hello\n\n\
+  # 2. With alice's certificate: the echo upstream shows the identity headers certgate added\n\
+  curl --cacert {d}/certs/server-ca.pem --cert {ac} --key {ak} https://localhost:{port}/hello\n\n\
+  # 3. Spoofed identity headers are stripped\n\
+  curl --cacert {d}/certs/server-ca.pem --cert {ac} --key {ak} -H 'X-Client-Account: mallory' https://localhost:{port}/hello\n\n\
+  # 4. Alice's account: generation, two-factor, certificates\n\
+  {exe} --config {cfgp} admin status alice\n\n\
+  # 5. Reset alice (she lost her certificate): the old certificate is refused at once (403 reset)\n\
+  {exe} --config {cfgp} admin reset alice\n\
+  curl --cacert {d}/certs/server-ca.pem --cert {ac} --key {ak} https://localhost:{port}/hello\n\n\
+  # 6. Revoke a certificate by serial (see 'admin status alice' for serials)\n\
+  {exe} --config {cfgp} admin revoke <serial> --reason keyCompromise\n\n\
+  # 7. Metrics\n\
+  curl -s http://{metrics}/metrics | grep certgate_requests_total\n\n\
+  (remove {d}/certs/alice.* and {d}/data to start over)\n\
+Press Ctrl-C to stop.",
+        state = if fresh {
+            "new dev PKI and store"
+        } else {
+            "existing dev PKI and store"
+        },
+        port = gw.listen.port(),
+        admin = gw.admin,
+        metrics = gw.metrics,
+        alice_note = match issued {
+            Some(serial) => format!(
+                "\nSelf-service enrollment is not available in this version, so the demo issued\n\
+alice's certificate itself (generation 1, serial {serial}): {ac}"
+            ),
+            None => format!("\nalice's certificate from an earlier run: {ac}"),
+        },
+    );
+    wait_for_shutdown_signal().await;
+    gw.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn admin(_config: &Path, _args: &AdminArgs) -> ExitCode {
+    eprintln!("certgate admin: pending");
+    ExitCode::from(EXIT_RUNTIME)
 }

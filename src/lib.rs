@@ -14,6 +14,7 @@
 //! - [`admin`]: the admin API, health probes and `/metrics`.
 //! - [`admin_client`]: the `certgate admin …` HTTP client.
 //! - [`app`]: wires everything from a `Config`, binds, serves, drains.
+//! - [`demo`]: the self-contained demo (echo upstream, dev PKI).
 //! - [`cli`]: the `certgate` command line.
 
 pub mod admin;
@@ -22,6 +23,7 @@ pub mod app;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod gate;
 pub mod identity;
 pub mod metrics;

@@ -1,3 +1,5 @@
-fn main() {
-    std::process::exit(certgate::cli::run());
+//! The `certgate` binary: everything lives in the library; see `cli`.
+
+fn main() -> std::process::ExitCode {
+    certgate::cli::run()
 }

@@ -221,12 +221,9 @@ impl Metrics {
             "1 when the last configuration (re)load succeeded",
             config_last_reload_success.clone(),
         );
-        let client_cert_not_after = Histogram::new(
-            [
-                3600.0, 86400.0, 604800.0, 2592000.0, 7776000.0, 15552000.0, 31536000.0, 63072000.0,
-            ]
-            .into_iter(),
-        );
+        let client_cert_not_after = Histogram::new([
+            3600.0, 86400.0, 604800.0, 2592000.0, 7776000.0, 15552000.0, 31536000.0, 63072000.0,
+        ]);
         r.register(
             CLIENT_CERT_NOT_AFTER,
             "Remaining lifetime of client certificates seen at the handshake",

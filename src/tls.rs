@@ -218,8 +218,10 @@ pub async fn accept(
         .tls_handshakes
         .get_or_create(&HandshakeLabels { result, resumed })
         .inc();
-    if let Ok(a) = &res {
-        if let (Some(id), false) = (&a.identity, a.resumed) {
+    if let Ok(a) = &res
+        && let (Some(id), false) = (&a.identity, a.resumed)
+    {
+        {
             let remaining = id.not_after - crate::state::now();
             metrics
                 .client_cert_not_after

@@ -1,0 +1,129 @@
+//! `certgate demo`: a development PKI, a built-in echo upstream and the gateway, all on
+//! this machine, plus the exact commands to try. Nothing here is used by `run`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::ca::{self, CaIssuer};
+use crate::state::CertRecord;
+use crate::state::cache::StateCache;
+
+/// The config file `init` writes, relative to the init folder.
+pub const CONFIG_REL: &str = "config/certgate.yaml";
+
+/// The documented example configuration; `init` writes exactly this text.
+pub const CONFIG_TEMPLATE: &str = include_str!("../config/certgate.yaml");
+
+/// Starts the echo upstream on `127.0.0.1:0`: every request is answered with a JSON
+/// description of what arrived (method, path, headers), so the identity headers the
+/// gateway adds are visible.
+pub async fn start_echo() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc =
+                    service_fn(
+                        |req: Request<Incoming>| async move { Ok::<_, Infallible>(echo(&req)) },
+                    );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn echo(req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut headers = serde_json::Map::new();
+    for (k, v) in req.headers() {
+        headers.insert(
+            k.as_str().to_string(),
+            String::from_utf8_lossy(v.as_bytes()).into(),
+        );
+    }
+    let body = serde_json::json!({
+        "upstream": "certgate demo echo",
+        "method": req.method().as_str(),
+        "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        "headers": headers,
+    });
+    let mut text = serde_json::to_string_pretty(&body).unwrap_or_default();
+    text.push('\n');
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Writes the development PKI and the config into `dir` unless they are already there.
+/// Returns whether anything was written.
+pub fn ensure_initialised(dir: &Path) -> Result<bool, ca::CaError> {
+    if dir.join(CONFIG_REL).exists() && dir.join("certs/enroll-ca.key").exists() {
+        return Ok(false);
+    }
+    ca::write_dev_pki(dir, true)?;
+    ca::write_file(&dir.join(CONFIG_REL), CONFIG_TEMPLATE.as_bytes(), false)?;
+    Ok(true)
+}
+
+/// Paths of alice's demo certificate and key.
+pub fn alice_paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("certs/alice.pem"), dir.join("certs/alice.key"))
+}
+
+/// Enables two-factor for `alice` and issues her a certificate from the enrollment CA
+/// (standing in for self-service enrollment), unless one is already on disk.
+pub async fn ensure_alice(
+    dir: &Path,
+    cache: &Arc<StateCache>,
+    enroll_ca: (&Path, &Path),
+    validity: std::time::Duration,
+) -> Result<Option<String>, Box<dyn std::error::Error + Send + Sync>> {
+    let (cert_path, key_path) = alice_paths(dir);
+    if cert_path.exists() && key_path.exists() {
+        return Ok(None);
+    }
+    let acct = match cache.store().account("alice").await? {
+        Some(a) if a.two_factor => a,
+        _ => {
+            cache
+                .enable_two_factor("alice", crate::state::now())
+                .await?
+        }
+    };
+    let issuer = CaIssuer::from_files(enroll_ca.0, enroll_ca.1)?;
+    let key = ca::new_key()?;
+    let issued = issuer.issue_client(&key, "alice", acct.generation, validity)?;
+    cache
+        .store()
+        .record_certificate(CertRecord {
+            serial: issued.serial.clone(),
+            account: "alice".into(),
+            generation: acct.generation,
+            fingerprint: issued.fingerprint.clone(),
+            not_after: issued.not_after,
+            issued_at: issued.issued_at,
+        })
+        .await?;
+    ca::write_file(&key_path, key.serialize_pem().as_bytes(), true)?;
+    ca::write_file(&cert_path, issued.cert_pem.as_bytes(), false)?;
+    Ok(Some(issued.serial))
+}
