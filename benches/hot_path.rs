@@ -7,9 +7,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certgate::config::{
-    AccountSource, CacheConfig, OnError, StateBackend, StateConfig,
-};
+use certgate::config::{AccountSource, CacheConfig, OnError, StateBackend, StateConfig};
 use certgate::gate::{self, Facts};
 use certgate::identity::{self, IdentityOptions};
 use certgate::metrics::Metrics;
@@ -32,11 +30,17 @@ fn fixture() -> Fixture {
     )
     .expect("ca");
     let key = certgate::ca::new_key().expect("key");
-    let issued = ca.issue_client(&key, "alice", 1, Duration::from_secs(86400)).expect("issue");
+    let issued = ca
+        .issue_client(&key, "alice", 1, Duration::from_secs(86400))
+        .expect("issue");
     Fixture {
         leaf_der: issued.cert_der,
         opts: IdentityOptions {
-            account_from: vec![AccountSource::SanUri, AccountSource::SanEmail, AccountSource::SubjectCn],
+            account_from: vec![
+                AccountSource::SanUri,
+                AccountSource::SanEmail,
+                AccountSource::SubjectCn,
+            ],
             uri_prefix: "urn:certgate:account:".into(),
             enrollment_ca: Some(ca.cert_der.clone()),
         },
@@ -48,7 +52,10 @@ fn bench_identity(c: &mut Criterion) {
     c.bench_function("identity_parse_enrollment_cert", |b| {
         b.iter(|| identity::parse(black_box(&f.leaf_der), &f.opts).expect("parse"))
     });
-    let foreign = IdentityOptions { enrollment_ca: None, ..f.opts.clone() };
+    let foreign = IdentityOptions {
+        enrollment_ca: None,
+        ..f.opts.clone()
+    };
     c.bench_function("identity_parse_foreign_cert", |b| {
         b.iter(|| identity::parse(black_box(&f.leaf_der), &foreign).expect("parse"))
     });
@@ -62,13 +69,21 @@ fn bench_decision(c: &mut Criterion) {
         b.iter(|| gate::classify(black_box("/app/orders/123"), &public).expect("path"))
     });
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn StateStore> =
         Arc::new(EmbeddedStore::open(&dir.path().join("bench.db")).expect("store"));
     let cfg = StateConfig {
-        backend: StateBackend::Embedded { path: dir.path().join("bench.db") },
-        cache: CacheConfig { ttl: Duration::from_secs(3600), max_entries: 100_000 },
+        backend: StateBackend::Embedded {
+            path: dir.path().join("bench.db"),
+        },
+        cache: CacheConfig {
+            ttl: Duration::from_secs(3600),
+            max_entries: 100_000,
+        },
         on_error: OnError::FailClosed,
         max_stale: Duration::from_secs(300),
     };
@@ -85,7 +100,10 @@ fn bench_decision(c: &mut Criterion) {
             .await
             .expect("revoke");
         // Warm the cache.
-        cache.lookup(&id.serial, id.account.as_deref()).await.expect("lookup");
+        cache
+            .lookup(&id.serial, id.account.as_deref())
+            .await
+            .expect("lookup");
     });
 
     c.bench_function("decision_cache_hit", |b| {
