@@ -160,8 +160,10 @@ fn init_tracing(cfg: &crate::config::LogConfig) {
     let filter = EnvFilter::try_from_env("CERTGATE_LOG")
         .or_else(|_| EnvFilter::try_new(&cfg.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match cfg.format {
         LogFormat::Json => builder.json().try_init(),
@@ -329,47 +331,57 @@ async fn demo_main(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error + S
     let (alice_cert, alice_key) = demo::alice_paths(dir);
     let (ac, ak) = (alice_cert.display(), alice_key.display());
     let cfgp = config_path.display();
-    println!(
-        "\ncertgate demo is running ({state}).\n\
-  gateway   https://localhost:{port}   (server CA: {d}/certs/server-ca.pem)\n\
-  admin     http://{admin}   (token: {d}/secrets/admin-token)\n\
-  metrics   http://{metrics}/metrics\n\
-  upstream  built-in echo server on {echo}\n\
-{alice_note}\n\
-Try these in another terminal:\n\n\
-  # 1. No certificate: refused with 403 no_cert\n\
-  curl --cacert {d}/certs/server-ca.pem https://localhost:{port}/hello\n\n\
-  # 2. With alice's certificate: the echo upstream shows the identity headers certgate added\n\
-  curl --cacert {d}/certs/server-ca.pem --cert {ac} --key {ak} https://localhost:{port}/hello\n\n\
-  # 3. Spoofed identity headers are stripped\n\
-  curl --cacert {d}/certs/server-ca.pem --cert {ac} --key {ak} -H 'X-Client-Account: mallory' https://localhost:{port}/hello\n\n\
-  # 4. Alice's account: generation, two-factor, certificates\n\
-  {exe} --config {cfgp} admin status alice\n\n\
-  # 5. Reset alice (she lost her certificate): the old certificate is refused at once (403 reset)\n\
-  {exe} --config {cfgp} admin reset alice\n\
-  curl --cacert {d}/certs/server-ca.pem --cert {ac} --key {ak} https://localhost:{port}/hello\n\n\
-  # 6. Revoke a certificate by serial (see 'admin status alice' for serials)\n\
-  {exe} --config {cfgp} admin revoke <serial> --reason keyCompromise\n\n\
-  # 7. Metrics\n\
-  curl -s http://{metrics}/metrics | grep certgate_requests_total\n\n\
-  (remove {d}/certs/alice.* and {d}/data to start over)\n\
-Press Ctrl-C to stop.",
-        state = if fresh {
-            "new dev PKI and store"
-        } else {
-            "existing dev PKI and store"
-        },
-        port = gw.listen.port(),
-        admin = gw.admin,
-        metrics = gw.metrics,
-        alice_note = match issued {
-            Some(serial) => format!(
-                "\nSelf-service enrollment is not available in this version, so the demo issued\n\
-alice's certificate itself (generation 1, serial {serial}): {ac}"
-            ),
-            None => format!("\nalice's certificate from an earlier run: {ac}"),
-        },
-    );
+    let port = gw.listen.port();
+    let curl = format!("curl --cacert {d}/certs/server-ca.pem");
+    let with_cert = format!("{curl} --cert {ac} --key {ak}");
+    let alice_note = match issued {
+        Some(serial) => format!(
+            "Self-service enrollment is not available in this version, so the demo issued\n\
+             alice's certificate itself (generation 1, serial {serial}): {ac}"
+        ),
+        None => format!("alice's certificate from an earlier run: {ac}"),
+    };
+    let lines = [
+        String::new(),
+        format!(
+            "certgate demo is running ({}).",
+            if fresh { "new dev PKI and store" } else { "existing dev PKI and store" }
+        ),
+        format!("  gateway   https://localhost:{port}   (server CA: {d}/certs/server-ca.pem)"),
+        format!("  admin     http://{}   (token: {d}/secrets/admin-token)", gw.admin),
+        format!("  metrics   http://{}/metrics", gw.metrics),
+        format!("  upstream  built-in echo server on {echo}"),
+        String::new(),
+        alice_note,
+        String::new(),
+        "Try these in another terminal:".into(),
+        String::new(),
+        "  # 1. No certificate: refused with 403 no_cert".into(),
+        format!("  {curl} https://localhost:{port}/hello"),
+        String::new(),
+        "  # 2. With alice's certificate: the echo upstream shows the identity headers certgate added".into(),
+        format!("  {with_cert} https://localhost:{port}/hello"),
+        String::new(),
+        "  # 3. Spoofed identity headers are stripped".into(),
+        format!("  {with_cert} -H 'X-Client-Account: mallory' https://localhost:{port}/hello"),
+        String::new(),
+        "  # 4. Alice's account: generation, two-factor, certificates".into(),
+        format!("  {exe} --config {cfgp} admin status alice"),
+        String::new(),
+        "  # 5. Reset alice (she lost her certificate): the old certificate is refused at once (403 reset)".into(),
+        format!("  {exe} --config {cfgp} admin reset alice"),
+        format!("  {with_cert} https://localhost:{port}/hello"),
+        String::new(),
+        "  # 6. Revoke a certificate by serial (see 'admin status alice' for serials)".into(),
+        format!("  {exe} --config {cfgp} admin revoke <serial> --reason keyCompromise"),
+        String::new(),
+        "  # 7. Metrics".into(),
+        format!("  curl -s http://{}/metrics | grep certgate_requests_total", gw.metrics),
+        String::new(),
+        format!("(remove {d}/certs/alice.* and {d}/data to start over)"),
+        "Press Ctrl-C to stop.".into(),
+    ];
+    println!("{}", lines.join("\n"));
     wait_for_shutdown_signal().await;
     gw.shutdown().await;
     Ok(ExitCode::SUCCESS)
