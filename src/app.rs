@@ -349,7 +349,10 @@ async fn serve_connection(
             // The watchdog below enforces header_read_timeout from the first byte of each
             // request head; hyper's own timer would also cut idle keep-alive connections.
             .header_read_timeout(None)
-            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_header_size(limits.max_header_bytes)
+            // Bounds a head that never completes; larger than the header limit so a
+            // complete oversized head is answered with 431 rather than cut off.
+            .max_buf_size((limits.max_header_bytes * 2).max(64 * 1024))
             .keep_alive(true);
         let conn = b.serve_connection(io, svc).with_upgrades();
         drive(conn, &activity, limits, phase).await;
@@ -585,5 +588,66 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ConnLimits {
+        ConnLimits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_age: None,
+            max_header_bytes: 65536,
+            h2_streams: 100,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_request_head_is_due_within_header_timeout() {
+        let a = Activity::new(true);
+        let (d, action) = a.next_deadline(Instant::now(), &limits());
+        assert!(matches!(action, Action::Close));
+        assert_eq!(d, a.epoch + Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_after_a_request_uses_idle_timeout_then_head_timer() {
+        let a = Arc::new(Activity::new(true));
+        let g = InFlight::begin(&a);
+        let (_, action) = a.next_deadline(Instant::now(), &limits());
+        assert!(matches!(action, Action::Recheck), "in flight: nothing due");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        drop(g);
+        let (d, action) = a.next_deadline(Instant::now(), &limits());
+        assert!(matches!(action, Action::Graceful));
+        assert_eq!(d, a.epoch + Duration::from_secs(65));
+        // Bytes of the next head arrive: it must complete within header_read_timeout.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        a.on_read();
+        let (d, action) = a.next_deadline(Instant::now(), &limits());
+        assert!(matches!(action, Action::Close));
+        assert_eq!(d, a.epoch + Duration::from_secs(35));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_age_wins_when_earlier() {
+        let a = Activity::new(false);
+        let mut l = limits();
+        l.max_age = Some(Duration::from_secs(30));
+        let (d, action) = a.next_deadline(Instant::now(), &l);
+        assert!(matches!(action, Action::Graceful));
+        assert_eq!(d, a.epoch + Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn h2_connections_do_not_time_heads() {
+        let a = Activity::new(false);
+        a.on_read();
+        let (d, action) = a.next_deadline(Instant::now(), &limits());
+        assert!(matches!(action, Action::Graceful));
+        assert_eq!(d, a.epoch + Duration::from_secs(60));
     }
 }
