@@ -851,7 +851,11 @@ async fn websocket_upgrade_passes_through() {
 
 #[tokio::test]
 async fn garbage_does_not_take_the_gateway_down() {
-    let h = Harness::start().await;
+    let h = Harness::with(Options {
+        extra_limits: vec!["handshake_timeout: 2s".into()],
+        ..Options::default()
+    })
+    .await;
     let alice = h.pki.client("alice");
 
     // Garbage inside TLS, on an h1 connection.
@@ -904,6 +908,18 @@ async fn garbage_does_not_take_the_gateway_down() {
             "connection with {junk:?} instead of TLS left open"
         );
     }
+
+    // A client that connects and says nothing is dropped after limits.handshake_timeout.
+    let mut silent = tokio::net::TcpStream::connect(h.listen())
+        .await
+        .expect("tcp");
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(
+        STEP,
+        tokio::io::AsyncReadExt::read_to_end(&mut silent, &mut buf),
+    )
+    .await;
+    assert!(r.is_ok(), "a silent connection was kept open for {STEP:?}");
 
     // Still serving.
     assert_ok(
