@@ -1,1 +1,828 @@
-//! (pending)
+//! The client side of `certgate admin enable|reset|ticket|revoke|status`.
+//!
+//! The admin listener (served by `admin`) speaks plain HTTP/1.1 and binds to loopback by
+//! default, so this client speaks plain HTTP only and refuses `https://` URLs with a clear
+//! message. `cli` parses the arguments, reads the token with [`read_token_file`], calls
+//! [`run`] (or one of the per-command helpers) and prints either the JSON (`--json`) or
+//! [`render`]'s text.
+//!
+//! Errors are [`ClientError`]s whose `Display` is meant for the operator: a refused
+//! connection names the URL and suggests the gateway is not running, a 401 points at
+//! `admin.token_file`, and an API error repeats the server's message and code.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use http::{HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::{Value, json};
+
+/// Time allowed to open the TCP connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for the whole request, connection included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest response body read (admin answers are small).
+const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Characters escaped in a path segment: everything but RFC 3986 unreserved ones. The
+/// server percent-decodes segments before validating them.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid admin URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error(
+        "admin URL {0} uses https, but the admin listener speaks plain http (it binds to \
+         loopback by default); use http://host:port"
+    )]
+    HttpsUnsupported(String),
+    #[error(
+        "cannot connect to the admin API at {url}: {detail}. Is the gateway running, and is \
+         admin.listen this address?"
+    )]
+    Connect { url: String, detail: String },
+    #[error("the admin API at {url} did not answer within {}s", REQUEST_TIMEOUT.as_secs())]
+    Timeout { url: String },
+    #[error("admin token rejected (check admin.token_file)")]
+    Unauthorized,
+    #[error("admin request to {url} failed: {detail}")]
+    Http { url: String, detail: String },
+    #[error("the admin API answered {status} with a body that is not JSON")]
+    BadResponse { status: StatusCode },
+    /// The server refused the request; `message` is its explanation.
+    #[error("{message} ({status}, {code})")]
+    Api {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
+    #[error("cannot use the admin token file {path}: {detail}")]
+    TokenFile { path: String, detail: String },
+}
+
+/// One `certgate admin …` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminCommand {
+    /// `admin enable <account>`: turn on two-factor and get an enrollment link.
+    Enable { account: String },
+    /// `admin reset <account>`: new generation (older certificates refused), new link.
+    Reset { account: String },
+    /// `admin ticket <account>`: a new enrollment link for the current generation.
+    Ticket { account: String },
+    /// `admin revoke <serial> [--reason R]`: RFC 5280 reason name, default `unspecified`.
+    Revoke {
+        serial: String,
+        reason: Option<String>,
+    },
+    /// `admin status <account>`: the account and its certificates.
+    Status { account: String },
+    /// `admin status --serial <serial>`: one certificate and its revocation.
+    CertificateStatus { serial: String },
+}
+
+impl AdminCommand {
+    pub fn method(&self) -> Method {
+        match self {
+            AdminCommand::Status { .. } | AdminCommand::CertificateStatus { .. } => Method::GET,
+            _ => Method::POST,
+        }
+    }
+
+    /// The request path, with the id percent-encoded.
+    pub fn path(&self) -> String {
+        let seg = |s: &str| match s {
+            // Dot segments would be path steps to anything that normalises URLs.
+            "." => "%2E".to_string(),
+            ".." => "%2E%2E".to_string(),
+            _ => utf8_percent_encode(s, SEGMENT).to_string(),
+        };
+        match self {
+            AdminCommand::Enable { account } => format!("/v1/accounts/{}/two-factor", seg(account)),
+            AdminCommand::Reset { account } => format!("/v1/accounts/{}/reset", seg(account)),
+            AdminCommand::Ticket { account } => format!("/v1/accounts/{}/tickets", seg(account)),
+            AdminCommand::Revoke { serial, .. } => {
+                format!("/v1/certificates/{}/revoke", seg(serial))
+            }
+            AdminCommand::Status { account } => format!("/v1/accounts/{}", seg(account)),
+            AdminCommand::CertificateStatus { serial } => {
+                format!("/v1/certificates/{}", seg(serial))
+            }
+        }
+    }
+
+    pub fn body(&self) -> Option<Value> {
+        match self {
+            AdminCommand::Revoke {
+                reason: Some(r), ..
+            } => Some(json!({ "reason": r })),
+            _ => None,
+        }
+    }
+}
+
+/// The admin base URL for a configured `admin.listen` address: an unspecified address
+/// (`0.0.0.0`, `::`) is reached through loopback.
+pub fn url_from_listen(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// Reads the admin token (trimmed); an empty file is an error, as the server refuses it.
+pub fn read_token_file(path: &Path) -> Result<String, ClientError> {
+    let err = |detail: String| ClientError::TokenFile {
+        path: path.display().to_string(),
+        detail,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(err("the file is empty".into()));
+    }
+    Ok(token.to_string())
+}
+
+/// Joins the base URL (`http://host:port`, optionally with a path prefix; a bare
+/// `host:port` means http) and an API path.
+fn request_uri(base: &str, path: &str) -> Result<Uri, ClientError> {
+    let invalid = |reason: &str| ClientError::InvalidUrl {
+        url: base.to_string(),
+        reason: reason.to_string(),
+    };
+    let trimmed = base.trim();
+    let with_scheme = if trimmed.contains("://") {
+        trimmed.to_string()
+    } else {
+        format!("http://{trimmed}")
+    };
+    let uri: Uri = with_scheme
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(ClientError::HttpsUnsupported(base.to_string())),
+        _ => return Err(invalid("only http:// URLs are supported")),
+    }
+    let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
+    if uri.query().is_some() {
+        return Err(invalid("a query is not allowed in the base URL"));
+    }
+    let prefix = uri.path().trim_end_matches('/');
+    format!("http://{authority}{prefix}{path}")
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))
+}
+
+/// Sends one request to the admin API at `url` and returns the status and the JSON body.
+///
+/// Any answer with a JSON body is `Ok`, error statuses included (the body is then
+/// `{"error", "message"}`), except 401, which is [`ClientError::Unauthorized`]. Transport
+/// problems are errors: [`ClientError::Connect`] names the URL.
+pub async fn call(
+    url: &str,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<(StatusCode, Value), ClientError> {
+    let uri = request_uri(url, path)?;
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(ACCEPT, "application/json")
+        .header(USER_AGENT, concat!("certgate/", env!("CARGO_PKG_VERSION")));
+    // The token's bytes go only into this header; a token that is not a valid header
+    // value could never match, so say so without echoing it.
+    let auth =
+        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ClientError::TokenFile {
+            path: "(token)".into(),
+            detail: "the token contains characters not allowed in a header".into(),
+        })?;
+    builder = builder.header(AUTHORIZATION, auth);
+    let payload = match body {
+        Some(v) => {
+            builder = builder.header(CONTENT_TYPE, "application/json");
+            Bytes::from(v.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let req = builder
+        .body(Full::new(payload))
+        .map_err(|e| ClientError::Http {
+            url: url.to_string(),
+            detail: e.to_string(),
+        })?;
+
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| {
+            let detail = error_chain(&e);
+            if e.is_connect() {
+                ClientError::Connect {
+                    url: url.to_string(),
+                    detail,
+                }
+            } else {
+                ClientError::Http {
+                    url: url.to_string(),
+                    detail,
+                }
+            }
+        })?;
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http {
+                url: url.to_string(),
+                detail: e.to_string(),
+            })?
+            .to_bytes();
+        Ok::<_, ClientError>((status, bytes))
+    };
+    let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| ClientError::Timeout {
+            url: url.to_string(),
+        })??;
+
+    if status == StatusCode::UNAUTHORIZED {
+        return Err(ClientError::Unauthorized);
+    }
+    let value: Value =
+        serde_json::from_slice(&bytes).map_err(|_| ClientError::BadResponse { status })?;
+    Ok((status, value))
+}
+
+/// The error and its sources, e.g. "client error (Connect): tcp connect error: Connection
+/// refused (os error 111)".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// Runs `cmd`; a non-2xx answer becomes [`ClientError::Api`] with the server's code and
+/// message.
+pub async fn run(url: &str, token: &str, cmd: &AdminCommand) -> Result<Value, ClientError> {
+    let (status, value) = call(url, token, cmd.method(), &cmd.path(), cmd.body()).await?;
+    if status.is_success() {
+        return Ok(value);
+    }
+    Err(ClientError::Api {
+        status,
+        code: value["error"].as_str().unwrap_or("unknown").to_string(),
+        message: value["message"]
+            .as_str()
+            .unwrap_or("(no message)")
+            .to_string(),
+    })
+}
+
+/// `POST /v1/accounts/{account}/two-factor`.
+pub async fn enable(url: &str, token: &str, account: &str) -> Result<Value, ClientError> {
+    run(
+        url,
+        token,
+        &AdminCommand::Enable {
+            account: account.into(),
+        },
+    )
+    .await
+}
+
+/// `POST /v1/accounts/{account}/reset`.
+pub async fn reset(url: &str, token: &str, account: &str) -> Result<Value, ClientError> {
+    run(
+        url,
+        token,
+        &AdminCommand::Reset {
+            account: account.into(),
+        },
+    )
+    .await
+}
+
+/// `POST /v1/accounts/{account}/tickets`.
+pub async fn ticket(url: &str, token: &str, account: &str) -> Result<Value, ClientError> {
+    run(
+        url,
+        token,
+        &AdminCommand::Ticket {
+            account: account.into(),
+        },
+    )
+    .await
+}
+
+/// `POST /v1/certificates/{serial}/revoke`.
+pub async fn revoke(
+    url: &str,
+    token: &str,
+    serial: &str,
+    reason: Option<&str>,
+) -> Result<Value, ClientError> {
+    run(
+        url,
+        token,
+        &AdminCommand::Revoke {
+            serial: serial.into(),
+            reason: reason.map(str::to_string),
+        },
+    )
+    .await
+}
+
+/// `GET /v1/accounts/{account}`.
+pub async fn status(url: &str, token: &str, account: &str) -> Result<Value, ClientError> {
+    run(
+        url,
+        token,
+        &AdminCommand::Status {
+            account: account.into(),
+        },
+    )
+    .await
+}
+
+/// `GET /v1/certificates/{serial}`.
+pub async fn certificate_status(
+    url: &str,
+    token: &str,
+    serial: &str,
+) -> Result<Value, ClientError> {
+    run(
+        url,
+        token,
+        &AdminCommand::CertificateStatus {
+            serial: serial.into(),
+        },
+    )
+    .await
+}
+
+/// Human-readable text of a successful answer to `cmd` (ends with a newline). Missing
+/// fields print as `-`, so an older or newer server never makes this fail.
+pub fn render(cmd: &AdminCommand, v: &Value) -> String {
+    match cmd {
+        AdminCommand::Enable { .. } | AdminCommand::Reset { .. } | AdminCommand::Ticket { .. } => {
+            render_account_change(cmd, v)
+        }
+        AdminCommand::Revoke { .. } => render_revoke(v),
+        AdminCommand::Status { .. } => render_status(v),
+        AdminCommand::CertificateStatus { .. } => render_certificate(v),
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn render_account_change(cmd: &AdminCommand, v: &Value) -> String {
+    let account = text(&v["account"]);
+    let generation = text(&v["generation"]);
+    let mut out = match cmd {
+        AdminCommand::Enable { .. } => {
+            format!("Two-factor enabled for account {account} (generation {generation}).\n")
+        }
+        AdminCommand::Reset { .. } => format!(
+            "Account {account} reset: now generation {generation}; its older certificates are \
+             refused from now on.\n"
+        ),
+        _ => format!("New enrollment ticket for account {account} (generation {generation}).\n"),
+    };
+    if let Some(link) = v["enroll_url"].as_str() {
+        out.push_str(&format!(
+            "\nEnrollment link (single use, expires {}):\n\n    {link}\n\n\
+             Give it to the user over a trusted channel; it is not shown again.\n",
+            text(&v["ticket_expires_at"])
+        ));
+    }
+    if let Some(note) = v["note"].as_str() {
+        out.push_str(&format!("\nNote: {note}\n"));
+    }
+    out
+}
+
+fn render_revoke(v: &Value) -> String {
+    let mut out = format!(
+        "Certificate {} revoked (reason {}, since {}).\n",
+        text(&v["serial"]),
+        text(&v["reason"]),
+        text(&v["revoked_at"])
+    );
+    if let Some(account) = v["account"].as_str() {
+        out.push_str(&format!("It belongs to account {account}.\n"));
+    }
+    out
+}
+
+fn render_status(v: &Value) -> String {
+    let generation = v["generation"].as_u64();
+    let mut out = String::new();
+    out.push_str(&format!("account     {}\n", text(&v["account"])));
+    out.push_str(&format!("generation  {}\n", text(&v["generation"])));
+    let two_factor = if v["two_factor"].as_bool() == Some(true) {
+        "enabled"
+    } else {
+        "disabled"
+    };
+    out.push_str(&format!("two-factor  {two_factor}\n"));
+    out.push_str(&format!("created     {}\n", text(&v["created_at"])));
+    let reset = v["reset_at"].as_str().unwrap_or("never");
+    out.push_str(&format!("last reset  {reset}\n\n"));
+
+    let certs = v["certificates"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if certs.is_empty() {
+        out.push_str("No certificates on record.\n");
+        return out;
+    }
+    let rows: Vec<[String; 4]> = certs
+        .iter()
+        .map(|c| {
+            let state = if c["revoked"].as_bool() == Some(true) {
+                "revoked"
+            } else if generation.is_some_and(|g| c["generation"].as_u64().is_some_and(|cg| cg < g))
+            {
+                "refused (older generation)"
+            } else {
+                "valid"
+            };
+            [
+                text(&c["serial"]),
+                text(&c["generation"]),
+                text(&c["not_after"]),
+                state.to_string(),
+            ]
+        })
+        .collect();
+    let header = ["SERIAL", "GEN", "NOT AFTER", "STATUS"];
+    let widths: Vec<usize> = (0..4)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: [&str; 4]| {
+        format!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {}\n",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        )
+    };
+    out.push_str(&line(header));
+    for r in &rows {
+        out.push_str(&line([&r[0], &r[1], &r[2], &r[3]]));
+    }
+    out
+}
+
+fn render_certificate(v: &Value) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("serial       {}\n", text(&v["serial"])));
+    out.push_str(&format!(
+        "account      {}\n",
+        v["account"]
+            .as_str()
+            .unwrap_or("(not in the certificate registry)")
+    ));
+    out.push_str(&format!("generation   {}\n", text(&v["generation"])));
+    out.push_str(&format!("fingerprint  {}\n", text(&v["fingerprint"])));
+    out.push_str(&format!("issued       {}\n", text(&v["issued_at"])));
+    out.push_str(&format!("not after    {}\n", text(&v["not_after"])));
+    if v["revoked"].as_bool() == Some(true) {
+        out.push_str(&format!(
+            "revoked      yes ({}, since {})\n",
+            text(&v["reason"]),
+            text(&v["revoked_at"])
+        ));
+    } else {
+        out.push_str("revoked      no\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            request_uri("http://127.0.0.1:9444", "/v1/accounts/a")
+                .unwrap()
+                .to_string(),
+            "http://127.0.0.1:9444/v1/accounts/a"
+        );
+        assert_eq!(
+            request_uri("http://127.0.0.1:9444/", "/healthz")
+                .unwrap()
+                .to_string(),
+            "http://127.0.0.1:9444/healthz"
+        );
+        assert_eq!(
+            request_uri("127.0.0.1:9444", "/healthz")
+                .unwrap()
+                .to_string(),
+            "http://127.0.0.1:9444/healthz"
+        );
+        assert_eq!(
+            request_uri("http://gw.internal/admin/", "/healthz")
+                .unwrap()
+                .to_string(),
+            "http://gw.internal/admin/healthz"
+        );
+        assert!(matches!(
+            request_uri("https://127.0.0.1:9444", "/x"),
+            Err(ClientError::HttpsUnsupported(_))
+        ));
+        assert!(matches!(
+            request_uri("ftp://h", "/x"),
+            Err(ClientError::InvalidUrl { .. })
+        ));
+        assert!(matches!(
+            request_uri("http://", "/x"),
+            Err(ClientError::InvalidUrl { .. })
+        ));
+        let msg = request_uri("https://h:1", "/x").unwrap_err().to_string();
+        assert!(msg.contains("plain http"), "{msg}");
+    }
+
+    #[test]
+    fn listen_address_to_url() {
+        assert_eq!(
+            url_from_listen("127.0.0.1:9444".parse().unwrap()),
+            "http://127.0.0.1:9444"
+        );
+        assert_eq!(
+            url_from_listen("0.0.0.0:9444".parse().unwrap()),
+            "http://127.0.0.1:9444"
+        );
+        assert_eq!(
+            url_from_listen("[::]:9444".parse().unwrap()),
+            "http://[::1]:9444"
+        );
+    }
+
+    #[test]
+    fn paths_are_percent_encoded() {
+        assert_eq!(
+            AdminCommand::Enable {
+                account: "alice@example.com".into()
+            }
+            .path(),
+            "/v1/accounts/alice%40example.com/two-factor"
+        );
+        assert_eq!(
+            AdminCommand::Revoke {
+                serial: "AB:CD".into(),
+                reason: None
+            }
+            .path(),
+            "/v1/certificates/AB%3ACD/revoke"
+        );
+        assert_eq!(
+            AdminCommand::Status {
+                account: "a/../b".into()
+            }
+            .path(),
+            "/v1/accounts/a%2F..%2Fb"
+        );
+        assert_eq!(
+            AdminCommand::Status {
+                account: "..".into()
+            }
+            .path(),
+            "/v1/accounts/%2E%2E"
+        );
+        assert_eq!(
+            AdminCommand::Status {
+                account: "a.b".into()
+            }
+            .path(),
+            "/v1/accounts/a.b"
+        );
+        assert_eq!(
+            AdminCommand::Status {
+                account: "x".into()
+            }
+            .method(),
+            Method::GET
+        );
+        assert_eq!(
+            AdminCommand::Reset {
+                account: "x".into()
+            }
+            .method(),
+            Method::POST
+        );
+        assert_eq!(
+            AdminCommand::Revoke {
+                serial: "01".into(),
+                reason: Some("superseded".into())
+            }
+            .body(),
+            Some(json!({"reason": "superseded"}))
+        );
+        assert_eq!(
+            AdminCommand::Revoke {
+                serial: "01".into(),
+                reason: None
+            }
+            .body(),
+            None
+        );
+    }
+
+    #[test]
+    fn token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        std::fs::write(&p, "  s3cret\n").unwrap();
+        assert_eq!(read_token_file(&p).unwrap(), "s3cret");
+        std::fs::write(&p, "\n").unwrap();
+        assert!(matches!(
+            read_token_file(&p),
+            Err(ClientError::TokenFile { .. })
+        ));
+        assert!(matches!(
+            read_token_file(&dir.path().join("missing")),
+            Err(ClientError::TokenFile { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn refused_connection_names_the_url() {
+        // Bind, learn a free port, close it: nothing listens there now.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let err = call(&url, "t", Method::GET, "/healthz", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&url) && msg.contains("Is the gateway running"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn render_enable_shows_the_link() {
+        let v = json!({
+            "account": "alice", "generation": 1, "two_factor": true,
+            "created_at": "2026-01-01T00:00:00Z", "reset_at": null,
+            "ticket": "T", "enroll_url": "https://gw/.certgate/enroll?ticket=T",
+            "ticket_expires_at": "2026-01-02T00:00:00Z",
+        });
+        let out = render(
+            &AdminCommand::Enable {
+                account: "alice".into(),
+            },
+            &v,
+        );
+        assert!(
+            out.contains("Two-factor enabled for account alice (generation 1)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\n    https://gw/.certgate/enroll?ticket=T\n"),
+            "{out}"
+        );
+        assert!(out.contains("expires 2026-01-02T00:00:00Z"), "{out}");
+    }
+
+    #[test]
+    fn render_note_without_link() {
+        let v =
+            json!({"account": "bob", "generation": 2, "two_factor": false, "note": "no ticket"});
+        let out = render(
+            &AdminCommand::Reset {
+                account: "bob".into(),
+            },
+            &v,
+        );
+        assert!(out.contains("Account bob reset: now generation 2"), "{out}");
+        assert!(out.contains("Note: no ticket"), "{out}");
+        assert!(!out.contains("Enrollment link"), "{out}");
+    }
+
+    #[test]
+    fn render_status_table() {
+        let v = json!({
+            "account": "alice", "generation": 2, "two_factor": true,
+            "created_at": "2026-01-01T00:00:00Z", "reset_at": "2026-02-01T00:00:00Z",
+            "certificates": [
+                {"serial": "aa01", "generation": 1, "not_after": "2027-01-01T00:00:00Z", "revoked": false, "fingerprint": "f"},
+                {"serial": "bb02", "generation": 2, "not_after": "2027-02-01T00:00:00Z", "revoked": true, "fingerprint": "f"},
+                {"serial": "cc03", "generation": 2, "not_after": "2027-03-01T00:00:00Z", "revoked": false, "fingerprint": "f"},
+            ],
+        });
+        let out = render(
+            &AdminCommand::Status {
+                account: "alice".into(),
+            },
+            &v,
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines.contains(&"last reset  2026-02-01T00:00:00Z"), "{out}");
+        assert!(
+            out.contains("SERIAL  GEN  NOT AFTER             STATUS"),
+            "{out}"
+        );
+        assert!(
+            out.contains("aa01    1    2027-01-01T00:00:00Z  refused (older generation)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("bb02    2    2027-02-01T00:00:00Z  revoked"),
+            "{out}"
+        );
+        assert!(
+            out.contains("cc03    2    2027-03-01T00:00:00Z  valid"),
+            "{out}"
+        );
+
+        let empty =
+            json!({"account": "x", "generation": 1, "two_factor": false, "certificates": []});
+        let out = render(
+            &AdminCommand::Status {
+                account: "x".into(),
+            },
+            &empty,
+        );
+        assert!(
+            out.contains("No certificates on record.") && out.contains("last reset  never"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn render_revoke_and_certificate() {
+        let v = json!({"serial": "abcd", "account": null, "revoked": true, "reason": "keyCompromise", "revoked_at": "2026-01-01T00:00:00Z"});
+        let out = render(
+            &AdminCommand::Revoke {
+                serial: "abcd".into(),
+                reason: None,
+            },
+            &v,
+        );
+        assert_eq!(
+            out,
+            "Certificate abcd revoked (reason keyCompromise, since 2026-01-01T00:00:00Z).\n"
+        );
+        let out = render(
+            &AdminCommand::CertificateStatus {
+                serial: "abcd".into(),
+            },
+            &v,
+        );
+        assert!(
+            out.contains("account      (not in the certificate registry)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("revoked      yes (keyCompromise, since 2026-01-01T00:00:00Z)"),
+            "{out}"
+        );
+    }
+}

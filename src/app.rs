@@ -158,7 +158,15 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         let _ = rx.wait_for(|p| *p != Phase::Running).await;
     };
 
-    let admin_state = Arc::new(AdminState::new(&config, cache.clone(), metrics.clone()));
+    let admin_state = Arc::new(AdminState::new(
+        cache.clone(),
+        metrics.clone(),
+        config.admin.token_file.clone(),
+        config
+            .enrollment
+            .as_ref()
+            .map(admin::EnrollmentInfo::from_config),
+    ));
     let mut side_tasks = vec![
         tokio::spawn(admin::serve_admin(
             admin_listener,

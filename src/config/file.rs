@@ -1,23 +1,1474 @@
-//! (pending) YAML file types and validation.
-use std::path::Path;
+//! `certgate.yaml` → [`FileConfig`] → validated [`Config`].
+//!
+//! The file structs mirror the YAML of DESIGN.md key for key: every struct denies unknown
+//! fields, every key is optional (defaults are applied during validation, so the defaults
+//! live next to the checks that use them), and scalar values are wrapped in
+//! [`Spanned`] so a semantic error points at the line it comes from. Parsing uses
+//! serde-saphyr with strict booleans (`yes`/`no`/`on`/`off` are errors) and its default
+//! duplicate-key policy (a repeated key is an error).
+//!
+//! Validation reads every file the config names (certificates, keys, CRLs, the admin
+//! token) once, so the TLS module gets parsed material and never re-reads a file that may
+//! have changed since it was checked. Nothing here binds a socket.
+//!
+//! Every [`ConfigError`] names the file, the line (when the key is written in the file) and
+//! the dotted key; messages repeat the offending value, but never key material or tokens.
 
-use super::{Config, ConfigError};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
+use rustls::crypto::aws_lc_rs;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
+
+use super::units;
+use super::{
+    AccountSource, AdminConfig, CacheConfig, ClientAuthConfig, ClientAuthMode, Config, ConfigError,
+    Crl, EnrollmentConfig, HeadersConfig, IdentityConfig, LimitsConfig, LogConfig, LogFormat,
+    MetricsConfig, OnError, PemCerts, RoutesConfig, SecretKey, StateBackend, StateConfig,
+    TlsConfig, TlsMinVersion, UpstreamConfig,
+};
+
+/// A scalar (or list item) together with where it was written.
+type S<T> = Spanned<T>;
+
+/// The whole file, as written. See DESIGN.md "Config (YAML)" for the meaning of each key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<S<String>>,
+    pub listen_proxy_protocol: Option<S<bool>>,
+    pub server_names: Option<Vec<S<String>>>,
+    pub tls: Option<TlsFile>,
+    pub client_auth: Option<ClientAuthFile>,
+    pub identity: Option<IdentityFile>,
+    pub upstream: Option<UpstreamFile>,
+    pub routes: Option<RoutesFile>,
+    pub headers: Option<HeadersFile>,
+    pub state: Option<StateFile>,
+    pub enrollment: Option<EnrollmentFile>,
+    pub admin: Option<AdminFile>,
+    pub metrics: Option<MetricsFile>,
+    pub limits: Option<LimitsFile>,
+    pub log: Option<LogFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// Required.
+    pub cert: Option<S<String>>,
+    /// Required.
+    pub key: Option<S<String>>,
+    pub min_version: Option<S<String>>,
+    pub session_resumption: Option<S<bool>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthFile {
+    pub mode: Option<S<String>>,
+    pub trusted_cas: Option<Vec<S<String>>>,
+    pub crls: Option<Vec<S<String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityFile {
+    pub account_from: Option<Vec<S<String>>>,
+    pub uri_prefix: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// Required.
+    pub url: Option<S<String>>,
+    pub connect_timeout: Option<S<String>>,
+    pub response_timeout: Option<S<String>>,
+    pub pool_idle_timeout: Option<S<String>>,
+    pub pool_max_idle_per_host: Option<S<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesFile {
+    pub public: Option<Vec<S<String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersFile {
+    pub xfcc: Option<S<bool>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    pub backend: Option<S<String>>,
+    pub path: Option<S<String>>,
+    pub redis: Option<RedisFile>,
+    pub cache: Option<CacheFile>,
+    pub on_error: Option<S<String>>,
+    pub max_stale: Option<S<String>>,
+}
+
+/// Parsed and type-checked so configs written for a later version still load, but the
+/// redis backend itself is refused until it exists.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    pub mode: Option<S<String>>,
+    pub url: Option<S<String>>,
+    pub urls: Option<Vec<S<String>>>,
+    pub sentinel_master: Option<S<String>>,
+    pub password_file: Option<S<String>>,
+    pub key_prefix: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheFile {
+    pub ttl: Option<S<String>>,
+    pub max_entries: Option<S<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentFile {
+    pub enabled: Option<S<bool>>,
+    pub ca_cert: Option<S<String>>,
+    pub ca_key: Option<S<String>>,
+    pub validity: Option<S<String>>,
+    pub ticket_ttl: Option<S<String>>,
+    pub public_url: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub listen: Option<S<String>>,
+    pub token_file: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsFile {
+    pub listen: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub max_connections: Option<S<u64>>,
+    pub handshake_timeout: Option<S<String>>,
+    pub header_read_timeout: Option<S<String>>,
+    pub max_header_bytes: Option<S<String>>,
+    pub idle_timeout: Option<S<String>>,
+    pub h2_max_concurrent_streams: Option<S<u64>>,
+    pub max_connection_age: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    pub format: Option<S<String>>,
+    pub level: Option<S<String>>,
+    pub access: Option<S<bool>>,
+}
+
+/// Defaults from DESIGN.md, in one place.
+mod defaults {
+    pub const LISTEN: &str = "0.0.0.0:8443";
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9444";
+    pub const METRICS_LISTEN: &str = "127.0.0.1:9090";
+    pub const URI_PREFIX: &str = "urn:certgate:account:";
+    pub const STATE_PATH: &str = "data/certgate.db";
+    pub const ENROLL_CA_CERT: &str = "certs/enroll-ca.pem";
+    pub const ENROLL_CA_KEY: &str = "certs/enroll-ca.key";
+    pub const PUBLIC_URL: &str = "https://localhost:8443";
+    pub const TOKEN_FILE: &str = "secrets/admin-token";
+    pub const CONNECT_TIMEOUT: u64 = 2;
+    pub const RESPONSE_TIMEOUT: u64 = 60;
+    pub const POOL_IDLE_TIMEOUT: u64 = 90;
+    pub const POOL_MAX_IDLE_PER_HOST: u64 = 512;
+    pub const CACHE_TTL: u64 = 10;
+    pub const CACHE_MAX_ENTRIES: u64 = 100_000;
+    pub const MAX_STALE: u64 = 5 * 60;
+    pub const VALIDITY: u64 = 365 * 86_400;
+    pub const TICKET_TTL: u64 = 24 * 3_600;
+    pub const MAX_CONNECTIONS: u64 = 10_000;
+    pub const HANDSHAKE_TIMEOUT: u64 = 10;
+    pub const HEADER_READ_TIMEOUT: u64 = 10;
+    pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
+    pub const IDLE_TIMEOUT: u64 = 60;
+    pub const H2_MAX_CONCURRENT_STREAMS: u64 = 256;
+}
+
+/// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
         line: None,
         key: "(file)".into(),
-        message: e.to_string(),
+        message: format!("cannot read the config file: {e}"),
     })?;
     from_yaml(&text, path)
 }
 
-pub fn from_yaml(_text: &str, path: &Path) -> Result<Config, ConfigError> {
+/// Parses and validates YAML `text` as if it were the file `path`: relative paths inside
+/// are resolved against `path`'s folder, and errors name `path`.
+pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let index = KeyIndex::new(text);
+    let file = parse(text, path, &index)?;
+    // Absolute, so a later change of working directory cannot move the files.
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let ctx = Ctx {
+        file: path,
+        dir,
+        index,
+    };
+    ctx.validate(file)
+}
+
+fn parse(text: &str, path: &Path, index: &KeyIndex) -> Result<FileConfig, ConfigError> {
+    use serde_saphyr::MessageFormatter;
+
+    let options = serde_saphyr::options! { strict_booleans: true, with_snippet: false };
+    let err = match serde_saphyr::from_str_with_options::<Option<FileConfig>>(text, options) {
+        // An empty file (or one holding only comments) is an empty mapping; the missing
+        // required keys are reported by validation.
+        Ok(file) => return Ok(file.unwrap_or_default()),
+        Err(err) => err,
+    };
+    let location = err.location().filter(|l| l.line() > 0);
+    let line = location.map(|l| l.line() as usize);
+    let mut message = sanitize(&serde_saphyr::UserMessageFormatter.format_message(&err));
+    if message == "invalid u64" || message == "invalid u32" {
+        message = "expected a whole number (0 or more)".to_string();
+    }
+    let mut key = line
+        .and_then(|l| index.path_at(l))
+        .unwrap_or_else(|| "(file)".to_string());
+    if let Some(field) = between(&message, "unknown field `", "`") {
+        // In a flow mapping (`tls: {cert: a, bad: b}`) the line names only the parent.
+        if key.rsplit('.').next() != Some(field) {
+            key = if key == "(file)" {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            };
+        }
+    } else if !message.starts_with("duplicate")
+        && let Some(found) = location.and_then(|l| text_at(text, l.line(), l.column()))
+    {
+        message = format!("{message} (found `{found}`)");
+    }
     Err(ConfigError {
         file: path.to_path_buf(),
-        line: None,
-        key: "(file)".into(),
-        message: "pending".into(),
+        line,
+        key,
+        message,
     })
 }
+
+/// The text of `s` between the first `start` and the following `end`.
+fn between<'s>(s: &'s str, start: &str, end: &str) -> Option<&'s str> {
+    let rest = &s[s.find(start)? + start.len()..];
+    Some(&rest[..rest.find(end)?])
+}
+
+/// The scalar written at 1-based `line`/`column`, without a trailing comment; `None` when
+/// it is empty or too long to quote in a message.
+fn text_at(text: &str, line: u64, column: u64) -> Option<String> {
+    let l = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let l = strip_comment(l);
+    let start = l
+        .char_indices()
+        .nth(usize::try_from(column).ok()?.checked_sub(1)?)?
+        .0;
+    let found = l[start..].trim();
+    (!found.is_empty() && found.len() <= 80).then(|| sanitize(found))
+}
+
+/// Removes control characters so a message stays on one line.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Removes a `# comment` that is outside quotes.
+fn strip_comment(line: &str) -> &str {
+    let (mut single, mut double) = (false, false);
+    let mut prev = ' ';
+    for (i, c) in line.char_indices() {
+        match c {
+            '\'' if !double => single = !single,
+            '"' if !single && prev != '\\' => double = !double,
+            '#' if !single && !double && prev.is_whitespace() => return &line[..i],
+            _ => {}
+        }
+        prev = c;
+    }
+    line
+}
+
+/// Where each dotted key is written, recovered from the block layout of the text. Serde
+/// errors only carry a line; this turns the line back into the key an operator must fix,
+/// and gives a line to errors about keys that are not scalars (`client_auth.trusted_cas`).
+/// It understands block mappings and sequences, which is what config files use; inside a
+/// flow collection it names the key that holds the collection.
+struct KeyIndex {
+    /// Dotted path per 1-based line (index 0 unused).
+    paths: Vec<Option<String>>,
+    /// First line of each dotted path.
+    lines: HashMap<String, usize>,
+}
+
+impl KeyIndex {
+    fn new(text: &str) -> Self {
+        let mut paths = vec![None];
+        let mut lines = HashMap::new();
+        // (indent, dotted path) of the mapping keys enclosing the current line.
+        let mut stack: Vec<(usize, String)> = Vec::new();
+        let mut items: HashMap<String, usize> = HashMap::new();
+        for raw in text.lines() {
+            let line = strip_comment(raw).trim_end();
+            let content = line.trim_start_matches([' ', '\t']);
+            let indent = line.len() - content.len();
+            if content.is_empty() || content.starts_with("---") || content.starts_with("...") {
+                paths.push(stack.last().map(|(_, p)| p.clone()));
+                continue;
+            }
+            if content == "-" || content.starts_with("- ") {
+                while stack.last().is_some_and(|(i, _)| *i > indent) {
+                    stack.pop();
+                }
+                let parent = stack.last().map(|(_, p)| p.clone()).unwrap_or_default();
+                let n = items.entry(parent.clone()).or_insert(0);
+                paths.push(Some(format!("{parent}[{n}]")));
+                *n += 1;
+                continue;
+            }
+            if let Some(key) = mapping_key(content) {
+                while stack.last().is_some_and(|(i, _)| *i >= indent) {
+                    stack.pop();
+                }
+                let path = match stack.last() {
+                    Some((_, parent)) => format!("{parent}.{key}"),
+                    None => key.to_string(),
+                };
+                items.remove(&path);
+                lines.entry(path.clone()).or_insert(paths.len());
+                paths.push(Some(path.clone()));
+                stack.push((indent, path));
+            } else {
+                paths.push(stack.last().map(|(_, p)| p.clone()));
+            }
+        }
+        KeyIndex { paths, lines }
+    }
+
+    fn path_at(&self, line: usize) -> Option<String> {
+        self.paths.get(line).cloned().flatten()
+    }
+
+    /// The line of `key`, or of its nearest written parent (`tls.cert` → `tls`).
+    fn line_of(&self, key: &str) -> Option<usize> {
+        let mut key = key;
+        loop {
+            if let Some(line) = self.lines.get(key) {
+                return Some(*line);
+            }
+            key = &key[..key.rfind(['.', '['])?];
+        }
+    }
+}
+
+/// The key of a block mapping line (`key: value` or `key:`), unquoted.
+fn mapping_key(content: &str) -> Option<&str> {
+    if content.starts_with(['{', '[', '|', '>', '&', '*', '!']) {
+        return None;
+    }
+    let end = content
+        .find(": ")
+        .or_else(|| content.find(":\t"))
+        .or_else(|| content.ends_with(':').then(|| content.len() - 1))?;
+    let key = content[..end].trim();
+    let key = key
+        .strip_prefix('"')
+        .and_then(|k| k.strip_suffix('"'))
+        .or_else(|| key.strip_prefix('\'').and_then(|k| k.strip_suffix('\'')))
+        .unwrap_or(key);
+    (!key.is_empty()).then_some(key)
+}
+
+/// 1-based line of a spanned value, when known.
+fn span_line<T>(v: &S<T>) -> Option<usize> {
+    let line = v.referenced.line();
+    (line > 0).then_some(line as usize)
+}
+
+/// Validation context: the file being checked and where its keys are.
+struct Ctx<'a> {
+    file: &'a Path,
+    /// Folder relative paths are resolved against.
+    dir: PathBuf,
+    index: KeyIndex,
+}
+
+/// A certificate file, parsed, with the key and line it came from (for later errors).
+struct Loaded {
+    certs: PemCerts,
+    key: String,
+    line: Option<usize>,
+}
+
+impl Ctx<'_> {
+    /// An error at `key`; the line is `line` when known, else where `key` is written.
+    fn fail(&self, key: &str, line: Option<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: line.or_else(|| self.index.line_of(key)),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn fail_at<T>(&self, key: &str, v: &S<T>, message: impl Into<String>) -> ConfigError {
+        self.fail(key, span_line(v), message)
+    }
+
+    fn bool(&self, v: &Option<S<bool>>, default: bool) -> bool {
+        v.as_ref().map_or(default, |v| v.value)
+    }
+
+    fn string<'v>(&self, v: &'v Option<S<String>>, default: &'v str) -> (&'v str, Option<usize>) {
+        match v {
+            Some(v) => (v.value.as_str(), span_line(v)),
+            None => (default, None),
+        }
+    }
+
+    fn choice<T: Copy>(
+        &self,
+        key: &str,
+        v: &Option<S<String>>,
+        default: T,
+        options: &[(&str, T)],
+    ) -> Result<T, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        options
+            .iter()
+            .find(|(name, _)| *name == v.value)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| {
+                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                self.fail_at(
+                    key,
+                    v,
+                    format!("{:?} is not one of: {}", v.value, names.join(", ")),
+                )
+            })
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        v: &Option<S<String>>,
+        default_secs: u64,
+    ) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(Duration::from_secs(default_secs)),
+            Some(v) => {
+                units::parse_duration(&v.value).map_err(|e| self.fail_at(key, v, e.to_string()))
+            }
+        }
+    }
+
+    /// A duration that must be greater than zero.
+    fn positive_duration(
+        &self,
+        key: &str,
+        v: &Option<S<String>>,
+        default_secs: u64,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(key, v, default_secs)?;
+        match v {
+            Some(v) if d.is_zero() => {
+                Err(self.fail_at(key, v, format!("{:?} must be greater than 0", v.value)))
+            }
+            _ => Ok(d),
+        }
+    }
+
+    /// An integer within `min..=max`.
+    fn number(
+        &self,
+        key: &str,
+        v: &Option<S<u64>>,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        if v.value < min || v.value > max {
+            let range = if max == u64::MAX {
+                format!("at least {min}")
+            } else {
+                format!("between {min} and {max}")
+            };
+            return Err(self.fail_at(
+                key,
+                v,
+                format!("{} is out of range (must be {range})", v.value),
+            ));
+        }
+        Ok(v.value)
+    }
+
+    fn address(
+        &self,
+        key: &str,
+        v: &Option<S<String>>,
+        default: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        let (text, line) = self.string(v, default);
+        text.trim().parse().map_err(|_| {
+            self.fail(
+                key,
+                line,
+                format!("{text:?} is not a valid address (ip:port, e.g. \"0.0.0.0:8443\")"),
+            )
+        })
+    }
+
+    /// A path, resolved against the config file's folder when relative.
+    fn path(
+        &self,
+        key: &str,
+        v: &Option<S<String>>,
+        default: &str,
+    ) -> Result<(PathBuf, Option<usize>), ConfigError> {
+        let (text, line) = self.string(v, default);
+        if text.trim().is_empty() {
+            return Err(self.fail(key, line, "the path must not be empty"));
+        }
+        Ok((self.dir.join(text), line))
+    }
+
+    fn read(
+        &self,
+        key: &str,
+        line: Option<usize>,
+        path: &Path,
+        missing_hint: &str,
+    ) -> Result<Vec<u8>, ConfigError> {
+        std::fs::read(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                self.fail(
+                    key,
+                    line,
+                    format!("{} does not exist{missing_hint}", path.display()),
+                )
+            } else {
+                self.fail(key, line, format!("cannot read {}: {e}", path.display()))
+            }
+        })
+    }
+
+    /// A PEM file holding at least one certificate, every one of which parses.
+    fn certs(
+        &self,
+        key: &str,
+        line: Option<usize>,
+        path: PathBuf,
+        missing_hint: &str,
+    ) -> Result<Loaded, ConfigError> {
+        let bytes = self.read(key, line, &path, missing_hint)?;
+        let mut certs = Vec::new();
+        for (n, item) in CertificateDer::pem_slice_iter(&bytes).enumerate() {
+            let cert = item.map_err(|e| {
+                self.fail(
+                    key,
+                    line,
+                    format!(
+                        "{}: certificate #{} is not valid PEM: {e}",
+                        path.display(),
+                        n + 1
+                    ),
+                )
+            })?;
+            if let Err(e) = X509Certificate::from_der(cert.as_ref()) {
+                return Err(self.fail(
+                    key,
+                    line,
+                    format!(
+                        "{}: certificate #{} does not parse: {e}",
+                        path.display(),
+                        n + 1
+                    ),
+                ));
+            }
+            certs.push(cert);
+        }
+        if certs.is_empty() {
+            return Err(self.fail(
+                key,
+                line,
+                format!(
+                    "{} holds no certificate (expected PEM \"-----BEGIN CERTIFICATE-----\")",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Loaded {
+            certs: PemCerts { path, certs },
+            key: key.to_string(),
+            line,
+        })
+    }
+
+    /// A PEM private key (PKCS#8, PKCS#1 or SEC1) that matches the first certificate of
+    /// `cert`. The key bytes never appear in an error.
+    fn key_for(
+        &self,
+        key: &str,
+        line: Option<usize>,
+        path: PathBuf,
+        cert: &Loaded,
+        missing_hint: &str,
+    ) -> Result<SecretKey, ConfigError> {
+        let bytes = self.read(key, line, &path, missing_hint)?;
+        let der = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+            let why = match e {
+                rustls_pki_types::pem::Error::NoItemsFound => "no private key found".to_string(),
+                other => other.to_string(),
+            };
+            self.fail(
+                key,
+                line,
+                format!(
+                    "{} holds no usable private key ({why}; expected PEM PKCS#8, PKCS#1 or SEC1)",
+                    path.display()
+                ),
+            )
+        })?;
+        let signing = aws_lc_rs::default_provider()
+            .key_provider
+            .load_private_key(der.clone_key())
+            .map_err(|e| {
+                self.fail(
+                    key,
+                    line,
+                    format!(
+                        "{} holds a private key that cannot be used: {e}",
+                        path.display()
+                    ),
+                )
+            })?;
+        let certified = CertifiedKey::new(cert.certs.certs.clone(), signing);
+        match certified.keys_match() {
+            // A key type that cannot tell its public key is not refused for that.
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(rustls::Error::InconsistentKeys(_)) => {
+                return Err(self.fail(
+                    key,
+                    line,
+                    format!(
+                        "the private key in {} does not match the certificate in {} ({})",
+                        path.display(),
+                        cert.certs.path.display(),
+                        cert.key
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(self.fail(
+                    &cert.key,
+                    cert.line,
+                    format!(
+                        "{}: cannot check the certificate against its key: {e}",
+                        cert.certs.path.display()
+                    ),
+                ));
+            }
+        }
+        Ok(SecretKey { path, key: der })
+    }
+
+    /// A PEM or DER CRL that parses and has not expired.
+    fn crl(
+        &self,
+        key: &str,
+        line: Option<usize>,
+        path: PathBuf,
+        now: i64,
+    ) -> Result<Crl, ConfigError> {
+        let bytes = self.read(key, line, &path, "")?;
+        let der = if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+            CertificateRevocationListDer::from_pem_slice(&bytes).map_err(|e| {
+                self.fail(
+                    key,
+                    line,
+                    format!(
+                        "{} holds no PEM CRL (\"-----BEGIN X509 CRL-----\"): {e}",
+                        path.display()
+                    ),
+                )
+            })?
+        } else {
+            CertificateRevocationListDer::from(bytes)
+        };
+        let (_, parsed) = CertificateRevocationList::from_der(der.as_ref()).map_err(|e| {
+            self.fail(
+                key,
+                line,
+                format!("{} is not a valid CRL (PEM or DER): {e}", path.display()),
+            )
+        })?;
+        let next_update = parsed.next_update().map(|t| t.timestamp());
+        if let Some(next) = next_update
+            && next < now
+        {
+            return Err(self.fail(
+                key,
+                line,
+                format!(
+                    "the CRL in {} expired at {} (nextUpdate); install a fresh CRL from its CA",
+                    path.display(),
+                    crate::identity::rfc3339(next)
+                ),
+            ));
+        }
+        let issuer = parsed.issuer().as_raw().to_vec();
+        let revoked = parsed
+            .iter_revoked_certificates()
+            .map(|r| (issuer.clone(), crate::identity::serial_hex(r.raw_serial())))
+            .collect();
+        Ok(Crl {
+            path,
+            der,
+            revoked,
+            next_update,
+        })
+    }
+
+    fn validate(&self, f: FileConfig) -> Result<Config, ConfigError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+
+        // Listeners.
+        let listen = self.address("listen", &f.listen, defaults::LISTEN)?;
+        if let Some(v) = &f.listen_proxy_protocol
+            && v.value
+        {
+            return Err(self.fail_at(
+                "listen_proxy_protocol",
+                v,
+                "true is not supported yet in this version (PROXY protocol); remove the key or set it to false",
+            ));
+        }
+        let admin_file = f.admin.unwrap_or_default();
+        let metrics_file = f.metrics.unwrap_or_default();
+        let admin_listen =
+            self.address("admin.listen", &admin_file.listen, defaults::ADMIN_LISTEN)?;
+        let metrics_listen = self.address(
+            "metrics.listen",
+            &metrics_file.listen,
+            defaults::METRICS_LISTEN,
+        )?;
+        let listeners = [
+            ("listen", listen),
+            ("admin.listen", admin_listen),
+            ("metrics.listen", metrics_listen),
+        ];
+        for (i, (key_a, a)) in listeners.iter().enumerate() {
+            for (key_b, b) in &listeners[i + 1..] {
+                if clash(*a, *b) {
+                    // Blame the one written in the file (the later one when both are).
+                    let ((key, addr), (other_key, other)) = if self.index.line_of(key_b).is_some()
+                        || self.index.line_of(key_a).is_none()
+                    {
+                        ((key_b, b), (key_a, a))
+                    } else {
+                        ((key_a, a), (key_b, b))
+                    };
+                    return Err(self.fail(
+                        key,
+                        None,
+                        format!("{addr} clashes with {other_key} ({other}); each listener needs its own address and port"),
+                    ));
+                }
+            }
+        }
+
+        let server_names = self.server_names(f.server_names.unwrap_or_default())?;
+        let tls = self.tls(f.tls)?;
+        let (client_auth, trusted) = self.client_auth(f.client_auth.unwrap_or_default(), now)?;
+        let identity = self.identity(f.identity.unwrap_or_default())?;
+        let upstream = self.upstream(f.upstream)?;
+        let routes = self.routes(f.routes.unwrap_or_default())?;
+        let headers = HeadersConfig {
+            xfcc: self.bool(&f.headers.unwrap_or_default().xfcc, false),
+        };
+        let state = self.state(f.state.unwrap_or_default())?;
+        let enrollment_file = f.enrollment.unwrap_or_default();
+        let enrollment = self.enrollment(&enrollment_file)?;
+
+        // Trust anchors: without any, no client certificate could ever be accepted, and
+        // rustls refuses to build a client verifier.
+        if trusted.is_empty() && enrollment.is_none() {
+            return Err(self.fail(
+                "client_auth.trusted_cas",
+                None,
+                "no client trust anchor: list at least one CA file in client_auth.trusted_cas, or turn enrollment on (enrollment.enabled: true)",
+            ));
+        }
+        self.check_trust(&client_auth, &trusted, enrollment.as_ref())?;
+
+        let (token_file, token_line) = self.path(
+            "admin.token_file",
+            &admin_file.token_file,
+            defaults::TOKEN_FILE,
+        )?;
+        let hint = "; create it with `certgate init`, or with `openssl rand -hex 32 > FILE && chmod 600 FILE`";
+        let token = self.read("admin.token_file", token_line, &token_file, hint)?;
+        if token.trim_ascii().is_empty() {
+            return Err(self.fail(
+                "admin.token_file",
+                token_line,
+                format!(
+                    "{} is empty; the admin API needs a token{hint}",
+                    token_file.display()
+                ),
+            ));
+        }
+
+        let limits = self.limits(f.limits.unwrap_or_default())?;
+        let log = self.log(f.log.unwrap_or_default())?;
+
+        Ok(Config {
+            source: self.file.to_path_buf(),
+            listen,
+            server_names,
+            tls,
+            client_auth,
+            identity,
+            upstream,
+            routes,
+            headers,
+            state,
+            enrollment,
+            admin: AdminConfig {
+                listen: admin_listen,
+                token_file,
+            },
+            metrics: MetricsConfig {
+                listen: metrics_listen,
+            },
+            limits,
+            log,
+        })
+    }
+
+    fn server_names(&self, names: Vec<S<String>>) -> Result<Vec<String>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let key = format!("server_names[{i}]");
+            let n = name.value.trim().trim_end_matches('.').to_ascii_lowercase();
+            // Compared literally with the SNI, so a form that can never be sent as SNI
+            // (a port, an IP address, a wildcard) would silently refuse every client.
+            let why = if n.is_empty() {
+                Some("a server name must not be empty")
+            } else if n.contains(':') && n.parse::<std::net::IpAddr>().is_err() {
+                Some("a server name is a host name without a port")
+            } else if n.parse::<std::net::IpAddr>().is_ok() {
+                Some("an IP address is never sent as SNI; list host names only")
+            } else if n.contains('*') {
+                Some("wildcards are not supported; list each host name")
+            } else if !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+            {
+                Some("a server name may only hold letters, digits, '-', '_' and '.'")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(self.fail_at(&key, name, format!("{:?}: {why}", name.value)));
+            }
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+
+    fn tls(&self, tls: Option<TlsFile>) -> Result<TlsConfig, ConfigError> {
+        let tls = tls.unwrap_or_default();
+        if tls.cert.is_none() {
+            return Err(self.fail(
+                "tls.cert",
+                None,
+                "this key is required: the server certificate chain (PEM, leaf first)",
+            ));
+        }
+        if tls.key.is_none() {
+            return Err(self.fail(
+                "tls.key",
+                None,
+                "this key is required: the server private key (PEM)",
+            ));
+        }
+        let (cert_path, cert_line) = self.path("tls.cert", &tls.cert, "")?;
+        let cert = self.certs("tls.cert", cert_line, cert_path, "")?;
+        let (key_path, key_line) = self.path("tls.key", &tls.key, "")?;
+        let key = self.key_for("tls.key", key_line, key_path, &cert, "")?;
+        let min_version = self.choice(
+            "tls.min_version",
+            &tls.min_version,
+            TlsMinVersion::Tls12,
+            &[("1.2", TlsMinVersion::Tls12), ("1.3", TlsMinVersion::Tls13)],
+        )?;
+        Ok(TlsConfig {
+            cert: cert.certs,
+            key,
+            min_version,
+            session_resumption: self.bool(&tls.session_resumption, true),
+        })
+    }
+
+    fn client_auth(
+        &self,
+        ca: ClientAuthFile,
+        now: i64,
+    ) -> Result<(ClientAuthConfig, Vec<Loaded>), ConfigError> {
+        let mode = self.choice(
+            "client_auth.mode",
+            &ca.mode,
+            ClientAuthMode::Optional,
+            &[
+                ("optional", ClientAuthMode::Optional),
+                ("required", ClientAuthMode::Required),
+            ],
+        )?;
+        let mut trusted = Vec::new();
+        for (i, v) in ca.trusted_cas.unwrap_or_default().into_iter().enumerate() {
+            let key = format!("client_auth.trusted_cas[{i}]");
+            let (path, line) = self.path(&key, &Some(v), "")?;
+            trusted.push(self.certs(&key, line, path, "")?);
+        }
+        let mut crls = Vec::new();
+        for (i, v) in ca.crls.unwrap_or_default().into_iter().enumerate() {
+            let key = format!("client_auth.crls[{i}]");
+            let (path, line) = self.path(&key, &Some(v), "")?;
+            crls.push(self.crl(&key, line, path, now)?);
+        }
+        let config = ClientAuthConfig {
+            mode,
+            trusted_cas: trusted.iter().map(|l| l.certs.clone()).collect(),
+            crls,
+        };
+        Ok((config, trusted))
+    }
+
+    /// Cross-checks the trust material the way the TLS module will use it: every CA
+    /// certificate must be usable as a trust anchor, a CRL issued by one of our CAs must
+    /// carry its valid signature, and rustls must accept each CRL.
+    fn check_trust(
+        &self,
+        auth: &ClientAuthConfig,
+        trusted: &[Loaded],
+        enrollment: Option<&EnrollmentConfig>,
+    ) -> Result<(), ConfigError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let mut anchors: Vec<(String, Option<usize>, &CertificateDer<'static>)> = Vec::new();
+        for t in trusted {
+            for cert in &t.certs.certs {
+                anchors.push((t.key.clone(), t.line, cert));
+            }
+        }
+        if let Some(e) = enrollment {
+            anchors.extend(
+                e.ca_cert
+                    .certs
+                    .first()
+                    .map(|c| ("enrollment.ca_cert".to_string(), None, c)),
+            );
+        }
+        for (key, line, cert) in &anchors {
+            roots.add((*cert).clone()).map_err(|e| {
+                self.fail(
+                    key,
+                    *line,
+                    format!("a certificate in this file cannot be used as a trust anchor: {e}"),
+                )
+            })?;
+        }
+        let roots = Arc::new(roots);
+        for (i, crl) in auth.crls.iter().enumerate() {
+            let key = format!("client_auth.crls[{i}]");
+            let line = self.index.line_of(&key);
+            let Ok((_, parsed)) = CertificateRevocationList::from_der(crl.der.as_ref()) else {
+                continue; // already checked when loaded
+            };
+            for (_, _, cert) in &anchors {
+                let Ok((_, ca)) = X509Certificate::from_der(cert.as_ref()) else {
+                    continue;
+                };
+                if ca.subject().as_raw() == parsed.issuer().as_raw()
+                    && parsed.verify_signature(ca.public_key()).is_err()
+                {
+                    return Err(self.fail(
+                        &key,
+                        line,
+                        format!(
+                            "the CRL in {} names the CA {} as issuer but its signature does not verify with that CA's key",
+                            crl.path.display(),
+                            crate::identity::rfc4514(ca.subject())
+                        ),
+                    ));
+                }
+            }
+            rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots.clone(),
+                Arc::new(aws_lc_rs::default_provider()),
+            )
+            .with_crls([crl.der.clone()])
+            .allow_unknown_revocation_status()
+            .build()
+            .map_err(|e| {
+                self.fail(
+                    &key,
+                    line,
+                    format!("{} is refused by the TLS library: {e}", crl.path.display()),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn identity(&self, id: IdentityFile) -> Result<IdentityConfig, ConfigError> {
+        let account_from = match &id.account_from {
+            None => vec![
+                AccountSource::SanUri,
+                AccountSource::SanEmail,
+                AccountSource::SubjectCn,
+            ],
+            Some(list) => {
+                if list.is_empty() {
+                    return Err(self.fail(
+                        "identity.account_from",
+                        None,
+                        "must list at least one of san_uri, san_email, subject_cn",
+                    ));
+                }
+                let mut out = Vec::new();
+                for (i, v) in list.iter().enumerate() {
+                    let key = format!("identity.account_from[{i}]");
+                    let source = self.choice(
+                        &key,
+                        &Some(v.clone()),
+                        AccountSource::SanUri,
+                        &[
+                            ("san_uri", AccountSource::SanUri),
+                            ("san_email", AccountSource::SanEmail),
+                            ("subject_cn", AccountSource::SubjectCn),
+                        ],
+                    )?;
+                    if out.contains(&source) {
+                        return Err(self.fail_at(
+                            &key,
+                            v,
+                            format!("{:?} is listed twice", v.value),
+                        ));
+                    }
+                    out.push(source);
+                }
+                out
+            }
+        };
+        let (prefix, line) = self.string(&id.uri_prefix, defaults::URI_PREFIX);
+        if prefix.is_empty() && account_from.contains(&AccountSource::SanUri) {
+            return Err(self.fail(
+                "identity.uri_prefix",
+                line,
+                "must not be empty while account_from uses san_uri (any URI would name an account)",
+            ));
+        }
+        Ok(IdentityConfig {
+            account_from,
+            uri_prefix: prefix.to_string(),
+        })
+    }
+
+    fn upstream(&self, up: Option<UpstreamFile>) -> Result<UpstreamConfig, ConfigError> {
+        let up = up.unwrap_or_default();
+        let Some(url_v) = &up.url else {
+            return Err(self.fail(
+                "upstream.url",
+                None,
+                "this key is required: the app to forward to, e.g. \"http://127.0.0.1:8080\"",
+            ));
+        };
+        let url = http_url("upstream.url", &url_v.value)
+            .map_err(|m| self.fail_at("upstream.url", url_v, m))?;
+        if url.query().is_some() {
+            return Err(self.fail_at(
+                "upstream.url",
+                url_v,
+                format!("{:?} must not have a query", url_v.value),
+            ));
+        }
+        Ok(UpstreamConfig {
+            url,
+            connect_timeout: self.positive_duration(
+                "upstream.connect_timeout",
+                &up.connect_timeout,
+                defaults::CONNECT_TIMEOUT,
+            )?,
+            response_timeout: self.positive_duration(
+                "upstream.response_timeout",
+                &up.response_timeout,
+                defaults::RESPONSE_TIMEOUT,
+            )?,
+            pool_idle_timeout: self.positive_duration(
+                "upstream.pool_idle_timeout",
+                &up.pool_idle_timeout,
+                defaults::POOL_IDLE_TIMEOUT,
+            )?,
+            pool_max_idle_per_host: to_usize(self.number(
+                "upstream.pool_max_idle_per_host",
+                &up.pool_max_idle_per_host,
+                defaults::POOL_MAX_IDLE_PER_HOST,
+                0,
+                u64::from(u32::MAX),
+            )?),
+        })
+    }
+
+    fn routes(&self, routes: RoutesFile) -> Result<RoutesConfig, ConfigError> {
+        let mut public = Vec::new();
+        for (i, v) in routes.public.unwrap_or_default().iter().enumerate() {
+            let key = format!("routes.public[{i}]");
+            let route = public_route(&v.value)
+                .map_err(|why| self.fail_at(&key, v, format!("{:?} {why}", v.value)))?;
+            if !public.contains(&route) {
+                public.push(route);
+            }
+        }
+        Ok(RoutesConfig { public })
+    }
+
+    fn state(&self, st: StateFile) -> Result<StateConfig, ConfigError> {
+        #[derive(Clone, Copy)]
+        enum Backend {
+            Embedded,
+            Redis,
+        }
+        let backend = self.choice(
+            "state.backend",
+            &st.backend,
+            Backend::Embedded,
+            &[("embedded", Backend::Embedded), ("redis", Backend::Redis)],
+        )?;
+        let redis = st.redis.unwrap_or_default();
+        self.choice(
+            "state.redis.mode",
+            &redis.mode,
+            (),
+            &[("standalone", ()), ("sentinel", ()), ("cluster", ())],
+        )?;
+        let backend = match backend {
+            Backend::Redis => {
+                let v = st.backend.as_ref().expect("redis is never the default");
+                return Err(self.fail_at(
+                    "state.backend",
+                    v,
+                    "\"redis\": the redis backend is not available in this version; use backend: embedded",
+                ));
+            }
+            Backend::Embedded => {
+                let (path, _) = self.path("state.path", &st.path, defaults::STATE_PATH)?;
+                StateBackend::Embedded { path }
+            }
+        };
+        let cache = st.cache.unwrap_or_default();
+        let on_error = self.choice(
+            "state.on_error",
+            &st.on_error,
+            OnError::FailClosed,
+            &[
+                ("fail_closed", OnError::FailClosed),
+                ("serve_stale", OnError::ServeStale),
+            ],
+        )?;
+        let max_stale = self.duration("state.max_stale", &st.max_stale, defaults::MAX_STALE)?;
+        if on_error == OnError::ServeStale && max_stale.is_zero() {
+            return Err(self.fail(
+                "state.max_stale",
+                st.max_stale.as_ref().and_then(span_line),
+                "must be greater than 0 when on_error is serve_stale",
+            ));
+        }
+        Ok(StateConfig {
+            backend,
+            cache: CacheConfig {
+                ttl: self.positive_duration("state.cache.ttl", &cache.ttl, defaults::CACHE_TTL)?,
+                max_entries: self.number(
+                    "state.cache.max_entries",
+                    &cache.max_entries,
+                    defaults::CACHE_MAX_ENTRIES,
+                    1,
+                    u64::MAX,
+                )?,
+            },
+            on_error,
+            max_stale,
+        })
+    }
+
+    fn enrollment(&self, en: &EnrollmentFile) -> Result<Option<EnrollmentConfig>, ConfigError> {
+        if !self.bool(&en.enabled, true) {
+            return Ok(None);
+        }
+        let hint =
+            "; run `certgate init` to create a development CA, or set enrollment.enabled: false";
+        let (cert_path, cert_line) =
+            self.path("enrollment.ca_cert", &en.ca_cert, defaults::ENROLL_CA_CERT)?;
+        let cert = self.certs("enrollment.ca_cert", cert_line, cert_path, hint)?;
+        let first = cert
+            .certs
+            .certs
+            .first()
+            .expect("certs() returns at least one");
+        let (_, parsed) = X509Certificate::from_der(first.as_ref()).map_err(|e| {
+            self.fail(
+                "enrollment.ca_cert",
+                cert_line,
+                format!("{}: {e}", cert.certs.path.display()),
+            )
+        })?;
+        if !parsed.is_ca() {
+            return Err(self.fail(
+                "enrollment.ca_cert",
+                cert_line,
+                format!(
+                    "{} ({}) is not a CA certificate (basicConstraints CA:true is missing)",
+                    cert.certs.path.display(),
+                    crate::identity::rfc4514(parsed.subject())
+                ),
+            ));
+        }
+        let (key_path, key_line) =
+            self.path("enrollment.ca_key", &en.ca_key, defaults::ENROLL_CA_KEY)?;
+        let ca_key = self.key_for("enrollment.ca_key", key_line, key_path, &cert, hint)?;
+        let (url_text, url_line) = self.string(&en.public_url, defaults::PUBLIC_URL);
+        let url = http_url("enrollment.public_url", url_text)
+            .map_err(|m| self.fail("enrollment.public_url", url_line, m))?;
+        if url.query().is_some() {
+            return Err(self.fail(
+                "enrollment.public_url",
+                url_line,
+                format!("{url_text:?} must not have a query"),
+            ));
+        }
+        Ok(Some(EnrollmentConfig {
+            enabled: true,
+            ca_cert: cert.certs,
+            ca_key,
+            validity: self.positive_duration(
+                "enrollment.validity",
+                &en.validity,
+                defaults::VALIDITY,
+            )?,
+            ticket_ttl: self.positive_duration(
+                "enrollment.ticket_ttl",
+                &en.ticket_ttl,
+                defaults::TICKET_TTL,
+            )?,
+            public_url: url_text.trim().trim_end_matches('/').to_string(),
+        }))
+    }
+
+    fn limits(&self, l: LimitsFile) -> Result<LimitsConfig, ConfigError> {
+        let max_header_bytes = match &l.max_header_bytes {
+            None => defaults::MAX_HEADER_BYTES,
+            Some(v) => {
+                let n = units::parse_size(&v.value)
+                    .map_err(|e| self.fail_at("limits.max_header_bytes", v, e.to_string()))?;
+                if !(1024..=1024 * 1024).contains(&n) {
+                    return Err(self.fail_at(
+                        "limits.max_header_bytes",
+                        v,
+                        format!(
+                            "{:?} is out of range (must be between 1KiB and 1MiB)",
+                            v.value
+                        ),
+                    ));
+                }
+                n
+            }
+        };
+        let age = self.duration("limits.max_connection_age", &l.max_connection_age, 0)?;
+        Ok(LimitsConfig {
+            max_connections: to_usize(self.number(
+                "limits.max_connections",
+                &l.max_connections,
+                defaults::MAX_CONNECTIONS,
+                1,
+                u64::from(u32::MAX),
+            )?),
+            handshake_timeout: self.positive_duration(
+                "limits.handshake_timeout",
+                &l.handshake_timeout,
+                defaults::HANDSHAKE_TIMEOUT,
+            )?,
+            header_read_timeout: self.positive_duration(
+                "limits.header_read_timeout",
+                &l.header_read_timeout,
+                defaults::HEADER_READ_TIMEOUT,
+            )?,
+            max_header_bytes: to_usize(max_header_bytes),
+            idle_timeout: self.positive_duration(
+                "limits.idle_timeout",
+                &l.idle_timeout,
+                defaults::IDLE_TIMEOUT,
+            )?,
+            h2_max_concurrent_streams: u32::try_from(self.number(
+                "limits.h2_max_concurrent_streams",
+                &l.h2_max_concurrent_streams,
+                defaults::H2_MAX_CONCURRENT_STREAMS,
+                1,
+                u64::from(u32::MAX),
+            )?)
+            .unwrap_or(u32::MAX),
+            max_connection_age: (!age.is_zero()).then_some(age),
+        })
+    }
+
+    fn log(&self, l: LogFile) -> Result<LogConfig, ConfigError> {
+        let format = self.choice(
+            "log.format",
+            &l.format,
+            LogFormat::Text,
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        )?;
+        let (level, line) = self.string(&l.level, "info");
+        let level = level.trim();
+        if level.is_empty() {
+            return Err(self.fail(
+                "log.level",
+                line,
+                "must not be empty (e.g. \"info\" or \"certgate=debug,info\")",
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level) {
+            return Err(self.fail(
+                "log.level",
+                line,
+                format!("{level:?} is not a valid log filter: {e}"),
+            ));
+        }
+        Ok(LogConfig {
+            format,
+            level: level.to_string(),
+            access: self.bool(&l.access, false),
+        })
+    }
+}
+
+/// Two listeners clash when they would bind the same port on overlapping addresses. Port 0
+/// (pick any free port) never clashes.
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// An absolute `http://` or `https://` URL with a host. Returns the message on error.
+fn http_url(key: &str, text: &str) -> Result<http::Uri, String> {
+    let text = text.trim();
+    let bad = |why: &str| format!("{text:?} is not a valid {key}: {why}");
+    let url: http::Uri = text.parse().map_err(|e| bad(&format!("{e}")))?;
+    match url.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => {
+            return Err(bad(&format!(
+                "the scheme must be http or https, not {other:?}"
+            )));
+        }
+        None => return Err(bad("it must start with http:// or https://")),
+    }
+    let Some(authority) = url.authority() else {
+        return Err(bad("it has no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(bad("credentials in the URL are not supported"));
+    }
+    if authority.host().is_empty() {
+        return Err(bad("it has no host"));
+    }
+    Ok(url)
+}
+
+/// Normalises one `routes.public` entry, or says what is wrong with it.
+fn public_route(text: &str) -> Result<String, &'static str> {
+    if !text.starts_with('/') {
+        return Err("must start with '/'");
+    }
+    if text.contains("..") {
+        return Err("must not contain '..'");
+    }
+    if let Some(c) = text
+        .chars()
+        .find(|c| matches!(c, '%' | '\\' | '?' | '#') || c.is_whitespace() || c.is_control())
+    {
+        return Err(match c {
+            '%' => "must not contain '%' (write the decoded path; matching is on the decoded path)",
+            '\\' => "must not contain '\\'",
+            '?' => "must not contain '?' (a query is not part of the path)",
+            '#' => "must not contain '#'",
+            _ => "must not contain spaces or control characters",
+        });
+    }
+    let trimmed = text.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok("/".to_string());
+    }
+    if trimmed[1..]
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == ".")
+    {
+        return Err("must not contain empty or '.' segments");
+    }
+    if trimmed == "/.certgate" || trimmed.starts_with("/.certgate/") {
+        return Err("is under /.certgate, which is reserved for certgate's own endpoints");
+    }
+    Ok(trimmed.to_string())
+}
+
+#[cfg(test)]
+mod tests;

@@ -177,6 +177,9 @@ pub struct CacheConfig {
     pub max_entries: u64,
 }
 
+/// Only the embedded store exists in this version: validation refuses `backend: redis`
+/// (the `state.redis.*` keys are still accepted, so a config written for a later version
+/// fails on that one key rather than on many).
 #[derive(Debug, Clone)]
 pub enum StateBackend {
     /// redb file store at this path.
@@ -193,8 +196,12 @@ pub struct StateConfig {
 
 #[derive(Debug, Clone)]
 pub struct EnrollmentConfig {
+    /// Always true here: with `enrollment.enabled: false`, [`Config::enrollment`] is `None`
+    /// and the CA files are not read.
     pub enabled: bool,
+    /// The issuing CA certificate (first in the file; checked to be a CA).
     pub ca_cert: PemCerts,
+    /// Its private key, checked to match `ca_cert`.
     pub ca_key: SecretKey,
     pub validity: Duration,
     pub ticket_ttl: Duration,

@@ -1,0 +1,1287 @@
+//! Config tests: inline YAML against a PKI generated at test time.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SerialNumber,
+};
+use tempfile::TempDir;
+
+use super::*;
+use crate::config::{ClientAuthMode, LogFormat, OnError, TlsMinVersion};
+
+/// A throwaway PKI in a temp folder:
+/// `certs/` server cert and key, a client CA, the enrollment CA, CRLs and broken files;
+/// `secrets/admin-token`. The config file is imagined at `<dir>/certgate.yaml`.
+struct Pki {
+    dir: TempDir,
+}
+
+fn ca_params(cn: &str) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+}
+
+fn crl_pem(issuer: &Issuer<'_, &KeyPair>, next_update_days: i64, serials: &[&[u8]]) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    CertificateRevocationListParams {
+        this_update: now + time::Duration::days(next_update_days - 2),
+        next_update: now + time::Duration::days(next_update_days),
+        crl_number: SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|s| RevokedCertParams {
+                serial_number: SerialNumber::from_slice(s),
+                revocation_time: now - time::Duration::days(1),
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(issuer)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
+        let write = |name: &str, text: &str| std::fs::write(certs.join(name), text).unwrap();
+
+        // Server: a leaf for localhost and its key, plus an unrelated key.
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&server_key)
+            .unwrap();
+        write("server.pem", &server.pem());
+        write("server.key", &server_key.serialize_pem());
+        write("other.key", &KeyPair::generate().unwrap().serialize_pem());
+
+        // Client CA, with a CRL revoking serial 00:8f:01 and an expired CRL.
+        let client_key = KeyPair::generate().unwrap();
+        let client_params = ca_params("Test Client CA");
+        let client_ca = client_params.self_signed(&client_key).unwrap();
+        write("client-ca.pem", &client_ca.pem());
+        let client_issuer = Issuer::new(client_params, &client_key);
+        let crl = crl_pem(&client_issuer, 7, &[&[0x00, 0x8f, 0x01], &[0x12, 0x34]]);
+        write("client-ca.crl.pem", &crl);
+        let der =
+            rustls_pki_types::CertificateRevocationListDer::from_pem_slice(crl.as_bytes()).unwrap();
+        std::fs::write(certs.join("client-ca.crl"), der.as_ref()).unwrap();
+        write("expired.crl.pem", &crl_pem(&client_issuer, -1, &[]));
+        write("garbage.crl", "this is not a CRL\n");
+
+        // Enrollment CA.
+        let enroll_key = KeyPair::generate().unwrap();
+        let enroll_ca = ca_params("Test Enrollment CA")
+            .self_signed(&enroll_key)
+            .unwrap();
+        write("enroll-ca.pem", &enroll_ca.pem());
+        write("enroll-ca.key", &enroll_key.serialize_pem());
+
+        write("empty.pem", "# nothing here\n");
+        std::fs::write(
+            dir.path().join("secrets/admin-token"),
+            "s3cret-token-value\n",
+        )
+        .unwrap();
+        Pki { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The imagined config file.
+    fn config_path(&self) -> PathBuf {
+        self.path("certgate.yaml")
+    }
+
+    fn load(&self, yaml: &str) -> Result<Config, ConfigError> {
+        from_yaml(yaml, &self.config_path())
+    }
+
+    fn error(&self, yaml: &str) -> ConfigError {
+        match self.load(yaml) {
+            Ok(_) => panic!("expected an error for:\n{yaml}"),
+            Err(e) => e,
+        }
+    }
+}
+
+/// The smallest valid config: the required keys; the enrollment CA and admin token are
+/// found at their default paths.
+const MINIMAL: &str = "\
+tls:
+  cert: certs/server.pem
+  key: certs/server.key
+upstream:
+  url: \"http://127.0.0.1:8080\"
+";
+
+/// 1-based line of the first line of `yaml` containing `needle`.
+fn line_of(yaml: &str, needle: &str) -> usize {
+    yaml.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in yaml"))
+        + 1
+}
+
+/// Asserts the error names the file, the line and the key, and that its message (and so
+/// its Display) contains every one of `words`.
+#[track_caller]
+fn assert_error(pki: &Pki, err: &ConfigError, line: Option<usize>, key: &str, words: &[&str]) {
+    assert_eq!(err.file, pki.config_path(), "{err}");
+    assert_eq!(err.line, line, "{err}");
+    assert_eq!(err.key, key, "{err}");
+    for w in words {
+        assert!(err.message.contains(w), "{w:?} missing from: {err}");
+    }
+    let shown = err.to_string();
+    let prefix = match line {
+        Some(l) => format!("{}:{l}: {key}: ", pki.config_path().display()),
+        None => format!("{}: {key}: ", pki.config_path().display()),
+    };
+    assert!(
+        shown.starts_with(&prefix),
+        "{shown:?} does not start with {prefix:?}"
+    );
+}
+
+/// `MINIMAL` plus `extra` (top-level sections).
+fn with(extra: &str) -> String {
+    format!("{MINIMAL}{extra}")
+}
+
+#[test]
+fn full_config_with_every_key() {
+    let pki = Pki::new();
+    let yaml = "\
+listen: \"127.0.0.1:18443\"
+listen_proxy_protocol: false
+server_names: [\"Gate.Example.COM\", localhost]
+tls:
+  cert: certs/server.pem
+  key: certs/server.key
+  min_version: \"1.3\"
+  session_resumption: false
+client_auth:
+  mode: required
+  trusted_cas: [certs/client-ca.pem]
+  crls:
+    - certs/client-ca.crl.pem
+    - certs/client-ca.crl
+identity:
+  account_from: [subject_cn, san_email]
+  uri_prefix: \"urn:example:\"
+upstream:
+  url: \"https://app.internal:9000/base\"
+  connect_timeout: 500ms
+  response_timeout: 2m
+  pool_idle_timeout: 1h30m
+  pool_max_idle_per_host: 0
+routes:
+  public: [\"/login\", \"/static/\", \"/\"]
+headers:
+  xfcc: true
+state:
+  backend: embedded
+  path: /var/lib/certgate/state.db
+  redis:
+    mode: cluster
+    url: \"redis://127.0.0.1:6379/0\"
+    urls: [\"redis://a:6379\", \"redis://b:6379\"]
+    sentinel_master: \"\"
+    password_file: \"\"
+    key_prefix: \"gate:\"
+  cache:
+    ttl: 3s
+    max_entries: 42
+  on_error: serve_stale
+  max_stale: 1m
+enrollment:
+  enabled: true
+  ca_cert: certs/enroll-ca.pem
+  ca_key: certs/enroll-ca.key
+  validity: 30d
+  ticket_ttl: 12h
+  public_url: \"https://gate.example.com/\"
+admin:
+  listen: \"127.0.0.1:19444\"
+  token_file: secrets/admin-token
+metrics:
+  listen: \"0.0.0.0:19090\"
+limits:
+  max_connections: 77
+  handshake_timeout: 5s
+  header_read_timeout: 6s
+  max_header_bytes: 32KiB
+  idle_timeout: 7s
+  h2_max_concurrent_streams: 9
+  max_connection_age: 1h
+log:
+  format: json
+  level: \"certgate=debug,info\"
+  access: true
+";
+    let c = pki.load(yaml).unwrap();
+    assert_eq!(c.source, pki.config_path());
+    assert_eq!(c.listen, "127.0.0.1:18443".parse().unwrap());
+    assert_eq!(c.server_names, ["gate.example.com", "localhost"]);
+    assert_eq!(c.tls.cert.certs.len(), 1);
+    assert_eq!(c.tls.cert.path, pki.path("certs/server.pem"));
+    assert_eq!(c.tls.min_version, TlsMinVersion::Tls13);
+    assert!(!c.tls.session_resumption);
+    assert_eq!(c.client_auth.mode, ClientAuthMode::Required);
+    assert_eq!(c.client_auth.trusted_cas.len(), 1);
+    assert_eq!(c.client_auth.crls.len(), 2);
+    for crl in &c.client_auth.crls {
+        let serials: Vec<&str> = crl.revoked.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(serials, ["8f01", "1234"]);
+        let (_, ca) =
+            X509Certificate::from_der(c.client_auth.trusted_cas[0].certs[0].as_ref()).unwrap();
+        assert_eq!(crl.revoked[0].0, ca.subject().as_raw());
+        assert!(crl.next_update.unwrap() > 0);
+    }
+    assert_eq!(
+        c.identity.account_from,
+        [AccountSource::SubjectCn, AccountSource::SanEmail]
+    );
+    assert_eq!(c.identity.uri_prefix, "urn:example:");
+    assert_eq!(c.upstream.url.to_string(), "https://app.internal:9000/base");
+    assert_eq!(c.upstream.connect_timeout, Duration::from_millis(500));
+    assert_eq!(c.upstream.response_timeout, Duration::from_secs(120));
+    assert_eq!(c.upstream.pool_idle_timeout, Duration::from_secs(5400));
+    assert_eq!(c.upstream.pool_max_idle_per_host, 0);
+    assert_eq!(c.routes.public, ["/login", "/static", "/"]);
+    assert!(c.headers.xfcc);
+    let StateBackend::Embedded { path } = &c.state.backend;
+    assert_eq!(path, Path::new("/var/lib/certgate/state.db"));
+    assert_eq!(c.state.cache.ttl, Duration::from_secs(3));
+    assert_eq!(c.state.cache.max_entries, 42);
+    assert_eq!(c.state.on_error, OnError::ServeStale);
+    assert_eq!(c.state.max_stale, Duration::from_secs(60));
+    let e = c.enrollment.as_ref().unwrap();
+    assert!(e.enabled);
+    assert_eq!(e.validity, Duration::from_secs(30 * 86_400));
+    assert_eq!(e.ticket_ttl, Duration::from_secs(12 * 3_600));
+    assert_eq!(e.public_url, "https://gate.example.com");
+    assert_eq!(c.admin.listen, "127.0.0.1:19444".parse().unwrap());
+    assert_eq!(c.admin.token_file, pki.path("secrets/admin-token"));
+    assert_eq!(c.metrics.listen, "0.0.0.0:19090".parse().unwrap());
+    assert_eq!(c.limits.max_connections, 77);
+    assert_eq!(c.limits.handshake_timeout, Duration::from_secs(5));
+    assert_eq!(c.limits.header_read_timeout, Duration::from_secs(6));
+    assert_eq!(c.limits.max_header_bytes, 32 * 1024);
+    assert_eq!(c.limits.idle_timeout, Duration::from_secs(7));
+    assert_eq!(c.limits.h2_max_concurrent_streams, 9);
+    assert_eq!(c.limits.max_connection_age, Some(Duration::from_secs(3600)));
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(c.log.level, "certgate=debug,info");
+    assert!(c.log.access);
+
+    // Debug output never carries key material.
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("PRIVATE"), "{debug}");
+    let key_der = c.tls.key.key.secret_der();
+    assert!(!debug.contains(&format!("{:?}", &key_der[..8])), "{debug}");
+}
+
+#[test]
+fn defaults_are_applied() {
+    let pki = Pki::new();
+    let c = pki.load(MINIMAL).unwrap();
+    assert_eq!(c.listen, "0.0.0.0:8443".parse().unwrap());
+    assert!(c.server_names.is_empty());
+    assert_eq!(c.tls.min_version, TlsMinVersion::Tls12);
+    assert!(c.tls.session_resumption);
+    assert_eq!(c.client_auth.mode, ClientAuthMode::Optional);
+    assert!(c.client_auth.trusted_cas.is_empty());
+    assert!(c.client_auth.crls.is_empty());
+    assert_eq!(
+        c.identity.account_from,
+        [
+            AccountSource::SanUri,
+            AccountSource::SanEmail,
+            AccountSource::SubjectCn
+        ]
+    );
+    assert_eq!(c.identity.uri_prefix, "urn:certgate:account:");
+    assert_eq!(c.upstream.connect_timeout, Duration::from_secs(2));
+    assert_eq!(c.upstream.response_timeout, Duration::from_secs(60));
+    assert_eq!(c.upstream.pool_idle_timeout, Duration::from_secs(90));
+    assert_eq!(c.upstream.pool_max_idle_per_host, 512);
+    assert!(c.routes.public.is_empty());
+    assert!(!c.headers.xfcc);
+    let StateBackend::Embedded { path } = &c.state.backend;
+    assert_eq!(path, &pki.path("data/certgate.db"));
+    assert_eq!(c.state.cache.ttl, Duration::from_secs(10));
+    assert_eq!(c.state.cache.max_entries, 100_000);
+    assert_eq!(c.state.on_error, OnError::FailClosed);
+    assert_eq!(c.state.max_stale, Duration::from_secs(300));
+    let e = c.enrollment.as_ref().expect("enrollment is on by default");
+    assert_eq!(e.ca_cert.path, pki.path("certs/enroll-ca.pem"));
+    assert_eq!(e.ca_key.path, pki.path("certs/enroll-ca.key"));
+    assert_eq!(e.validity, Duration::from_secs(365 * 86_400));
+    assert_eq!(e.ticket_ttl, Duration::from_secs(86_400));
+    assert_eq!(e.public_url, "https://localhost:8443");
+    assert_eq!(c.admin.listen, "127.0.0.1:9444".parse().unwrap());
+    assert_eq!(c.admin.token_file, pki.path("secrets/admin-token"));
+    assert_eq!(c.metrics.listen, "127.0.0.1:9090".parse().unwrap());
+    assert_eq!(c.limits.max_connections, 10_000);
+    assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(c.limits.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.limits.max_header_bytes, 64 * 1024);
+    assert_eq!(c.limits.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.limits.h2_max_concurrent_streams, 256);
+    assert_eq!(c.limits.max_connection_age, None);
+    assert_eq!(c.log.format, LogFormat::Text);
+    assert_eq!(c.log.level, "info");
+    assert!(!c.log.access);
+}
+
+#[test]
+fn explicit_defaults_are_accepted() {
+    let pki = Pki::new();
+    let yaml = with(
+        "listen_proxy_protocol: false\nstate:\n  backend: embedded\n  redis:\n    mode: standalone\nlimits:\n  max_connection_age: 0s\n",
+    );
+    let c = pki.load(&yaml).unwrap();
+    assert_eq!(c.limits.max_connection_age, None);
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_folder() {
+    let pki = Pki::new();
+    std::fs::create_dir_all(pki.path("config")).unwrap();
+    let file = pki.path("config/certgate.yaml");
+    let yaml = format!(
+        "\
+tls:
+  cert: ../certs/server.pem
+  key: {}
+upstream:
+  url: http://127.0.0.1:8080
+client_auth:
+  trusted_cas: [../certs/client-ca.pem]
+state:
+  path: ../data/certgate.db
+enrollment:
+  ca_cert: ../certs/enroll-ca.pem
+  ca_key: ../certs/enroll-ca.key
+admin:
+  token_file: ../secrets/admin-token
+",
+        pki.path("certs/server.key").display()
+    );
+    std::fs::write(&file, &yaml).unwrap();
+    let c = load(&file).unwrap();
+    let config_dir = pki.path("config");
+    assert_eq!(c.tls.cert.path, config_dir.join("../certs/server.pem"));
+    assert_eq!(
+        c.tls.key.path,
+        pki.path("certs/server.key"),
+        "absolute paths stay as written"
+    );
+    assert_eq!(
+        c.client_auth.trusted_cas[0].path,
+        config_dir.join("../certs/client-ca.pem")
+    );
+    let StateBackend::Embedded { path } = &c.state.backend;
+    assert_eq!(path, &config_dir.join("../data/certgate.db"));
+    assert_eq!(
+        c.admin.token_file,
+        config_dir.join("../secrets/admin-token")
+    );
+    // The same text as a file one folder up finds nothing.
+    let err = from_yaml(&yaml, &pki.config_path()).unwrap_err();
+    assert_eq!(err.key, "tls.cert");
+    assert!(err.message.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn unknown_key_is_named_with_its_path() {
+    let pki = Pki::new();
+    let yaml = with("client_auth:\n  mode: optional\n  trsted: []\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "trsted")),
+        "client_auth.trsted",
+        &["unknown field `trsted`", "trusted_cas"],
+    );
+
+    let yaml = with("lisen: \"0.0.0.0:8443\"\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "lisen")),
+        "lisen",
+        &["unknown field `lisen`"],
+    );
+
+    // Inside a flow mapping the line names the parent; the key still names the field.
+    let yaml = with("headers: {xfcc: true, xffc: true}\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "xffc")),
+        "headers.xffc",
+        &["unknown field `xffc`"],
+    );
+
+    // The redis keys are checked too, although the backend is off.
+    let yaml = with("state:\n  redis:\n    host: x\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "host:")),
+        "state.redis.host",
+        &["unknown field `host`"],
+    );
+}
+
+#[test]
+fn duplicate_key_is_an_error() {
+    let pki = Pki::new();
+    let yaml = format!("listen: \"0.0.0.0:8443\"\n{MINIMAL}listen: \"0.0.0.0:9443\"\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "9443")),
+        "listen",
+        &["duplicate", "listen"],
+    );
+
+    let yaml = "tls:\n  cert: certs/server.pem\n  cert: certs/server.pem\n";
+    let err = pki.error(yaml);
+    assert_error(&pki, &err, Some(3), "tls.cert", &["duplicate"]);
+}
+
+#[test]
+fn yes_no_booleans_are_errors() {
+    let pki = Pki::new();
+    for word in ["yes", "no", "on", "off", "True1"] {
+        let yaml = with(&format!("headers:\n  xfcc: {word}\n"));
+        let err = pki.error(&yaml);
+        assert_error(
+            &pki,
+            &err,
+            Some(line_of(&yaml, "xfcc")),
+            "headers.xfcc",
+            &["boolean", word],
+        );
+    }
+}
+
+#[test]
+fn wrong_types_are_errors() {
+    let pki = Pki::new();
+    let yaml = with("limits:\n  max_connections: lots\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "lots")),
+        "limits.max_connections",
+        &["whole number", "lots"],
+    );
+
+    let yaml = with("limits:\n  max_connections: -5\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "-5")),
+        "limits.max_connections",
+        &["-5"],
+    );
+
+    let yaml = with("client_auth: 5\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "client_auth")),
+        "client_auth",
+        &["mapping", "5"],
+    );
+
+    let yaml = with("routes:\n  public: /login\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "/login")),
+        "routes.public",
+        &["sequence", "/login"],
+    );
+
+    let yaml = with("log:\n  format: [text]\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "[text]")),
+        "log.format",
+        &["string"],
+    );
+
+    let err = pki.error("- just\n- a list\n");
+    assert_eq!(err.line, Some(1), "{err}");
+}
+
+#[test]
+fn bad_durations_name_key_and_value() {
+    let pki = Pki::new();
+    let yaml = with("state:\n  cache:\n    ttl: 10x\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "10x")),
+        "state.cache.ttl",
+        &["\"10x\"", "unknown unit"],
+    );
+
+    let yaml = format!("{MINIMAL}  connect_timeout: 30\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "connect_timeout")),
+        "upstream.connect_timeout",
+        &["\"30\"", "unit"],
+    );
+
+    let yaml = format!("{MINIMAL}  response_timeout: 0s\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "response_timeout")),
+        "upstream.response_timeout",
+        &["\"0s\"", "greater than 0"],
+    );
+
+    let yaml = with("state:\n  cache:\n    ttl: 0ms\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "ttl")),
+        "state.cache.ttl",
+        &["greater than 0"],
+    );
+}
+
+#[test]
+fn bad_sizes_name_key_and_value() {
+    let pki = Pki::new();
+    let yaml = with("limits:\n  max_header_bytes: 64KB\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "64KB")),
+        "limits.max_header_bytes",
+        &["\"64KB\"", "64KiB"],
+    );
+
+    for bad in ["2MiB", "512B"] {
+        let yaml = with(&format!("limits:\n  max_header_bytes: {bad}\n"));
+        let err = pki.error(&yaml);
+        assert_error(
+            &pki,
+            &err,
+            Some(line_of(&yaml, bad)),
+            "limits.max_header_bytes",
+            &[bad, "between 1KiB and 1MiB"],
+        );
+    }
+    let c = pki
+        .load(&with("limits:\n  max_header_bytes: 8192\n"))
+        .unwrap();
+    assert_eq!(c.limits.max_header_bytes, 8192);
+}
+
+#[test]
+fn out_of_range_numbers() {
+    let pki = Pki::new();
+    let yaml = with("limits:\n  h2_max_concurrent_streams: 0\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "h2_max")),
+        "limits.h2_max_concurrent_streams",
+        &["0 is out of range"],
+    );
+
+    let yaml = with("state:\n  cache:\n    max_entries: 0\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "max_entries")),
+        "state.cache.max_entries",
+        &["0 is out of range"],
+    );
+
+    let yaml = with("limits:\n  max_connections: 0\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "max_connections")),
+        "limits.max_connections",
+        &["0 is out of range"],
+    );
+}
+
+#[test]
+fn missing_required_keys() {
+    let pki = Pki::new();
+    let yaml = "tls:\n  key: certs/server.key\nupstream:\n  url: http://127.0.0.1:8080\n";
+    let err = pki.error(yaml);
+    assert_error(&pki, &err, Some(1), "tls.cert", &["required"]);
+
+    let err = pki.error("upstream:\n  url: http://127.0.0.1:8080\n");
+    assert_error(&pki, &err, None, "tls.cert", &["required"]);
+
+    let err = pki.error("");
+    assert_error(&pki, &err, None, "tls.cert", &["required"]);
+
+    let err = pki.error("tls:\n  cert: certs/server.pem\n  key: certs/server.key\n");
+    assert_error(&pki, &err, None, "upstream.url", &["required"]);
+
+    let yaml =
+        "tls:\n  cert: certs/nope.pem\n  key: certs/server.key\nupstream:\n  url: http://x\n";
+    let err = pki.error(yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(2),
+        "tls.cert",
+        &["nope.pem", "does not exist"],
+    );
+}
+
+#[test]
+fn cert_and_key_must_match() {
+    let pki = Pki::new();
+    let yaml = MINIMAL.replace("certs/server.key", "certs/other.key");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "other.key")),
+        "tls.key",
+        &["does not match", "server.pem"],
+    );
+
+    // A certificate file where a key is expected.
+    let yaml = MINIMAL.replace("certs/server.key", "certs/client-ca.pem");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "key:")),
+        "tls.key",
+        &["no usable private key"],
+    );
+
+    let yaml = MINIMAL.replace("certs/server.pem", "certs/empty.pem");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "empty.pem")),
+        "tls.cert",
+        &["holds no certificate"],
+    );
+}
+
+#[test]
+fn ca_file_without_certificate() {
+    let pki = Pki::new();
+    let yaml =
+        with("client_auth:\n  trusted_cas:\n    - certs/client-ca.pem\n    - certs/empty.pem\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "empty.pem")),
+        "client_auth.trusted_cas[1]",
+        &["empty.pem", "holds no certificate"],
+    );
+
+    let yaml = with("client_auth:\n  trusted_cas: [certs/missing-ca.pem]\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "missing-ca")),
+        "client_auth.trusted_cas[0]",
+        &["missing-ca.pem", "does not exist"],
+    );
+}
+
+#[test]
+fn expired_crl_is_an_error() {
+    let pki = Pki::new();
+    let yaml = with(
+        "client_auth:\n  trusted_cas: [certs/client-ca.pem]\n  crls:\n    - certs/client-ca.crl.pem\n    - certs/expired.crl.pem\n",
+    );
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "expired.crl")),
+        "client_auth.crls[1]",
+        &["expired.crl.pem", "expired at"],
+    );
+}
+
+#[test]
+fn unparsable_crl_is_an_error() {
+    let pki = Pki::new();
+    let yaml =
+        with("client_auth:\n  trusted_cas: [certs/client-ca.pem]\n  crls: [certs/garbage.crl]\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "garbage")),
+        "client_auth.crls[0]",
+        &["garbage.crl", "not a valid CRL"],
+    );
+
+    // A PEM file of another kind is not a CRL either.
+    let yaml = with("client_auth:\n  crls:\n    - certs/client-ca.pem\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "- certs/client-ca.pem")),
+        "client_auth.crls[0]",
+        &["no PEM CRL"],
+    );
+}
+
+#[test]
+fn crl_with_a_forged_signature_is_an_error() {
+    let pki = Pki::new();
+    // A CRL naming the client CA as issuer, signed by another key.
+    let params = ca_params("Test Client CA");
+    let key = KeyPair::generate().unwrap();
+    let forged = crl_pem(&Issuer::new(params, &key), 3, &[&[0x01]]);
+    std::fs::write(pki.path("certs/forged.crl.pem"), forged).unwrap();
+    let yaml = with(
+        "client_auth:\n  trusted_cas: [certs/client-ca.pem]\n  crls: [certs/forged.crl.pem]\n",
+    );
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "forged")),
+        "client_auth.crls[0]",
+        &["signature does not verify", "CN=Test Client CA"],
+    );
+}
+
+#[test]
+fn listeners_must_not_clash() {
+    let pki = Pki::new();
+    let yaml = with("admin:\n  listen: \"0.0.0.0:8443\"\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "0.0.0.0:8443")),
+        "admin.listen",
+        &["clashes with listen"],
+    );
+
+    // A wildcard address overlaps a specific one on the same port.
+    let yaml = with("listen: \"0.0.0.0:9090\"\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "9090")),
+        "listen",
+        &["0.0.0.0:9090 clashes with metrics.listen (127.0.0.1:9090)"],
+    );
+
+    let yaml = with("metrics:\n  listen: \"127.0.0.1:9444\"\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "9444")),
+        "metrics.listen",
+        &["clashes with admin.listen"],
+    );
+
+    // Port 0 never clashes; different IPs on the same port do not either.
+    pki.load(&with("listen: \"127.0.0.1:0\"\nadmin:\n  listen: \"127.0.0.1:0\"\nmetrics:\n  listen: \"127.0.0.1:0\"\n"))
+        .unwrap();
+    pki.load(&with(
+        "admin:\n  listen: \"127.0.0.1:9090\"\nmetrics:\n  listen: \"127.0.0.2:9090\"\n",
+    ))
+    .unwrap();
+}
+
+#[test]
+fn bad_addresses_name_the_value() {
+    let pki = Pki::new();
+    let yaml = with("listen: \"0.0.0.0:99999\"\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "99999")),
+        "listen",
+        &["\"0.0.0.0:99999\" is not a valid address"],
+    );
+
+    let yaml = with("metrics:\n  listen: localhost:9090\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "localhost:9090")),
+        "metrics.listen",
+        &["\"localhost:9090\""],
+    );
+}
+
+#[test]
+fn not_yet_built_features_are_refused() {
+    let pki = Pki::new();
+    let yaml = with("state:\n  backend: redis\n  redis:\n    url: \"redis://127.0.0.1:6379/0\"\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "backend")),
+        "state.backend",
+        &["redis backend is not available in this version"],
+    );
+
+    let yaml = with("listen_proxy_protocol: true\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "proxy_protocol")),
+        "listen_proxy_protocol",
+        &["not supported yet"],
+    );
+
+    let yaml = with("state:\n  backend: memory\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "memory")),
+        "state.backend",
+        &["\"memory\" is not one of: embedded, redis"],
+    );
+
+    let yaml = with("state:\n  redis:\n    mode: replicated\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "replicated")),
+        "state.redis.mode",
+        &["\"replicated\""],
+    );
+}
+
+#[test]
+fn a_config_without_trust_anchor_is_an_error() {
+    let pki = Pki::new();
+    let yaml = with("enrollment:\n  enabled: false\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        None,
+        "client_auth.trusted_cas",
+        &["no client trust anchor"],
+    );
+
+    let yaml = with("client_auth:\n  trusted_cas: []\nenrollment:\n  enabled: false\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "trusted_cas")),
+        "client_auth.trusted_cas",
+        &["no client trust anchor"],
+    );
+
+    // Either anchor is enough.
+    let c = pki
+        .load(&with(
+            "client_auth:\n  trusted_cas: [certs/client-ca.pem]\nenrollment:\n  enabled: false\n",
+        ))
+        .unwrap();
+    assert!(c.enrollment.is_none());
+}
+
+#[test]
+fn enrollment_ca_problems() {
+    let pki = Pki::new();
+    let yaml = with("enrollment:\n  ca_cert: certs/absent-ca.pem\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "absent-ca")),
+        "enrollment.ca_cert",
+        &[
+            "does not exist",
+            "certgate init",
+            "enrollment.enabled: false",
+        ],
+    );
+
+    let yaml = with("enrollment:\n  ca_cert: certs/server.pem\n  ca_key: certs/server.key\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "ca_cert")),
+        "enrollment.ca_cert",
+        &["is not a CA certificate"],
+    );
+
+    let yaml = with("enrollment:\n  public_url: \"ftp://gate.example.com\"\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "ftp")),
+        "enrollment.public_url",
+        &["\"ftp://gate.example.com\"", "http or https"],
+    );
+
+    // Missing at the default path: the key has no line in the file.
+    std::fs::remove_file(pki.path("certs/enroll-ca.key")).unwrap();
+    let err = pki.error(MINIMAL);
+    assert_error(
+        &pki,
+        &err,
+        None,
+        "enrollment.ca_key",
+        &["enroll-ca.key", "certgate init"],
+    );
+}
+
+#[test]
+fn admin_token_file_must_exist_and_hold_a_token() {
+    let pki = Pki::new();
+    std::fs::write(pki.path("secrets/admin-token"), "  \n").unwrap();
+    let err = pki.error(MINIMAL);
+    assert_error(
+        &pki,
+        &err,
+        None,
+        "admin.token_file",
+        &["is empty", "certgate init"],
+    );
+    assert!(!err.message.contains("s3cret"));
+
+    let yaml = with("admin:\n  token_file: secrets/none\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "secrets/none")),
+        "admin.token_file",
+        &["does not exist", "openssl rand"],
+    );
+}
+
+#[test]
+fn bad_upstream_urls() {
+    let pki = Pki::new();
+    for (url, words) in [
+        (
+            "ftp://127.0.0.1/",
+            &["\"ftp://127.0.0.1/\"", "http or https"][..],
+        ),
+        ("127.0.0.1:8080", &["\"127.0.0.1:8080\"", "http"][..]),
+        ("/just/a/path", &["http:// or https://"][..]),
+        ("http://user:pw@app:80", &["credentials"][..]),
+        ("http://app:80/?x=1", &["query"][..]),
+        ("http://exa mple", &["\"http://exa mple\""][..]),
+    ] {
+        let yaml = MINIMAL.replace("\"http://127.0.0.1:8080\"", &format!("{url:?}"));
+        let err = pki.error(&yaml);
+        assert_error(
+            &pki,
+            &err,
+            Some(line_of(&yaml, "url:")),
+            "upstream.url",
+            words,
+        );
+    }
+}
+
+#[test]
+fn bad_public_routes() {
+    let pki = Pki::new();
+    for (route, why) in [
+        ("login", "must start with '/'"),
+        ("/a/../b", "'..'"),
+        ("/a%2fb", "'%'"),
+        ("/a\\\\b", "'\\'"),
+        ("/search?q", "'?'"),
+        ("/page#top", "'#'"),
+        ("/a//b", "empty or '.' segments"),
+        ("/.certgate", "reserved"),
+        ("/.certgate/enroll/", "reserved"),
+    ] {
+        let yaml = with(&format!(
+            "routes:\n  public:\n    - \"/ok\"\n    - \"{route}\"\n"
+        ));
+        let err = pki.error(&yaml);
+        assert_error(
+            &pki,
+            &err,
+            Some(line_of(&yaml, &format!("\"{route}\""))),
+            "routes.public[1]",
+            &[why],
+        );
+    }
+    // Look-alikes of the reserved prefix are fine; trailing slashes are dropped.
+    let c = pki
+        .load(&with(
+            "routes:\n  public: [\"/.certgates\", \"/static//\", \"/\", \"/static\"]\n",
+        ))
+        .unwrap();
+    assert_eq!(c.routes.public, ["/.certgates", "/static", "/"]);
+}
+
+#[test]
+fn server_names_are_host_names() {
+    let pki = Pki::new();
+    let c = pki
+        .load(&with(
+            "server_names: [\"Gate.Example.com.\", gate.example.com]\n",
+        ))
+        .unwrap();
+    assert_eq!(c.server_names, ["gate.example.com"]);
+
+    let yaml = with("server_names:\n  - gate.example.com:8443\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "8443")),
+        "server_names[0]",
+        &["without a port"],
+    );
+
+    for (name, why) in [
+        ("127.0.0.1", "IP address"),
+        ("*.example.com", "wildcards"),
+        ("a/b", "only hold"),
+    ] {
+        let yaml = with(&format!(
+            "server_names:\n  - ok.example.com\n  - \"{name}\"\n"
+        ));
+        let err = pki.error(&yaml);
+        assert_error(
+            &pki,
+            &err,
+            Some(line_of(&yaml, &format!("\"{name}\""))),
+            "server_names[1]",
+            &[why],
+        );
+    }
+
+    let yaml = with("server_names: [\"\"]\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "server_names")),
+        "server_names[0]",
+        &["must not be empty"],
+    );
+}
+
+#[test]
+fn choice_keys_list_the_options() {
+    let pki = Pki::new();
+    let cases = [
+        (
+            "client_auth:\n  mode: sometimes\n",
+            "client_auth.mode",
+            "\"sometimes\" is not one of: optional, required",
+        ),
+        (
+            "tls:\n  min_version: \"1.1\"\n",
+            "tls.min_version",
+            "\"1.1\" is not one of: 1.2, 1.3",
+        ),
+        (
+            "identity:\n  account_from: [san_uri, serial]\n",
+            "identity.account_from[1]",
+            "\"serial\" is not one of",
+        ),
+        (
+            "state:\n  on_error: fail_open\n",
+            "state.on_error",
+            "\"fail_open\"",
+        ),
+        (
+            "log:\n  format: xml\n",
+            "log.format",
+            "\"xml\" is not one of: text, json",
+        ),
+    ];
+    for (extra, key, words) in cases {
+        // `tls:` must not be written twice: merge the extra tls key into MINIMAL.
+        let yaml = if let Some(rest) = extra.strip_prefix("tls:\n") {
+            MINIMAL.replace("tls:\n", &format!("tls:\n{rest}"))
+        } else {
+            with(extra)
+        };
+        let err = pki.error(&yaml);
+        let needle = key.rsplit('.').next().unwrap().split('[').next().unwrap();
+        assert_error(
+            &pki,
+            &err,
+            Some(line_of(&yaml, &format!("{needle}:"))),
+            key,
+            &[words],
+        );
+    }
+
+    let yaml = with("identity:\n  account_from: []\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "account_from")),
+        "identity.account_from",
+        &["at least one"],
+    );
+
+    let yaml = with("log:\n  level: \"certgate=[[\"\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "level")),
+        "log.level",
+        &["not a valid log filter"],
+    );
+}
+
+#[test]
+fn load_reads_the_file_and_names_it() {
+    let pki = Pki::new();
+    std::fs::write(pki.config_path(), MINIMAL).unwrap();
+    let c = load(&pki.config_path()).unwrap();
+    assert_eq!(c.source, pki.config_path());
+    let c = Config::load(&pki.config_path()).unwrap();
+    assert_eq!(c.listen.port(), 8443);
+
+    let missing = pki.path("nope.yaml");
+    let err = load(&missing).unwrap_err();
+    assert_eq!(err.file, missing);
+    assert_eq!(err.key, "(file)");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: (file): cannot read", missing.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn key_index_recovers_paths() {
+    let text = "\
+# comment
+listen: x   # trailing: comment
+tls:
+  cert: a
+  key: \"b # not a comment\"
+client_auth:
+  trusted_cas:
+  - one
+  - two
+  crls:
+    - three
+state:
+  redis:
+    urls: [a, b]
+  cache:
+    ttl: 1s
+";
+    let idx = KeyIndex::new(text);
+    assert_eq!(idx.path_at(1), None);
+    assert_eq!(idx.path_at(2).as_deref(), Some("listen"));
+    assert_eq!(idx.path_at(4).as_deref(), Some("tls.cert"));
+    assert_eq!(idx.path_at(5).as_deref(), Some("tls.key"));
+    assert_eq!(
+        idx.path_at(8).as_deref(),
+        Some("client_auth.trusted_cas[0]")
+    );
+    assert_eq!(
+        idx.path_at(9).as_deref(),
+        Some("client_auth.trusted_cas[1]")
+    );
+    assert_eq!(idx.path_at(11).as_deref(), Some("client_auth.crls[0]"));
+    assert_eq!(idx.path_at(14).as_deref(), Some("state.redis.urls"));
+    assert_eq!(idx.path_at(16).as_deref(), Some("state.cache.ttl"));
+    assert_eq!(idx.line_of("state.cache.ttl"), Some(16));
+    assert_eq!(idx.line_of("state.cache.max_entries"), Some(15));
+    assert_eq!(idx.line_of("client_auth.crls[0]"), Some(10));
+    assert_eq!(idx.line_of("log.level"), None);
+    assert_eq!(strip_comment("a: \"x # y\" # z"), "a: \"x # y\" ");
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    // config/certgate.yaml documents every key; it must parse (file checks aside).
+    let text = include_str!("../../../config/certgate.yaml");
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let file: FileConfig = serde_saphyr::from_str_with_options(text, options).unwrap();
+    assert!(file.tls.is_some() && file.upstream.is_some());
+
+    // And with its files in place it validates, with the documented defaults.
+    let pki = Pki::new();
+    let config_dir = pki.path("config");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let file = config_dir.join("certgate.yaml");
+    std::fs::write(&file, text).unwrap();
+    let c = load(&file).unwrap();
+    assert_eq!(c.listen, "0.0.0.0:8443".parse().unwrap());
+    assert_eq!(c.tls.cert.path, config_dir.join("../certs/server.pem"));
+    assert!(c.enrollment.is_some());
+}
