@@ -169,13 +169,20 @@ async fn reset_creates_the_account_and_bumps_the_generation() {
         "unknown account",
     );
 
-    let first = admin.reset("dave").await;
-    let t1 = assert_ticket(&first, "first reset");
+    // A reset of an unknown account creates its record.
+    admin.reset("dave").await;
     let g1 = admin.generation("dave").await;
-    let second = admin.reset("dave").await;
-    let t2 = assert_ticket(&second, "second reset");
-    assert_ne!(t1, t2);
+
+    // With two-factor on, every reset hands out a fresh ticket.
+    let r = admin.post("/v1/accounts/dave/two-factor", None).await;
+    assert_2xx(&r, "enable two-factor");
+    let first = admin.reset("dave").await;
+    let t1 = assert_ticket(&first, "first reset with two-factor");
     assert_eq!(admin.generation("dave").await, g1 + 1);
+    let second = admin.reset("dave").await;
+    let t2 = assert_ticket(&second, "second reset with two-factor");
+    assert_ne!(t1, t2);
+    assert_eq!(admin.generation("dave").await, g1 + 2);
     h.shutdown().await;
 }
 
