@@ -109,10 +109,10 @@ fn bench_decision(c: &mut Criterion) {
     c.bench_function("decision_cache_hit", |b| {
         b.to_async(&rt).iter(|| async {
             let route = gate::classify(black_box("/app/orders/123"), &public).expect("path");
-            let state = cache.lookup(&id.serial, id.account.as_deref()).await;
+            let state = cache.lookup_shared(&id.serial, id.account.as_deref()).await;
             let d = gate::decide_protected(
                 Some(&id),
-                Some(state.as_ref().map_err(|_| ())),
+                Some(state.as_ref().map(|s| s.view()).map_err(|_| ())),
                 Facts::default(),
                 1_800_000_000,
             );

@@ -1719,8 +1719,6 @@ mod tests {
     }
 
     #[tokio::test]
-    #[ignore = "StateCache is still the pass-through placeholder whose ready() is always true; \
-                un-ignore when the real cache (readiness = the store answered once) lands"]
     async fn readyz_is_503_until_the_store_answers() {
         let h = harness(true);
         h.store.fail.store(true, Ordering::SeqCst);

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use crate::identity::ClientIdentity;
-use crate::state::cache::CertState;
+use crate::state::AccountState;
 
 /// The reserved prefix of certgate's own endpoints.
 pub const OWN_PREFIX: &str = "/.certgate";
@@ -181,6 +181,15 @@ pub fn classify<'a>(path: &'a str, public: &[String]) -> Result<Route<'a>, PathE
     Ok(Route::Protected)
 }
 
+/// The stored state of one request's certificate, as the gate needs it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StateView<'a> {
+    /// The serial is revoked in the state store.
+    pub revoked: bool,
+    /// The account record, when the certificate names an account that has one.
+    pub account: Option<&'a AccountState>,
+}
+
 /// Additional per-request facts that are not in the store.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Facts {
@@ -193,11 +202,11 @@ pub struct Facts {
 ///
 /// Order (DESIGN.md): revoked → reset → expired → allowed. Fails closed: the caller maps a
 /// store it cannot reach to [`Decision::StoreUnavailable`] and never calls this then.
-pub fn judge(ident: &ClientIdentity, state: &CertState, facts: Facts, now: i64) -> Decision {
-    if facts.crl_revoked || state.revocation.is_some() {
+pub fn judge(ident: &ClientIdentity, state: StateView<'_>, facts: Facts, now: i64) -> Decision {
+    if facts.crl_revoked || state.revoked {
         return Decision::Revoked;
     }
-    if let Some(acct) = &state.account {
+    if let Some(acct) = state.account {
         let reset = if ident.issued_by_enrollment_ca {
             // An enrollment certificate without a generation URI cannot prove it is
             // current: treat it as generation 0, older than any account.
@@ -219,7 +228,7 @@ pub fn judge(ident: &ClientIdentity, state: &CertState, facts: Facts, now: i64) 
 /// `state` is `None` when the caller has not looked it up (no certificate).
 pub fn decide_protected(
     ident: Option<&ClientIdentity>,
-    state: Option<Result<&CertState, ()>>,
+    state: Option<Result<StateView<'_>, ()>>,
     facts: Facts,
     now: i64,
 ) -> Decision {
@@ -259,7 +268,8 @@ fn strip_port(host: &str) -> &str {
 mod tests {
     use super::*;
     use crate::identity::IdentityHeaders;
-    use crate::state::{AccountState, Revocation, RevocationReason};
+    use crate::state::cache::CertState;
+    use crate::state::{Revocation, RevocationReason};
     use http::HeaderValue;
 
     fn ident(
@@ -340,7 +350,7 @@ mod tests {
     fn allowed_without_records() {
         let i = ident(false, None, 0, 2_000);
         assert_eq!(
-            judge(&i, &CertState::default(), Facts::default(), NOW),
+            judge(&i, CertState::default().view(), Facts::default(), NOW),
             Decision::Allowed
         );
     }
@@ -352,9 +362,15 @@ mod tests {
             revocation: Some(revoked()),
             account: None,
         };
-        assert_eq!(judge(&i, &s, Facts::default(), NOW), Decision::Revoked);
+        assert_eq!(
+            judge(&i, s.view(), Facts::default(), NOW),
+            Decision::Revoked
+        );
         let f = Facts { crl_revoked: true };
-        assert_eq!(judge(&i, &CertState::default(), f, NOW), Decision::Revoked);
+        assert_eq!(
+            judge(&i, CertState::default().view(), f, NOW),
+            Decision::Revoked
+        );
     }
 
     #[test]
@@ -364,7 +380,10 @@ mod tests {
             revocation: Some(revoked()),
             account: Some(acct(2, Some(500))),
         };
-        assert_eq!(judge(&i, &s, Facts::default(), NOW), Decision::Revoked);
+        assert_eq!(
+            judge(&i, s.view(), Facts::default(), NOW),
+            Decision::Revoked
+        );
     }
 
     #[test]
@@ -375,12 +394,21 @@ mod tests {
             revocation: None,
             account: Some(acct(2, Some(950))),
         };
-        assert_eq!(judge(&old, &s, Facts::default(), NOW), Decision::Reset);
+        assert_eq!(
+            judge(&old, s.view(), Facts::default(), NOW),
+            Decision::Reset
+        );
         // Current generation passes even though its notBefore precedes reset_at.
-        assert_eq!(judge(&cur, &s, Facts::default(), NOW), Decision::Allowed);
+        assert_eq!(
+            judge(&cur, s.view(), Facts::default(), NOW),
+            Decision::Allowed
+        );
         // Missing generation on an enrollment certificate counts as 0.
         let none = ident(true, None, 990, 2_000);
-        assert_eq!(judge(&none, &s, Facts::default(), NOW), Decision::Reset);
+        assert_eq!(
+            judge(&none, s.view(), Facts::default(), NOW),
+            Decision::Reset
+        );
     }
 
     #[test]
@@ -392,26 +420,35 @@ mod tests {
             revocation: None,
             account: Some(acct(2, Some(950))),
         };
-        assert_eq!(judge(&before, &s, Facts::default(), NOW), Decision::Reset);
-        assert_eq!(judge(&after, &s, Facts::default(), NOW), Decision::Allowed);
+        assert_eq!(
+            judge(&before, s.view(), Facts::default(), NOW),
+            Decision::Reset
+        );
+        assert_eq!(
+            judge(&after, s.view(), Facts::default(), NOW),
+            Decision::Allowed
+        );
         // Never reset: no reset_at, allowed.
         let s = CertState {
             revocation: None,
             account: Some(acct(1, None)),
         };
-        assert_eq!(judge(&before, &s, Facts::default(), NOW), Decision::Allowed);
+        assert_eq!(
+            judge(&before, s.view(), Facts::default(), NOW),
+            Decision::Allowed
+        );
     }
 
     #[test]
     fn expired() {
         let i = ident(false, None, 0, NOW - 1);
         assert_eq!(
-            judge(&i, &CertState::default(), Facts::default(), NOW),
+            judge(&i, CertState::default().view(), Facts::default(), NOW),
             Decision::Expired
         );
         let i = ident(false, None, 0, NOW);
         assert_eq!(
-            judge(&i, &CertState::default(), Facts::default(), NOW),
+            judge(&i, CertState::default().view(), Facts::default(), NOW),
             Decision::Allowed
         );
     }

@@ -365,9 +365,13 @@ impl Proxy {
                 crl_revoked: !m.crls.is_empty() && m.crls.contains(&id.issuer_raw, &id.serial),
             }
         };
-        let state = self.cache.lookup(&id.serial, id.account.as_deref()).await;
+        let state = self
+            .cache
+            .lookup_shared(&id.serial, id.account.as_deref())
+            .await;
         let now = crate::state::now();
-        gate::decide_protected(Some(id), Some(state.as_ref().map_err(|_| ())), facts, now)
+        let view = state.as_ref().map(|s| s.view()).map_err(|_| ());
+        gate::decide_protected(Some(id), Some(view), facts, now)
     }
 
     fn own_endpoint(&self, rest: &str, req: &Request<Incoming>) -> Response<RespBody> {

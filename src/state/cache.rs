@@ -1,13 +1,41 @@
-//! Read-through cache (moka) in front of any [`StateStore`].
+//! Read-through cache in front of any [`StateStore`]: what the per-request check reads.
 //!
-//! PLACEHOLDER IMPLEMENTATION: passes every call straight to the store. The signatures
-//! below are the contract the proxy and the admin API code against.
+//! This module owns freshness, coalescing and the failure policy. The store contract and the
+//! backends live beside it (`state/mod.rs`, `state/embedded.rs`); the pub/sub listener that
+//! calls the `invalidate_*` methods lives with the Redis backend; the proxy calls
+//! [`StateCache::lookup`] once per request and the admin API uses the write-through helpers.
+//!
+//! How it works:
+//! - Two moka tables, revocations by serial and accounts by id. Negative answers ("not
+//!   revoked", "no such account") are cached like positive ones: they are most lookups.
+//! - Every value carries the time it was read from the store, on the cache's own [`Clock`].
+//!   An entry younger than `state.cache.ttl` is fresh and answers without touching the store.
+//!   moka's own TTL only evicts, it cannot mark an entry stale; it is set to the longest any
+//!   entry may be useful (`ttl`, or `max_stale` under `serve_stale`) and bounds memory.
+//! - Concurrent misses on one key share one store call (a per-key in-flight load), and a miss
+//!   also replaces a stale entry, which moka's `try_get_with` cannot do.
+//! - Invalidation is synchronous: when `invalidate_*` returns, no later lookup sees the old
+//!   entry, and a load that was already in flight when it ran is not cached (an epoch check
+//!   under the in-flight lock), so the old value cannot come back. This is why the tables are
+//!   `moka::sync::Cache`: `future::Cache` only invalidates from async code.
+//! - Store failure, no fresh entry: `fail_closed` refuses ([`Unavailable`] → 503);
+//!   `serve_stale` answers from an entry up to `state.max_stale` old, then refuses. Never open.
+//!
+//! A hit takes no lock and allocates nothing ([`StateCache::lookup_shared`]): moka looks the
+//! `&str` up and hands back an `Arc`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::OnceCell;
 
 use super::{AccountState, Revocation, StateStore, StoreError, UnixTime};
-use crate::config::StateConfig;
-use crate::metrics::Metrics;
+use crate::config::{OnError, StateConfig};
+use crate::metrics::{CacheLabels, CacheResult, Metrics};
 
 /// What the gate needs to decide one request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -16,20 +44,345 @@ pub struct CertState {
     pub account: Option<AccountState>,
 }
 
+/// [`CertState`] as the cache holds it: cloning is a reference-count increment, so a cache
+/// hit that returns it allocates nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SharedCertState {
+    pub revocation: Option<Arc<Revocation>>,
+    pub account: Option<Arc<AccountState>>,
+}
+
+impl CertState {
+    /// The borrowed form the gate decides on.
+    pub fn view(&self) -> crate::gate::StateView<'_> {
+        crate::gate::StateView {
+            revoked: self.revocation.is_some(),
+            account: self.account.as_ref(),
+        }
+    }
+}
+
+impl SharedCertState {
+    /// The borrowed form the gate decides on.
+    pub fn view(&self) -> crate::gate::StateView<'_> {
+        crate::gate::StateView {
+            revoked: self.revocation.is_some(),
+            account: self.account.as_deref(),
+        }
+    }
+
+    /// The owned form (copies the records' strings).
+    pub fn to_cert_state(&self) -> CertState {
+        CertState {
+            revocation: self.revocation.as_deref().cloned(),
+            account: self.account.as_deref().cloned(),
+        }
+    }
+}
+
 /// The state could not be decided (store down and no usable cache entry).
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("state store unavailable and no usable cached entry")]
 pub struct Unavailable;
 
+/// The cache's time source. Monotonic; only differences matter.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Instant;
+}
+
+/// The real monotonic clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A clock that moves only when told to, for tests of freshness and staleness.
+#[derive(Debug)]
+pub struct ManualClock {
+    origin: Instant,
+    offset_nanos: AtomicU64,
+}
+
+impl ManualClock {
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            offset_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub fn advance(&self, by: Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.offset_nanos.fetch_add(nanos, Ordering::SeqCst);
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.origin + Duration::from_nanos(self.offset_nanos.load(Ordering::SeqCst))
+    }
+}
+
+/// One cached answer: the record (or its absence) and when the store gave it.
+struct Cached<T> {
+    value: Option<Arc<T>>,
+    fetched_at: Instant,
+}
+
+/// The store call behind a miss failed. The cause was counted and logged where it happened.
+#[derive(Debug, Clone, Copy)]
+struct LoadFailed;
+
+type Loaded<T> = Result<Arc<Cached<T>>, LoadFailed>;
+
+/// One store read that every concurrent miss on its key waits for.
+struct Flight<T> {
+    /// The table's epoch when the flight started; if an invalidation bumped it since, the
+    /// result is handed to the waiters but not cached.
+    epoch: u64,
+    result: OnceCell<Loaded<T>>,
+}
+
+struct Loads<T> {
+    epoch: u64,
+    flights: HashMap<Box<str>, Arc<Flight<T>>>,
+}
+
+/// A caller's membership in a flight. When the flight is done (or its last caller gave up
+/// before it finished), dropping this retires it, so the next miss reads the store again.
+struct Joined<'a, T> {
+    table: &'a Table<T>,
+    key: &'a str,
+    flight: Arc<Flight<T>>,
+}
+
+impl<T> Drop for Joined<'_, T> {
+    fn drop(&mut self) {
+        let mut loads = lock(&self.table.loads);
+        let current = loads
+            .flights
+            .get(self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight));
+        // Two references: the map's and ours. Joining clones under this same lock.
+        let abandoned = Arc::strong_count(&self.flight) <= 2;
+        if current && (self.flight.result.initialized() || abandoned) {
+            loads.flights.remove(self.key);
+        }
+    }
+}
+
+enum Peek<T> {
+    Fresh(Arc<Cached<T>>),
+    /// Missing, or present but older than `ttl` (kept for `serve_stale`).
+    Expired(Option<Arc<Cached<T>>>),
+}
+
+/// One keyed table: entries plus the in-flight loads.
+struct Table<T> {
+    entries: moka::sync::Cache<Box<str>, Arc<Cached<T>>>,
+    loads: Mutex<Loads<T>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded sections cannot panic half-way, so a poisoned lock's data is consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<T: Send + Sync + 'static> Table<T> {
+    fn new(max_entries: u64, evict_after: Duration) -> Self {
+        Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_live(evict_after)
+                .build(),
+            loads: Mutex::new(Loads {
+                epoch: 0,
+                flights: HashMap::new(),
+            }),
+        }
+    }
+
+    fn peek(&self, key: &str, now: Instant, ttl: Duration) -> Peek<T> {
+        match self.entries.get(key) {
+            Some(c) if now.saturating_duration_since(c.fetched_at) < ttl => Peek::Fresh(c),
+            other => Peek::Expired(other),
+        }
+    }
+
+    /// Reads `key` through `fetch`, sharing one call among concurrent callers.
+    async fn load<F, Fut>(&self, key: &str, clock: &dyn Clock, fetch: F) -> Loaded<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, StoreError>>,
+    {
+        let flight = {
+            let mut loads = lock(&self.loads);
+            let epoch = loads.epoch;
+            match loads.flights.get(key) {
+                Some(f) => Arc::clone(f),
+                None => {
+                    let f = Arc::new(Flight {
+                        epoch,
+                        result: OnceCell::new(),
+                    });
+                    loads.flights.insert(key.into(), Arc::clone(&f));
+                    f
+                }
+            }
+        };
+        let joined = Joined {
+            table: self,
+            key,
+            flight,
+        };
+        let flight = &joined.flight;
+        // If the caller running `fetch` is dropped, tokio's OnceCell lets the next waiter run
+        // its own, so a cancelled request cannot strand the others.
+        flight
+            .result
+            .get_or_init(|| async {
+                // Freshness counts from before the read: never older data than claimed.
+                let started = clock.now();
+                let value = fetch().await.map_err(|_| LoadFailed)?;
+                let cached = Arc::new(Cached {
+                    value: value.map(Arc::new),
+                    fetched_at: started,
+                });
+                let loads = lock(&self.loads);
+                if loads.epoch == flight.epoch {
+                    self.entries.insert(key.into(), Arc::clone(&cached));
+                }
+                Ok(cached)
+            })
+            .await
+            .clone()
+    }
+
+    fn invalidate(&self, key: &str) {
+        let mut loads = lock(&self.loads);
+        loads.epoch = loads.epoch.wrapping_add(1);
+        loads.flights.remove(key);
+        self.entries.invalidate(key);
+    }
+
+    fn invalidate_all(&self) {
+        let mut loads = lock(&self.loads);
+        loads.epoch = loads.epoch.wrapping_add(1);
+        loads.flights.clear();
+        self.entries.invalidate_all();
+    }
+}
+
+/// How bad one lookup was, for `certgate_state_cache_total{result}`: a lookup reads up to
+/// two entries and is counted once, by its worst part.
+fn rank(r: CacheResult) -> u8 {
+    match r {
+        CacheResult::hit => 0,
+        CacheResult::miss => 1,
+        CacheResult::stale => 2,
+        CacheResult::error => 3,
+    }
+}
+
+fn worse(a: CacheResult, b: CacheResult) -> CacheResult {
+    if rank(b) > rank(a) { b } else { a }
+}
+
+/// The `certgate_state_cache_total` series, resolved once so the hot path is one atomic add.
+struct CacheCounters {
+    hit: Counter,
+    miss: Counter,
+    stale: Counter,
+    error: Counter,
+}
+
+impl CacheCounters {
+    fn new(metrics: &Metrics) -> Self {
+        let get = |result| {
+            metrics
+                .state_cache
+                .get_or_create(&CacheLabels { result })
+                .clone()
+        };
+        Self {
+            hit: get(CacheResult::hit),
+            miss: get(CacheResult::miss),
+            stale: get(CacheResult::stale),
+            error: get(CacheResult::error),
+        }
+    }
+
+    fn count(&self, r: CacheResult) {
+        match r {
+            CacheResult::hit => self.hit.inc(),
+            CacheResult::miss => self.miss.inc(),
+            CacheResult::stale => self.stale.inc(),
+            CacheResult::error => self.error.inc(),
+        };
+    }
+}
+
 pub struct StateCache {
     store: Arc<dyn StateStore>,
-    #[allow(dead_code)]
     metrics: Metrics,
+    counters: CacheCounters,
+    clock: Arc<dyn Clock>,
+    ttl: Duration,
+    on_error: OnError,
+    max_stale: Duration,
+    revocations: Table<Revocation>,
+    accounts: Table<AccountState>,
+    /// The store has answered at least once.
+    ready: AtomicBool,
+    /// The last store call succeeded (logs only the transitions).
+    up: AtomicBool,
 }
 
 impl StateCache {
-    pub fn new(store: Arc<dyn StateStore>, _cfg: &StateConfig, metrics: Metrics) -> Self {
-        Self { store, metrics }
+    pub fn new(store: Arc<dyn StateStore>, cfg: &StateConfig, metrics: Metrics) -> Self {
+        Self::with_clock(store, cfg, metrics, Arc::new(SystemClock))
+    }
+
+    /// Like [`StateCache::new`], with the clock that decides freshness and staleness
+    /// (tests pass a [`ManualClock`]).
+    ///
+    /// `state.cache.max_entries` bounds each of the two tables (revocations, accounts).
+    pub fn with_clock(
+        store: Arc<dyn StateStore>,
+        cfg: &StateConfig,
+        metrics: Metrics,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let ttl = cfg.cache.ttl;
+        let keep = match cfg.on_error {
+            OnError::FailClosed => ttl,
+            OnError::ServeStale => ttl.max(cfg.max_stale),
+        }
+        .max(Duration::from_millis(1));
+        let max = cfg.cache.max_entries;
+        Self {
+            store,
+            counters: CacheCounters::new(&metrics),
+            metrics,
+            clock,
+            ttl,
+            on_error: cfg.on_error,
+            max_stale: cfg.max_stale,
+            revocations: Table::new(max, keep),
+            accounts: Table::new(max, keep),
+            ready: AtomicBool::new(false),
+            up: AtomicBool::new(false),
+        }
     }
 
     /// The backend, for calls the cache does not wrap (tickets, registry, CRL number).
@@ -38,65 +391,197 @@ impl StateCache {
     }
 
     /// The per-request check: revocation of `serial` and, when given, the account record.
+    ///
+    /// Copies the records out of the cache; [`StateCache::lookup_shared`] is the
+    /// allocation-free form.
     pub async fn lookup(
         &self,
         serial: &str,
         account: Option<&str>,
     ) -> Result<CertState, Unavailable> {
-        let revocation = self
-            .store
-            .revocation(serial)
+        self.lookup_shared(serial, account)
             .await
-            .map_err(|_| Unavailable)?;
-        let account = match account {
-            Some(a) => self.store.account(a).await.map_err(|_| Unavailable)?,
-            None => None,
+            .map(|s| s.to_cert_state())
+    }
+
+    /// The per-request check, answering with the cached `Arc`s.
+    ///
+    /// Fails closed: `Err(Unavailable)` when an entry is missing or older than
+    /// `state.cache.ttl` and the store cannot be read, unless `state.on_error` is
+    /// `serve_stale` and the entry is at most `state.max_stale` old.
+    pub async fn lookup_shared(
+        &self,
+        serial: &str,
+        account: Option<&str>,
+    ) -> Result<SharedCertState, Unavailable> {
+        let now = self.clock.now();
+        let rev = self.revocations.peek(serial, now, self.ttl);
+        let acct = account.map(|a| self.accounts.peek(a, now, self.ttl));
+
+        // The hot path: everything fresh, no await, no lock, no allocation.
+        if let Peek::Fresh(r) = &rev {
+            let account = match &acct {
+                None => Some(None),
+                Some(Peek::Fresh(a)) => Some(a.value.clone()),
+                Some(Peek::Expired(_)) => None,
+            };
+            if let Some(account) = account {
+                self.counters.count(CacheResult::hit);
+                return Ok(SharedCertState {
+                    revocation: r.value.clone(),
+                    account,
+                });
+            }
+        }
+
+        let store = &self.store;
+        let rev_fut = self.resolve(&self.revocations, serial, rev, || store.revocation(serial));
+        let acct_fut = async {
+            match (account, acct) {
+                (Some(a), Some(peek)) => {
+                    self.resolve(&self.accounts, a, peek, || store.account(a))
+                        .await
+                }
+                _ => (CacheResult::hit, Some(None)),
+            }
         };
-        Ok(CertState {
-            revocation,
-            account,
-        })
+        let ((rev_result, revocation), (acct_result, account)) = tokio::join!(rev_fut, acct_fut);
+        let result = worse(rev_result, acct_result);
+        self.counters.count(result);
+        match (revocation, account) {
+            (Some(revocation), Some(account)) => Ok(SharedCertState {
+                revocation,
+                account,
+            }),
+            _ => Err(Unavailable),
+        }
+    }
+
+    /// One entry: fresh from the cache, else from the store, else (policy permitting) stale.
+    /// `None` as the answer means undecidable.
+    async fn resolve<T, F, Fut>(
+        &self,
+        table: &Table<T>,
+        key: &str,
+        peek: Peek<T>,
+        fetch: F,
+    ) -> (CacheResult, Option<Option<Arc<T>>>)
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, StoreError>>,
+    {
+        let stale = match peek {
+            Peek::Fresh(c) => return (CacheResult::hit, Some(c.value.clone())),
+            Peek::Expired(stale) => stale,
+        };
+        let fetch = || async {
+            let r = fetch().await;
+            self.note(&r);
+            r
+        };
+        match table.load(key, &*self.clock, fetch).await {
+            Ok(c) => (CacheResult::miss, Some(c.value.clone())),
+            Err(LoadFailed) => {
+                let now = self.clock.now();
+                match stale {
+                    Some(c)
+                        if self.on_error == OnError::ServeStale
+                            && now.saturating_duration_since(c.fetched_at) <= self.max_stale =>
+                    {
+                        (CacheResult::stale, Some(c.value.clone()))
+                    }
+                    _ => (CacheResult::error, None),
+                }
+            }
+        }
+    }
+
+    /// Records the outcome of one store call: readiness, `certgate_state_store_up`,
+    /// `certgate_state_store_errors_total`, and a log line when the store goes down or
+    /// comes back (not one per failed call).
+    fn note<T>(&self, r: &Result<T, StoreError>) {
+        match r {
+            Ok(_) => {
+                self.ready.store(true, Ordering::Release);
+                self.metrics.state_store_up.set(1);
+                if !self.up.swap(true, Ordering::AcqRel) {
+                    tracing::info!("state store is answering");
+                }
+            }
+            Err(e) => {
+                self.metrics.state_store_errors.inc();
+                self.metrics.state_store_up.set(0);
+                if self.up.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(error = %e, "state store failed; lookups follow state.on_error");
+                } else {
+                    tracing::debug!(error = %e, "state store call failed");
+                }
+            }
+        }
     }
 
     /// True once the store has answered at least once.
     pub fn ready(&self) -> bool {
-        true
+        self.ready.load(Ordering::Acquire)
     }
 
     /// Pings the store; updates readiness and `certgate_state_store_up`.
     pub async fn probe(&self) -> bool {
-        self.store.ping().await.is_ok()
+        let r = self.store.ping().await;
+        self.note(&r);
+        r.is_ok()
     }
 
-    pub fn invalidate_serial(&self, _serial: &str) {}
-    pub fn invalidate_account(&self, _account: &str) {}
-    pub fn invalidate_all(&self) {}
+    /// Drops the cached revocation status of `serial`; the next lookup reads the store.
+    pub fn invalidate_serial(&self, serial: &str) {
+        self.revocations.invalidate(serial);
+    }
+
+    /// Drops the cached record of `account`; the next lookup reads the store.
+    pub fn invalidate_account(&self, account: &str) {
+        self.accounts.invalidate(account);
+    }
+
+    /// Drops everything (e.g. after a pub/sub reconnect, when events may have been missed).
+    pub fn invalidate_all(&self) {
+        self.revocations.invalidate_all();
+        self.accounts.invalidate_all();
+    }
 
     /// Write-through: revoke, then drop the cached entry so the next request sees it.
+    ///
+    /// The entry is dropped after a failed write too: a write that timed out may still have
+    /// landed, and a needless re-read is cheap.
     pub async fn revoke(&self, r: Revocation) -> Result<Revocation, StoreError> {
         let serial = r.serial.clone();
-        let out = self.store.revoke(r).await?;
+        let out = self.store.revoke(r).await;
+        self.note(&out);
         self.invalidate_serial(&serial);
-        Ok(out)
+        out
     }
 
+    /// Write-through: reset, then drop the cached account (see [`StateCache::revoke`]).
     pub async fn reset_account(
         &self,
         account: &str,
         now: UnixTime,
     ) -> Result<AccountState, StoreError> {
-        let out = self.store.reset_account(account, now).await?;
+        let out = self.store.reset_account(account, now).await;
+        self.note(&out);
         self.invalidate_account(account);
-        Ok(out)
+        out
     }
 
+    /// Write-through: enable two-factor, then drop the cached account.
     pub async fn enable_two_factor(
         &self,
         account: &str,
         now: UnixTime,
     ) -> Result<AccountState, StoreError> {
-        let out = self.store.enable_two_factor(account, now).await?;
+        let out = self.store.enable_two_factor(account, now).await;
+        self.note(&out);
         self.invalidate_account(account);
-        Ok(out)
+        out
     }
 }

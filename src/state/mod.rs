@@ -183,6 +183,12 @@ pub trait StateStore: Send + Sync + 'static {
     fn sweep(&self, now: UnixTime) -> BoxFut<'_, Result<u64, StoreError>>;
 }
 
+/// How long a revocation is kept after its certificate's `notAfter` before `sweep` may drop
+/// it (seconds). RFC 5280 §3.3 asks that an entry stay on at least one CRL issued after the
+/// certificate expired; a day covers a daily CRL and any clock skew between the CA and the
+/// gateways. A certificate past `notAfter` is refused as `expired` anyway.
+pub const REVOCATION_RETENTION_AFTER_EXPIRY: i64 = 24 * 60 * 60;
+
 /// Current unix time in seconds.
 pub fn now() -> UnixTime {
     std::time::SystemTime::now()
