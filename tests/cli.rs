@@ -1,0 +1,309 @@
+//! The `certgate` binary as an operator runs it: `check-config` and `init`, with their exit
+//! codes (0 ok, 1 runtime failure, 2 usage or config error) and messages.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Options, Prepared, STEP};
+
+/// Runs the real binary with `args` (and `env`), failing the test if it runs past [`STEP`].
+fn certgate(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_certgate"));
+    cmd.args(args)
+        .env_remove("CERTGATE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn certgate");
+    let deadline = Instant::now() + STEP;
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "certgate {args:?} still running after {STEP:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn check_config(path: &Path) -> Output {
+    certgate(
+        &[
+            "--config",
+            path.to_str().expect("utf-8 path"),
+            "check-config",
+        ],
+        &[],
+    )
+}
+
+#[tokio::test]
+async fn check_config_accepts_a_good_file() {
+    let p = Prepared::new(Options::default()).await;
+    let out = check_config(&p.config_path);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+
+    // The same through CERTGATE_CONFIG.
+    let path = p.config_path.to_str().expect("utf-8 path");
+    let out = certgate(&["check-config"], &[("CERTGATE_CONFIG", path)]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "via CERTGATE_CONFIG: {}",
+        describe(&out)
+    );
+}
+
+#[tokio::test]
+async fn check_config_does_not_bind() {
+    let p = Prepared::new(Options::default()).await;
+    // The listen address is taken: validation must still pass, because it binds nothing.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let yaml = p
+        .yaml()
+        .replacen("listen: \"127.0.0.1:0\"", &format!("listen: \"{addr}\""), 1);
+    assert!(yaml.contains(&addr.to_string()));
+    std::fs::write(&p.config_path, yaml).expect("write config");
+    let out = check_config(&p.config_path);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    drop(taken);
+}
+
+/// 1-based line of the first line of `yaml` that starts with `prefix`.
+fn line_of(yaml: &str, prefix: &str) -> usize {
+    yaml.lines()
+        .position(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("{prefix:?} not in\n{yaml}"))
+        + 1
+}
+
+/// Asserts exit 2 and a message naming the file, `line` and `key`.
+fn assert_config_error(out: &Output, file: &Path, line: usize, key: &str) {
+    assert_eq!(out.status.code(), Some(2), "{}", describe(out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file_name = file
+        .file_name()
+        .and_then(|f| f.to_str())
+        .expect("file name");
+    assert!(
+        stderr.contains(file_name),
+        "stderr does not name the file {file_name}: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(":{line}")) || stderr.contains(&format!("line {line}")),
+        "stderr does not name line {line}: {stderr}"
+    );
+    assert!(
+        stderr.contains(key),
+        "stderr does not name the key {key}: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn check_config_names_file_line_and_key() {
+    let p = Prepared::new(Options::default()).await;
+    let good = p.yaml();
+    let broken = p.dir.path().join("broken.yaml");
+
+    // Unknown top-level key.
+    let yaml = format!("{good}bogus_key: 1\n");
+    std::fs::write(&broken, &yaml).expect("write");
+    assert_config_error(
+        &check_config(&broken),
+        &broken,
+        line_of(&yaml, "bogus_key"),
+        "bogus_key",
+    );
+
+    // Unknown nested key.
+    let yaml = good.replacen("upstream:\n", "upstream:\n  bogus_nested: 1\n", 1);
+    std::fs::write(&broken, &yaml).expect("write");
+    assert_config_error(
+        &check_config(&broken),
+        &broken,
+        line_of(&yaml, "  bogus_nested"),
+        "bogus_nested",
+    );
+
+    // A value that does not parse.
+    let yaml = good.replacen("  connect_timeout: 2s", "  connect_timeout: banana", 1);
+    std::fs::write(&broken, &yaml).expect("write");
+    assert_config_error(
+        &check_config(&broken),
+        &broken,
+        line_of(&yaml, "  connect_timeout"),
+        "upstream.connect_timeout",
+    );
+
+    // A file that does not exist.
+    let yaml = good.replacen(
+        "  trusted_cas: [pki/client-ca.pem]",
+        "  trusted_cas: [pki/missing.pem]",
+        1,
+    );
+    std::fs::write(&broken, &yaml).expect("write");
+    let out = check_config(&broken);
+    assert_config_error(
+        &out,
+        &broken,
+        line_of(&yaml, "  trusted_cas"),
+        "client_auth.trusted_cas",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("missing.pem"),
+        "stderr does not name the missing file: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn check_config_on_a_missing_file_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nope.yaml");
+    let out = check_config(&path);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nope.yaml"),
+        "{}",
+        describe(&out)
+    );
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    files_under(dir)
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).expect("read");
+            (p, bytes)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn init_writes_a_dev_setup_that_check_config_accepts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().join("dev");
+    let d_str = d.to_str().expect("utf-8 path");
+
+    let out = certgate(&["init", "--dir", d_str], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+
+    let files = files_under(&d);
+    let keys: Vec<&PathBuf> = files
+        .iter()
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("PRIVATE KEY")))
+        .collect();
+    assert!(!keys.is_empty(), "init wrote no private key: {files:?}");
+    for key in &keys {
+        let mode = std::fs::metadata(key)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{} has mode {mode:o}", key.display());
+    }
+    let certs = files
+        .iter()
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("BEGIN CERTIFICATE")))
+        .count();
+    assert!(
+        certs >= 2,
+        "init should write at least a server and a CA certificate: {files:?}"
+    );
+
+    let configs: Vec<&PathBuf> = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    assert!(!configs.is_empty(), "init wrote no config: {files:?}");
+    for config in &configs {
+        let out = check_config(config);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            config.display(),
+            describe(&out)
+        );
+    }
+
+    // A second init refuses to overwrite, and leaves everything as it was.
+    let before = snapshot(&d);
+    let out = certgate(&["init", "--dir", d_str], &[]);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "init overwrote without --force: {}",
+        describe(&out)
+    );
+    assert!(
+        !out.stderr.is_empty(),
+        "refusal without a message: {}",
+        describe(&out)
+    );
+    assert!(before == snapshot(&d), "a refused init changed files");
+
+    // --force overwrites, and the result is still valid.
+    let out = certgate(&["init", "--dir", d_str, "--force"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "init --force: {}",
+        describe(&out)
+    );
+    for config in &configs {
+        let out = check_config(config);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "after --force: {}",
+            describe(&out)
+        );
+    }
+}
+
+#[test]
+fn unknown_command_is_a_usage_error() {
+    let out = certgate(&["frobnicate"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+}

@@ -1,0 +1,46 @@
+//! Shared harness for the integration tests: a PKI generated at test time ([`pki`]), an
+//! upstream that echoes what it receives ([`upstream`]), the gateway started from a real
+//! config file ([`gateway`]) and clients for the data plane and the admin API ([`client`]).
+//!
+//! Nothing here uses a fixed port or sleeps for a guessed time: everything binds
+//! `127.0.0.1:0`, and every wait is bounded by [`STEP`] so a hang fails the test.
+
+// Each test binary uses a different part of the harness.
+#![allow(dead_code, unused_imports)]
+
+pub mod client;
+pub mod gateway;
+pub mod pki;
+pub mod upstream;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use client::{Admin, H1, RawClient, Resp};
+pub use gateway::{Harness, Options, Prepared, closed_port};
+pub use pki::{Leaf, LeafSpec, Pki};
+pub use upstream::{Echo, Upstream};
+
+/// The bound on any single wait (a request, a handshake, a read).
+pub const STEP: Duration = Duration::from_secs(15);
+
+/// Awaits `fut`, failing the test if it takes longer than [`STEP`].
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(STEP, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {STEP:?}: {what}"),
+    }
+}
+
+/// Waits until the wall clock is past `t` (a certificate's `notAfter` or `notBefore`).
+pub async fn wait_until_past(t: time::OffsetDateTime) {
+    loop {
+        let now = time::OffsetDateTime::now_utc();
+        if now > t {
+            return;
+        }
+        let left = (t - now).unsigned_abs() + Duration::from_millis(50);
+        assert!(left < Duration::from_secs(60), "refusing to wait {left:?}");
+        tokio::time::sleep(left).await;
+    }
+}
