@@ -619,6 +619,7 @@ async fn change_account_inner(
     audit: &mut Audit<'_>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let now = now();
+    let is_reset = matches!(action, AccountAction::Reset);
     let record = match action {
         AccountAction::EnableTwoFactor => state.cache.enable_two_factor(account, now).await?,
         AccountAction::Reset => state.cache.reset_account(account, now).await?,
@@ -642,9 +643,10 @@ async fn change_account_inner(
 
     let mut body = account_json(&record);
     match &state.enrollment {
-        // A ticket "allows" enrolling only where two-factor is on: a reset of an account
-        // without it (or one created by the reset) gets no ticket.
-        Some(enrollment) if record.two_factor => {
+        // Tickets are for accounts enrolled in two-factor; a reset always answers with one,
+        // because its whole point is that the user enrolls again (DESIGN: "returns a new
+        // ticket"), even for an account the reset just created.
+        Some(enrollment) if record.two_factor || is_reset => {
             let ttl = enrollment.ticket_ttl;
             let t = ticket::issue(
                 state.cache.store().as_ref(),
@@ -1354,7 +1356,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reset_of_an_account_without_two_factor_issues_no_ticket() {
+    async fn reset_of_an_unknown_account_creates_it_and_issues_a_ticket() {
         let h = harness(true);
         let a = send(&h, Method::POST, "/v1/accounts/bob/reset", "").await;
         assert_eq!(a.status, StatusCode::OK);
@@ -1365,14 +1367,11 @@ mod tests {
             ),
             (Some(2), Some(false))
         );
-        assert!(a.json.get("ticket").is_none());
-        assert!(
-            a.json["note"]
-                .as_str()
-                .unwrap()
-                .contains("two-factor is not enabled")
-        );
-        assert!(h.store.data.lock().unwrap().tickets.is_empty());
+        let t = a.json["ticket"]
+            .as_str()
+            .expect("a reset answers with a ticket");
+        assert_eq!(consume(&h, t).map(|t| t.generation), Some(2));
+        assert!(a.json.get("note").is_none());
     }
 
     #[tokio::test]
