@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, StateBackend};
+use crate::enroll::{EnrollError, Enrollment};
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Proxy};
 use crate::state::StateStore;
@@ -53,6 +54,8 @@ pub enum AppError {
     Store(#[from] crate::state::StoreError),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("enrollment: {0}")]
+    Enroll(#[from] EnrollError),
     #[error("upstream: {0}")]
     Proxy(#[from] crate::proxy::ProxyError),
 }
@@ -133,11 +136,13 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
     {
         metrics.crl_next_update.set(next - crate::state::now());
     }
+    let own = Arc::new(Enrollment::new(&config, cache.clone(), metrics.clone())?);
     let proxy = Arc::new(Proxy::new(
         &config,
         cache.clone(),
         material.clone(),
         metrics.clone(),
+        own,
     )?);
 
     let bind = |what: &'static str, addr: SocketAddr| async move {

@@ -11,6 +11,7 @@
 //! - [`proxy`]: per-request handling and forwarding upstream.
 //! - [`ticket`]: enrollment ticket generation and hashing.
 //! - [`ca`]: certificate issuing and the development PKI.
+//! - [`enroll`]: certgate's own `/.certgate/` endpoints (enrollment, CA, CRL).
 //! - [`admin`]: the admin API, health probes and `/metrics`.
 //! - [`admin_client`]: the `certgate admin …` HTTP client.
 //! - [`app`]: wires everything from a `Config`, binds, serves, drains.
@@ -24,6 +25,7 @@ pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod enroll;
 pub mod gate;
 pub mod identity;
 pub mod metrics;

@@ -24,6 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::Config;
+use crate::enroll::Enrollment;
 use crate::gate::{self, Decision, Facts, Route};
 use crate::identity::ClientIdentity;
 use crate::metrics::{DecisionLabel, Metrics, UpstreamErrorKind, UpstreamErrorLabels};
@@ -123,8 +124,8 @@ pub struct Proxy {
     cache: Arc<StateCache>,
     material: Arc<ArcSwap<TlsMaterial>>,
     metrics: Metrics,
-    /// `GET /.certgate/ca.pem`: the enrollment CA, when enrollment is on.
-    ca_pem: Option<Bytes>,
+    /// certgate's own endpoints under `/.certgate/`.
+    own: Arc<Enrollment>,
 }
 
 /// Hop-by-hop headers (RFC 9110 7.6.1) plus the legacy ones; never forwarded.
@@ -210,6 +211,7 @@ impl Proxy {
         cache: Arc<StateCache>,
         material: Arc<ArcSwap<TlsMaterial>>,
         metrics: Metrics,
+        own: Arc<Enrollment>,
     ) -> Result<Self, ProxyError> {
         let url = &cfg.upstream.url;
         let scheme = url.scheme().cloned().unwrap_or(Scheme::HTTP);
@@ -251,22 +253,6 @@ impl Proxy {
             .timer(TokioTimer::new())
             .build(connector);
 
-        let ca_pem = cfg
-            .enrollment
-            .as_ref()
-            .and_then(|e| e.ca_cert.certs.first())
-            .map(|c| {
-                use base64::Engine as _;
-                let b64 = base64::engine::general_purpose::STANDARD.encode(c.as_ref());
-                let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-                for chunk in b64.as_bytes().chunks(64) {
-                    pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-                    pem.push('\n');
-                }
-                pem.push_str("-----END CERTIFICATE-----\n");
-                Bytes::from(pem)
-            });
-
         Ok(Proxy {
             client,
             upstream: Upstream {
@@ -282,7 +268,7 @@ impl Proxy {
             cache,
             material,
             metrics,
-            ca_pem,
+            own,
         })
     }
 
@@ -340,7 +326,8 @@ impl Proxy {
         match route {
             Route::Own(rest) => {
                 let rest = rest.into_owned();
-                (Decision::Own, self.own_endpoint(&rest, &req))
+                let resp = self.own.handle(&rest, conn.peer, req).await;
+                (Decision::Own, resp.map(Either::Right))
             }
             Route::Public => (Decision::Public, self.forward(conn, req, false).await),
             Route::Protected => {
@@ -372,20 +359,6 @@ impl Proxy {
         let now = crate::state::now();
         let view = state.as_ref().map(|s| s.view()).map_err(|_| ());
         gate::decide_protected(Some(id), Some(view), facts, now)
-    }
-
-    fn own_endpoint(&self, rest: &str, req: &Request<Incoming>) -> Response<RespBody> {
-        match (req.method(), rest, &self.ca_pem) {
-            (&http::Method::GET | &http::Method::HEAD, "/ca.pem", Some(pem)) => {
-                let mut r = Response::new(Either::Right(Full::new(pem.clone())));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/x-pem-file"),
-                );
-                r
-            }
-            _ => pages::render(&pages::NOT_FOUND, req.headers()).map(Either::Right),
-        }
     }
 
     async fn forward(
