@@ -14,6 +14,7 @@
 //! - [`enroll`]: certgate's own `/.certgate/` endpoints (enrollment, CA, CRL).
 //! - [`admin`]: the admin API, health probes and `/metrics`.
 //! - [`admin_client`]: the `certgate admin …` HTTP client.
+//! - [`reload`]: configuration reload on changed files.
 //! - [`app`]: wires everything from a `Config`, binds, serves, drains.
 //! - [`demo`]: the self-contained demo (echo upstream, dev PKI).
 //! - [`cli`]: the `certgate` command line.
@@ -31,6 +32,7 @@ pub mod identity;
 pub mod metrics;
 pub mod pages;
 pub mod proxy;
+pub mod reload;
 pub mod state;
 pub mod ticket;
 pub mod tls;
