@@ -8,6 +8,7 @@
 //! - [`state`]: the `StateStore` trait, backends and the read-through cache.
 //! - [`tls`]: rustls server config, client verifier, accept loop.
 //! - [`pages`]: refusal pages (HTML for browsers, JSON otherwise).
+//! - [`proxy_protocol`]: PROXY v1/v2 headers from an L4 load balancer.
 //! - [`proxy`]: per-request handling and forwarding upstream.
 //! - [`ticket`]: enrollment ticket generation and hashing.
 //! - [`ca`]: certificate issuing and the development PKI.
@@ -32,6 +33,7 @@ pub mod identity;
 pub mod metrics;
 pub mod pages;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod state;
 pub mod ticket;
