@@ -1,0 +1,516 @@
+#!/usr/bin/env bash
+# certgate vs nginx vs HAProxy with the same mTLS setup, side by side on this machine.
+#
+#   benches/compare.sh            # full run (about 8 minutes), writes benches/RESULTS.md
+#   benches/compare.sh --quick    # short smoke run, writes nothing into the repository
+#
+# What it does:
+#   1. installs nginx and HAProxy from Debian when missing;
+#   2. builds certgate (release), the benchmark-only certgate that skips the per-request
+#      revocation/reset check (feature bench-skip-state-check, used for nothing else), and
+#      the load generator (benches/loadgen, a `cargo bench` target);
+#   3. makes one test PKI with certgate's own code (ECDSA P-256 server and CAs; client
+#      certificates with ECDSA P-256 and RSA-2048 keys) and starts one fast HTTP/1.1
+#      upstream on loopback;
+#   4. configures the three gateways equivalently (client certificate required and
+#      verified, identity headers forwarded, keep-alive to the upstream), pins the gateway
+#      under test to one core and the load generator (with the upstream) to the other;
+#   5. measures keep-alive (c=50 and c=1), a full handshake per request and a resumed
+#      session per request, in TLS 1.3 and 1.2, plus 10,000 idle connections, the cost of
+#      the state check, the per-request decision (criterion) and the crypto ceiling
+#      (openssl speed, aws-lc);
+#   6. prints the tables and writes them, with machine, versions, load average and the
+#      exact configurations, to benches/RESULTS.md.
+#
+# Everything runs on 127.0.0.1, every run is bounded in time, and all generated files live
+# in a temporary folder that is removed at the end (KEEP_TMP=1 keeps it).
+#
+# Environment knobs: DURATION (measured seconds per run, 8), WARMUP (2), ROUNDS (1; the
+# median round is reported), STATE_ROUNDS (3), IDLE_CONNS (10000), SERVER_CORE (0),
+# CLIENT_CORE (1), RESULTS (output file), SERVERS ("certgate nginx haproxy").
+
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+QUICK=0
+for a in "$@"; do
+  case "$a" in
+    --quick) QUICK=1 ;;
+    -h | --help)
+      sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
+    *)
+      echo "compare.sh: unknown argument $a (try --help)" >&2
+      exit 2
+      ;;
+  esac
+done
+
+if [ "$QUICK" = 1 ]; then
+  DURATION=${DURATION:-2}
+  WARMUP=${WARMUP:-0.5}
+  STATE_ROUNDS=${STATE_ROUNDS:-1}
+  IDLE_CONNS=${IDLE_CONNS:-1000}
+  OPENSSL_SECONDS=1
+else
+  OPENSSL_SECONDS=2
+fi
+DURATION=${DURATION:-8}
+WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-1}
+STATE_ROUNDS=${STATE_ROUNDS:-3}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+SERVER_CORE=${SERVER_CORE:-0}
+CLIENT_CORE=${CLIENT_CORE:-1}
+SERVERS=${SERVERS:-certgate nginx haproxy}
+if [ "$QUICK" = 1 ]; then
+  RESULTS=${RESULTS:-}
+else
+  RESULTS=${RESULTS:-$ROOT/benches/RESULTS.md}
+fi
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() {
+  echo "compare.sh: $*" >&2
+  exit 1
+}
+
+[ "$(uname -s)" = Linux ] || die "Linux only (taskset, /proc)"
+[ "$(nproc --all)" -ge 2 ] || die "needs at least 2 cores (one for the server, one for the load)"
+
+# --- 1. tools ---------------------------------------------------------------------------
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ "${#need[@]}" -gt 0 ]; then
+  say "installing ${need[*]} from Debian"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  # policy-rc.d keeps the packages from starting their own daemons on ports 80/443.
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+PATH=$PATH:/usr/sbin
+NGINX=$(command -v nginx)
+HAPROXY=$(command -v haproxy)
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -ge $((IDLE_CONNS + 2000)) ] ||
+  die "open-file limit $(ulimit -n) is too low for IDLE_CONNS=$IDLE_CONNS"
+# HAProxy needs two descriptors per connection it allows (maxconn) and refuses to start
+# when they do not fit the open-file limit.
+HAPROXY_MAXCONN=$(( ($(ulimit -n) - 100) / 2 ))
+[ "$HAPROXY_MAXCONN" -le 40000 ] || HAPROXY_MAXCONN=40000
+
+TMP=$(mktemp -d /tmp/certgate-compare.XXXXXX)
+chmod 755 "$TMP"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do
+    kill "$p" 2>/dev/null || true
+  done
+  for p in "${PIDS[@]}"; do
+    wait "$p" 2>/dev/null || true
+  done
+  if [ "${KEEP_TMP:-0}" = 1 ]; then
+    echo "kept $TMP" >&2
+  else
+    rm -rf "$TMP"
+  fi
+}
+trap cleanup EXIT
+mkdir -p "$TMP/bin" "$TMP/nginx" "$TMP/out"
+
+# --- 2. build ---------------------------------------------------------------------------
+say "building certgate, the state-check-skipping benchmark build, and the load generator"
+cargo build --release --locked --bin certgate --features bench-skip-state-check
+cp target/release/certgate "$TMP/bin/certgate-skip"
+cargo build --release --locked --bin certgate
+cp target/release/certgate "$TMP/bin/certgate"
+exe() {
+  cargo build --release --locked --bench "$1" --message-format=json 2>/dev/null |
+    grep "\"kind\":\[\"bench\"\].*\"name\":\"$1\"" |
+    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1
+}
+LG_EXE=$(exe loadgen)
+HP_EXE=$(exe hot_path)
+[ -x "$LG_EXE" ] && [ -x "$HP_EXE" ] || die "could not build the bench binaries"
+cp "$LG_EXE" "$TMP/bin/loadgen"
+LG=$TMP/bin/loadgen
+
+# Foreground commands only: a backgrounded function would put a subshell between $! and
+# the process, so servers are started with taskset directly.
+on_server() { taskset -c "$SERVER_CORE" "$@"; }
+on_client() { taskset -c "$CLIENT_CORE" "$@"; }
+
+# --- 3. PKI and upstream ----------------------------------------------------------------
+say "test PKI and upstream"
+"$LG" pki --out "$TMP"
+C=$TMP/certs
+taskset -c "$CLIENT_CORE" "$LG" upstream --listen 127.0.0.1:0 --port-file "$TMP/upstream.port" --lifetime 7200 \
+  >"$TMP/upstream.log" 2>&1 &
+UP_PID=$!
+PIDS+=("$UP_PID")
+for _ in $(seq 100); do [ -s "$TMP/upstream.port" ] && break || sleep 0.1; done
+UP_PORT=$(cat "$TMP/upstream.port")
+
+mapfile -t PORTS < <("$LG" ports 8)
+P_CG=${PORTS[0]} P_CG_ADMIN=${PORTS[1]} P_CG_MET=${PORTS[2]}
+P_SKIP=${PORTS[3]} P_SKIP_ADMIN=${PORTS[4]} P_SKIP_MET=${PORTS[5]}
+P_NGINX=${PORTS[6]} P_HAPROXY=${PORTS[7]}
+
+# --- 4. configurations ------------------------------------------------------------------
+certgate_config() { # file port admin metrics db
+  cat >"$1" <<EOF
+listen: "127.0.0.1:$2"
+tls:
+  cert: $C/server.pem
+  key: $C/server.key
+  min_version: "1.2"
+  session_resumption: true
+client_auth:
+  mode: required
+identity:
+  account_from: [san_uri, san_email, subject_cn]
+upstream:
+  url: "http://127.0.0.1:$UP_PORT"
+state:
+  backend: embedded
+  path: $5
+enrollment:
+  enabled: true
+  ca_cert: $C/enroll-ca.pem
+  ca_key: $C/enroll-ca.key
+  public_url: "https://localhost:$2"
+admin:
+  listen: "127.0.0.1:$3"
+  token_file: $TMP/secrets/admin-token
+metrics:
+  listen: "127.0.0.1:$4"
+limits:
+  max_connections: 30000
+  idle_timeout: 120s
+log:
+  level: warn
+EOF
+}
+cp "$TMP/state.db" "$TMP/state-skip.db"
+certgate_config "$TMP/certgate.yaml" "$P_CG" "$P_CG_ADMIN" "$P_CG_MET" "$TMP/state.db"
+certgate_config "$TMP/certgate-skip.yaml" "$P_SKIP" "$P_SKIP_ADMIN" "$P_SKIP_MET" "$TMP/state-skip.db"
+
+cat >"$TMP/nginx.conf" <<EOF
+worker_processes 1;
+worker_rlimit_nofile $(ulimit -n);
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+daemon off;
+events {
+    worker_connections 32768;
+}
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    keepalive_timeout 120s;
+    keepalive_requests 1000000;
+    upstream app {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 128;
+    }
+    # The account from the subject CN (nginx has no SAN variables).
+    map \$ssl_client_s_dn \$client_account {
+        default "";
+        "~(^|,)CN=(?<cn>[^,]+)" \$cn;
+    }
+    server {
+        listen 127.0.0.1:$P_NGINX ssl;
+        server_name localhost;
+        ssl_certificate $C/server.pem;
+        ssl_certificate_key $C/server.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_client_certificate $C/enroll-ca.pem;
+        ssl_verify_client on;
+        ssl_verify_depth 1;
+        ssl_session_cache shared:SSL:64m;
+        ssl_session_timeout 1h;
+        ssl_session_tickets on;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            # Identity headers: set, or cleared when a client sends them.
+            proxy_set_header X-Client-Account \$client_account;
+            proxy_set_header X-Client-Cert-Serial \$ssl_client_serial;
+            proxy_set_header X-Client-Cert-Fingerprint \$ssl_client_fingerprint;
+            proxy_set_header X-Client-Cert-Subject \$ssl_client_s_dn;
+            proxy_set_header X-Client-Cert-Not-After \$ssl_client_v_end;
+            proxy_set_header Client-Cert \$ssl_client_escaped_cert;
+            proxy_set_header Client-Cert-Chain "";
+            proxy_set_header X-Forwarded-Client-Cert "";
+            proxy_set_header Forwarded "";
+            proxy_set_header X-Forwarded-For \$remote_addr;
+            proxy_set_header X-Forwarded-Proto https;
+            proxy_set_header X-Forwarded-Host \$host;
+        }
+    }
+}
+EOF
+
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    # Two descriptors per allowed connection must fit the open-file limit.
+    maxconn $HAPROXY_MAXCONN
+    tune.ssl.cachesize 200000
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+
+defaults
+    mode http
+    maxconn $HAPROXY_MAXCONN
+    timeout connect 5s
+    timeout client 120s
+    timeout server 60s
+    timeout http-request 10s
+    timeout http-keep-alive 120s
+
+frontend gate
+    bind 127.0.0.1:$P_HAPROXY ssl crt $C/server-bundle.pem ca-file $C/enroll-ca.pem verify required alpn h2,http/1.1
+    # Client-sent identity headers never reach the app.
+    http-request del-header ^x-client- -m reg
+    http-request del-header ^x-forwarded- -m reg
+    http-request del-header client-cert
+    http-request del-header client-cert-chain
+    http-request del-header forwarded
+    http-request set-header X-Client-Account %[ssl_c_s_dn(CN)]
+    http-request set-header X-Client-Cert-Serial %[ssl_c_serial,hex,lower]
+    http-request set-header X-Client-Cert-Fingerprint %[ssl_c_der,sha2(256),hex,lower]
+    http-request set-header X-Client-Cert-Subject %[ssl_c_s_dn(,0,rfc2253)]
+    http-request set-header X-Client-Cert-Not-After %[ssl_c_notafter]
+    http-request set-header Client-Cert :%[ssl_c_der,base64]:
+    http-request set-header X-Forwarded-For %[src]
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    default_backend app
+
+backend app
+    http-reuse always
+    server app 127.0.0.1:$UP_PORT
+EOF
+
+"$TMP/bin/certgate" check-config --config "$TMP/certgate.yaml" >/dev/null
+"$NGINX" -t -q -c "$TMP/nginx.conf" -e "$TMP/nginx/error.log"
+"$HAPROXY" -c -q -f "$TMP/haproxy.cfg"
+
+# --- 5. measurements --------------------------------------------------------------------
+OUT=$TMP/out
+JSONL=$OUT/results.jsonl
+: >"$JSONL"
+: >"$OUT/loadavg.txt"
+: >"$OUT/commands.txt"
+
+wait_port() {
+  for _ in $(seq 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  return 1
+}
+
+SERVER_PID=""
+SERVER_PIDS=""
+start_server() { # name
+  case "$1" in
+    certgate | certgate-skip)
+      local cfg=$TMP/$1.yaml port=$P_CG
+      [ "$1" = certgate-skip ] && port=$P_SKIP
+      taskset -c "$SERVER_CORE" "$TMP/bin/$1" run --config "$cfg" >"$OUT/$1.log" 2>&1 &
+      SERVER_PID=$!
+      PORT=$port
+      ;;
+    nginx)
+      taskset -c "$SERVER_CORE" "$NGINX" -c "$TMP/nginx.conf" -e "$TMP/nginx/error.log" >"$OUT/nginx.log" 2>&1 &
+      SERVER_PID=$!
+      PORT=$P_NGINX
+      ;;
+    haproxy)
+      taskset -c "$SERVER_CORE" "$HAPROXY" -db -f "$TMP/haproxy.cfg" >"$OUT/haproxy.log" 2>&1 &
+      SERVER_PID=$!
+      PORT=$P_HAPROXY
+      ;;
+  esac
+  PIDS+=("$SERVER_PID")
+  wait_port "$PORT" || die "$1 did not start (see $OUT/$1.log)"
+  sleep 0.3
+  # The master and its workers (nginx), or the one process.
+  SERVER_PIDS=$(
+    {
+      echo "$SERVER_PID"
+      pgrep -P "$SERVER_PID" || true
+    } | paste -sd, -
+  )
+}
+
+stop_server() {
+  kill "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+}
+
+TLS_ARGS=(--sni localhost --server-cert "$C/server.pem")
+loadavg() { echo "$(date -u +%H:%M:%S) $1: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/loadavg.txt"; }
+
+run_case() { # server case mode tls conns key [more loadgen args]
+  local server=$1 case=$2 mode=$3 tls=$4 conns=$5 key=$6
+  shift 6
+  local cmd=(run --addr "127.0.0.1:$PORT" "${TLS_ARGS[@]}" --cert "$C/client-$key.pem"
+    --key "$C/client-$key.key" --tls "$tls" --mode "$mode" --conns "$conns"
+    --duration "$DURATION" --warmup "$WARMUP" --server-pid "$SERVER_PIDS"
+    --upstream-pid "$UP_PID" --tag "server=$server" --tag "case=$case" "$@")
+  echo "taskset -c $CLIENT_CORE loadgen ${cmd[*]}" >>"$OUT/commands.txt"
+  on_client "$LG" "${cmd[@]}" >>"$JSONL" || die "load generator failed ($server $case)"
+}
+
+idle_case() { # server
+  local n=$IDLE_CONNS
+  if [ "$1" = haproxy ] && [ "$n" -gt $((HAPROXY_MAXCONN - 50)) ]; then
+    n=$((HAPROXY_MAXCONN - 50))
+    echo "    haproxy: holding $n idle connections (open-file limit $(ulimit -n))" >&2
+  fi
+  local cmd=(idle --addr "127.0.0.1:$PORT" "${TLS_ARGS[@]}" --cert "$C/client-ec.pem"
+    --key "$C/client-ec.key" --tls 1.3 --conns "$n" --hold 3
+    --server-pid "$SERVER_PIDS" --tag "server=$1" --tag case=idle)
+  echo "taskset -c $CLIENT_CORE loadgen ${cmd[*]}" >>"$OUT/commands.txt"
+  on_client "$LG" "${cmd[@]}" >>"$JSONL" || die "idle run failed ($1)"
+}
+
+for round in $(seq "$ROUNDS"); do
+  for server in $SERVERS; do
+    say "round $round/$ROUNDS: $server (server on core $SERVER_CORE, load on core $CLIENT_CORE)"
+    loadavg "before $server round $round"
+    start_server "$server"
+    if [ "$round" = 1 ]; then
+      on_client "$LG" probe --addr "127.0.0.1:$PORT" "${TLS_ARGS[@]}" --cert "$C/client-ec.pem" \
+        --key "$C/client-ec.key" --path /headers >"$OUT/headers-$server.txt"
+    fi
+    run_case "$server" ka50-1.3 keepalive 1.3 50 ec
+    run_case "$server" ka1-1.3 keepalive 1.3 1 ec
+    run_case "$server" ka50-1.2 keepalive 1.2 50 ec
+    run_case "$server" ka1-1.2 keepalive 1.2 1 ec
+    run_case "$server" full-1.3 full 1.3 32 ec
+    run_case "$server" full-1.2 full 1.2 32 ec
+    run_case "$server" full-1.3-rsa full 1.3 32 rsa
+    run_case "$server" resume-1.3 resume 1.3 32 ec
+    run_case "$server" resume-1.2 resume 1.2 32 ec
+    if [ "$round" = 1 ]; then idle_case "$server"; fi
+    stop_server
+    loadavg "after $server round $round"
+  done
+done
+
+say "state check on vs skipped (alternating, $STATE_ROUNDS rounds each)"
+loadavg "before state check"
+for round in $(seq "$STATE_ROUNDS"); do
+  for server in certgate certgate-skip; do
+    start_server "$server"
+    run_case "$server" state-on keepalive 1.3 50 ec
+    stop_server
+  done
+done
+loadavg "after state check"
+
+say "per-request decision (criterion) and crypto ceiling"
+on_server "$HP_EXE" --bench decision_cache_hit >"$OUT/criterion.txt" 2>&1 || true
+grep -A1 decision_cache_hit "$OUT/criterion.txt" | grep 'time:' >&2 || true
+on_server openssl speed -seconds "$OPENSSL_SECONDS" ecdsap256 ecdhp256 ecdhx25519 \
+  >"$OUT/openssl-speed.txt" 2>/dev/null || true
+on_server "$LG" speed --seconds "$OPENSSL_SECONDS" >"$OUT/awslc-speed.json"
+loadavg "end"
+
+# --- 6. report --------------------------------------------------------------------------
+"$LG" report --results "$JSONL" --openssl "$OUT/openssl-speed.txt" \
+  --awslc "$OUT/awslc-speed.json" --criterion "$OUT/criterion.txt" >"$OUT/tables.md"
+cat "$OUT/tables.md"
+
+[ -n "$RESULTS" ] || exit 0
+{
+  echo "# certgate vs nginx vs HAProxy: mTLS gateway benchmark"
+  echo
+  echo "Written by \`benches/compare.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'). Every figure below"
+  echo "comes from this one run; ratios compare figures of the same run."
+  echo
+  echo "## Machine and versions"
+  echo
+  echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc --all) cores;" \
+    "$(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo); kernel $(uname -r)"
+  echo "- certgate $(git describe --always --dirty 2>/dev/null || echo '?') ($(rustc --version)), rustls + aws-lc-rs"
+  echo "- $("$NGINX" -v 2>&1), linked with $(ldd "$NGINX" | grep -o 'libssl[^ ]*' | head -1 || true)"
+  echo "- $("$HAPROXY" -v | head -1)"
+  echo "- $(openssl version)"
+  echo "- gateway pinned to core $SERVER_CORE; load generator and upstream pinned to core $CLIENT_CORE" \
+    "(\`taskset\`); measured ${DURATION}s per run after ${WARMUP}s warm-up; rounds: $ROUNDS"
+  echo
+  echo "Load average (1, 5, 15 min) around each block:"
+  echo
+  echo '```'
+  cat "$OUT/loadavg.txt"
+  echo '```'
+  echo
+  cat "$OUT/tables.md"
+  echo
+  echo "## What each gateway forwards"
+  echo
+  echo "The upstream answers \`GET /headers\` with the headers it received. nginx 1.22 has no"
+  echo "SHA-256 fingerprint and no SAN variables: it forwards the SHA-1 fingerprint, the account"
+  echo "from the subject CN, the URL-encoded PEM in \`Client-Cert\` (not RFC 9440), and"
+  echo "\`notAfter\` in OpenSSL's text form; it can only clear identity headers it names. HAProxy"
+  echo "forwards the same values as certgate but \`notAfter\` as YYMMDDhhmmssZ, and computes"
+  echo "the fingerprint and base64 per request. certgate renders its headers once per connection."
+  for s in $SERVERS; do
+    echo
+    echo "### $s"
+    echo
+    echo '```'
+    cat "$OUT/headers-$s.txt" 2>/dev/null | sed -n '/^$/,$p' | sed '1d' | cut -c1-160
+    echo '```'
+  done
+  echo
+  echo "## Commands"
+  echo
+  echo "Servers: \`taskset -c $SERVER_CORE certgate run --config certgate.yaml\`," \
+    "\`taskset -c $SERVER_CORE nginx -c nginx.conf\`, \`taskset -c $SERVER_CORE haproxy -db -f haproxy.cfg\`;"
+  echo "upstream: \`taskset -c $CLIENT_CORE loadgen upstream\`. Load (loadgen = \`cargo bench --bench loadgen --\`):"
+  echo
+  echo '```'
+  sed "s#$TMP#\$TMP#g" "$OUT/commands.txt" | awk '!seen[$0]++' | head -40
+  echo "taskset -c $SERVER_CORE target/release/deps/hot_path-* --bench decision_cache_hit"
+  echo "taskset -c $SERVER_CORE openssl speed -seconds $OPENSSL_SECONDS ecdsap256 ecdhp256 ecdhx25519"
+  echo "taskset -c $SERVER_CORE loadgen speed --seconds $OPENSSL_SECONDS"
+  echo '```'
+  echo
+  echo "## Configurations used"
+  for f in certgate.yaml nginx.conf haproxy.cfg; do
+    echo
+    echo "<details><summary>$f</summary>"
+    echo
+    echo '```'
+    sed "s#$TMP#\$TMP#g" "$TMP/$f"
+    echo '```'
+    echo
+    echo "</details>"
+  done
+} >"$RESULTS.tmp"
+if [ -f "$RESULTS" ] && grep -q '^## Analysis' "$RESULTS"; then
+  # Keep the hand-written analysis below the generated part.
+  { echo; sed -n '/^## Analysis/,$p' "$RESULTS"; } >>"$RESULTS.tmp"
+fi
+mv "$RESULTS.tmp" "$RESULTS"
+say "wrote $RESULTS"
