@@ -325,44 +325,50 @@ wait_port() {
   return 1
 }
 
-SERVER_PID=""
-SERVER_PIDS=""
+# Per server: its process, the processes whose CPU is counted (nginx: master and worker),
+# and its port.
+declare -A S_PID S_PIDS S_PORT
 start_server() { # name
+  local pid port
   case "$1" in
     certgate | certgate-skip)
-      local cfg=$TMP/$1.yaml port=$P_CG
+      port=$P_CG
       [ "$1" = certgate-skip ] && port=$P_SKIP
-      taskset -c "$SERVER_CORE" "$TMP/bin/$1" run --config "$cfg" >"$OUT/$1.log" 2>&1 &
-      SERVER_PID=$!
-      PORT=$port
+      taskset -c "$SERVER_CORE" "$TMP/bin/$1" run --config "$TMP/$1.yaml" >>"$OUT/$1.log" 2>&1 &
+      pid=$!
       ;;
     nginx)
-      taskset -c "$SERVER_CORE" "$NGINX" -c "$TMP/nginx.conf" -e "$TMP/nginx/error.log" >"$OUT/nginx.log" 2>&1 &
-      SERVER_PID=$!
-      PORT=$P_NGINX
+      taskset -c "$SERVER_CORE" "$NGINX" -c "$TMP/nginx.conf" -e "$TMP/nginx/error.log" >>"$OUT/nginx.log" 2>&1 &
+      pid=$!
+      port=$P_NGINX
       ;;
     haproxy)
-      taskset -c "$SERVER_CORE" "$HAPROXY" -db -f "$TMP/haproxy.cfg" >"$OUT/haproxy.log" 2>&1 &
-      SERVER_PID=$!
-      PORT=$P_HAPROXY
+      taskset -c "$SERVER_CORE" "$HAPROXY" -db -f "$TMP/haproxy.cfg" >>"$OUT/haproxy.log" 2>&1 &
+      pid=$!
+      port=$P_HAPROXY
       ;;
   esac
-  PIDS+=("$SERVER_PID")
-  wait_port "$PORT" || die "$1 did not start (see $OUT/$1.log)"
+  PIDS+=("$pid")
+  wait_port "$port" || die "$1 did not start (see $OUT/$1.log)"
   sleep 0.3
-  # The master and its workers (nginx), or the one process.
-  SERVER_PIDS=$(
+  S_PID[$1]=$pid
+  S_PORT[$1]=$port
+  S_PIDS[$1]=$(
     {
-      echo "$SERVER_PID"
-      pgrep -P "$SERVER_PID" || true
+      echo "$pid"
+      pgrep -P "$pid" || true
     } | paste -sd, -
   )
 }
 
-stop_server() {
-  kill "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=""
+stop_server() { # name
+  kill "${S_PID[$1]}" 2>/dev/null || true
+  wait "${S_PID[$1]}" 2>/dev/null || true
+  # nginx needs its port free before a restart.
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/${S_PORT[$1]}") 2>/dev/null || break
+    sleep 0.05
+  done
 }
 
 TLS_ARGS=(--sni localhost --server-cert "$C/server.pem")
@@ -371,9 +377,9 @@ loadavg() { echo "$(date -u +%H:%M:%S) $1: $(cut -d' ' -f1-3 /proc/loadavg)" >>"
 run_case() { # server case mode tls conns key [more loadgen args]
   local server=$1 case=$2 mode=$3 tls=$4 conns=$5 key=$6
   shift 6
-  local cmd=(run --addr "127.0.0.1:$PORT" "${TLS_ARGS[@]}" --cert "$C/client-$key.pem"
+  local cmd=(run --addr "127.0.0.1:${S_PORT[$server]}" "${TLS_ARGS[@]}" --cert "$C/client-$key.pem"
     --key "$C/client-$key.key" --tls "$tls" --mode "$mode" --conns "$conns"
-    --duration "$DURATION" --warmup "$WARMUP" --server-pid "$SERVER_PIDS"
+    --duration "$DURATION" --warmup "$WARMUP" --server-pid "${S_PIDS[$server]}"
     --upstream-pid "$UP_PID" --tag "server=$server" --tag "case=$case" "$@")
   echo "taskset -c $CLIENT_CORE loadgen ${cmd[*]}" >>"$OUT/commands.txt"
   on_client "$LG" "${cmd[@]}" >>"$JSONL" || die "load generator failed ($server $case)"
@@ -385,46 +391,63 @@ idle_case() { # server
     n=$((HAPROXY_MAXCONN - 50))
     echo "    haproxy: holding $n idle connections (open-file limit $(ulimit -n))" >&2
   fi
-  local cmd=(idle --addr "127.0.0.1:$PORT" "${TLS_ARGS[@]}" --cert "$C/client-ec.pem"
+  local cmd=(idle --addr "127.0.0.1:${S_PORT[$1]}" "${TLS_ARGS[@]}" --cert "$C/client-ec.pem"
     --key "$C/client-ec.key" --tls 1.3 --conns "$n" --hold 3
-    --server-pid "$SERVER_PIDS" --tag "server=$1" --tag case=idle)
+    --server-pid "${S_PIDS[$1]}" --tag "server=$1" --tag case=idle)
   echo "taskset -c $CLIENT_CORE loadgen ${cmd[*]}" >>"$OUT/commands.txt"
   on_client "$LG" "${cmd[@]}" >>"$JSONL" || die "idle run failed ($1)"
 }
 
+# All gateways run at once (an idle one costs nothing) and every case is measured on each
+# of them back to back, so that all three see the same background load.
+say "starting $SERVERS (gateways on core $SERVER_CORE, load and upstream on core $CLIENT_CORE)"
+for server in $SERVERS; do
+  start_server "$server"
+  on_client "$LG" probe --addr "127.0.0.1:${S_PORT[$server]}" "${TLS_ARGS[@]}" \
+    --cert "$C/client-ec.pem" --key "$C/client-ec.key" --path /headers >"$OUT/headers-$server.txt"
+done
+CASES=(
+  "ka50-1.3 keepalive 1.3 50 ec"
+  "ka1-1.3 keepalive 1.3 1 ec"
+  "ka50-1.2 keepalive 1.2 50 ec"
+  "ka1-1.2 keepalive 1.2 1 ec"
+  "full-1.3 full 1.3 32 ec"
+  "full-1.2 full 1.2 32 ec"
+  "full-1.3-rsa full 1.3 32 rsa"
+  "resume-1.3 resume 1.3 32 ec"
+  "resume-1.2 resume 1.2 32 ec"
+)
 for round in $(seq "$ROUNDS"); do
-  for server in $SERVERS; do
-    say "round $round/$ROUNDS: $server (server on core $SERVER_CORE, load on core $CLIENT_CORE)"
-    loadavg "before $server round $round"
-    start_server "$server"
-    if [ "$round" = 1 ]; then
-      on_client "$LG" probe --addr "127.0.0.1:$PORT" "${TLS_ARGS[@]}" --cert "$C/client-ec.pem" \
-        --key "$C/client-ec.key" --path /headers >"$OUT/headers-$server.txt"
-    fi
-    run_case "$server" ka50-1.3 keepalive 1.3 50 ec
-    run_case "$server" ka1-1.3 keepalive 1.3 1 ec
-    run_case "$server" ka50-1.2 keepalive 1.2 50 ec
-    run_case "$server" ka1-1.2 keepalive 1.2 1 ec
-    run_case "$server" full-1.3 full 1.3 32 ec
-    run_case "$server" full-1.2 full 1.2 32 ec
-    run_case "$server" full-1.3-rsa full 1.3 32 rsa
-    run_case "$server" resume-1.3 resume 1.3 32 ec
-    run_case "$server" resume-1.2 resume 1.2 32 ec
-    if [ "$round" = 1 ]; then idle_case "$server"; fi
-    stop_server
-    loadavg "after $server round $round"
+  for c in "${CASES[@]}"; do
+    read -r case mode tls conns key <<<"$c"
+    say "round $round/$ROUNDS: $case"
+    loadavg "before $case round $round"
+    for server in $SERVERS; do
+      run_case "$server" "$case" "$mode" "$tls" "$conns" "$key"
+    done
   done
 done
+loadavg "after the load cases"
+
+say "$IDLE_CONNS idle connections (each gateway restarted first)"
+for server in $SERVERS; do
+  stop_server "$server"
+  start_server "$server"
+  idle_case "$server"
+  stop_server "$server"
+done
+loadavg "after idle"
 
 say "state check on vs skipped (alternating, $STATE_ROUNDS rounds each)"
-loadavg "before state check"
+start_server certgate
+start_server certgate-skip
 for round in $(seq "$STATE_ROUNDS"); do
   for server in certgate certgate-skip; do
-    start_server "$server"
     run_case "$server" state-on keepalive 1.3 50 ec
-    stop_server
   done
 done
+stop_server certgate
+stop_server certgate-skip
 loadavg "after state check"
 
 say "per-request decision (criterion) and crypto ceiling"
@@ -455,8 +478,9 @@ cat "$OUT/tables.md"
   echo "- $("$NGINX" -v 2>&1), linked with $(ldd "$NGINX" | grep -o 'libssl[^ ]*' | head -1 || true)"
   echo "- $("$HAPROXY" -v | head -1)"
   echo "- $(openssl version)"
-  echo "- gateway pinned to core $SERVER_CORE; load generator and upstream pinned to core $CLIENT_CORE" \
-    "(\`taskset\`); measured ${DURATION}s per run after ${WARMUP}s warm-up; rounds: $ROUNDS"
+  echo "- gateways pinned to core $SERVER_CORE; load generator and upstream pinned to core $CLIENT_CORE" \
+    "(\`taskset\`); measured ${DURATION}s per run after ${WARMUP}s warm-up; rounds: $ROUNDS;" \
+    "each case runs on the three gateways back to back; the idle reading is taken on a freshly started gateway"
   echo
   echo "Load average (1, 5, 15 min) around each block:"
   echo
@@ -479,7 +503,7 @@ cat "$OUT/tables.md"
     echo "### $s"
     echo
     echo '```'
-    cat "$OUT/headers-$s.txt" 2>/dev/null | sed -n '/^$/,$p' | sed '1d' | cut -c1-160
+    tr -d '\r' <"$OUT/headers-$s.txt" 2>/dev/null | sed -n '/^$/,$p' | sed '1d' | cut -c1-160
     echo '```'
   done
   echo
