@@ -268,6 +268,12 @@ impl Harness {
         self.gateway().metrics
     }
 
+    /// The running gateway's state cache (its store is `cache().store()`), for tests that
+    /// must put records the admin API cannot make (an expired or stale ticket).
+    pub fn cache(&self) -> std::sync::Arc<certgate::state::cache::StateCache> {
+        self.gateway().cache.clone()
+    }
+
     /// `https://localhost:<port><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.listen().port())

@@ -9,6 +9,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod enroll;
 pub mod gateway;
 pub mod pki;
 pub mod upstream;
