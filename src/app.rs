@@ -381,6 +381,9 @@ async fn sweeper(store: Arc<dyn StateStore>, cache: Arc<StateCache>) {
 
 #[derive(Clone, Copy)]
 struct ConnLimits {
+    /// `listen_proxy_protocol`: read a PROXY header before the TLS handshake.
+    proxy_protocol: bool,
+    handshake_timeout: Duration,
     header_read_timeout: Duration,
     idle_timeout: Duration,
     max_age: Option<Duration>,
@@ -391,6 +394,8 @@ struct ConnLimits {
 impl ConnLimits {
     fn from_config(cfg: &Config) -> Self {
         ConnLimits {
+            proxy_protocol: cfg.listen_proxy_protocol,
+            handshake_timeout: cfg.limits.handshake_timeout,
             header_read_timeout: cfg.limits.header_read_timeout,
             idle_timeout: cfg.limits.idle_timeout,
             max_age: cfg.limits.max_connection_age,
@@ -464,14 +469,33 @@ impl Drop for ActiveGuard {
 }
 
 async fn serve_connection(
-    tcp: TcpStream,
-    peer: SocketAddr,
+    mut tcp: TcpStream,
+    mut peer: SocketAddr,
     server: Arc<Server>,
     phase: watch::Receiver<Phase>,
 ) {
     server.metrics.connections_active.inc();
     let _active = ActiveGuard(server.metrics.clone());
     let runtime = server.current.load_full();
+    if runtime.limits.proxy_protocol {
+        let header = tokio::time::timeout(
+            runtime.limits.handshake_timeout,
+            crate::proxy_protocol::read_header(&mut tcp),
+        )
+        .await;
+        match header {
+            Ok(Ok(Some(client))) => peer = client,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "PROXY protocol header refused");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no PROXY protocol header within the handshake timeout");
+                return;
+            }
+        }
+    }
     let accepted = match tls::accept(tcp, &runtime.material, &server.metrics).await {
         Ok(a) => a,
         Err(e) => {
@@ -765,6 +789,8 @@ mod tests {
 
     fn limits() -> ConnLimits {
         ConnLimits {
+            proxy_protocol: false,
+            handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_age: None,
