@@ -200,7 +200,7 @@ fn run_gateway(path: &Path) -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
-        wait_for_shutdown_signal().await;
+        wait_for_shutdown_signal(Some(&gw.reloader)).await;
         tracing::info!("shutting down: draining in-flight requests");
         gw.shutdown().await;
         tracing::info!("stopped");
@@ -208,9 +208,9 @@ fn run_gateway(path: &Path) -> ExitCode {
     })
 }
 
-/// Waits for SIGTERM or SIGINT. SIGHUP is caught (its default action would kill the
-/// process) and logged: configuration reload is not available in this version.
-async fn wait_for_shutdown_signal() {
+/// Waits for SIGTERM or SIGINT. SIGHUP reloads the configuration through `reloader`
+/// (without one it is caught and logged: its default action would kill the process).
+async fn wait_for_shutdown_signal(reloader: Option<&app::Reloader>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -225,9 +225,11 @@ async fn wait_for_shutdown_signal() {
             tokio::select! {
                 _ = term.recv() => return,
                 _ = tokio::signal::ctrl_c() => return,
-                _ = hup.recv() => {
-                    tracing::warn!("SIGHUP received: configuration reload is not available in this version; restart to apply changes");
-                }
+                _ = hup.recv() => match reloader {
+                    // Success and failure are logged and counted by the reloader.
+                    Some(r) => { let _ = r.reload().await; }
+                    None => tracing::warn!("SIGHUP ignored: this command does not reload its configuration"),
+                },
             }
         }
     }
@@ -385,7 +387,7 @@ async fn demo_main(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error + S
         "Press Ctrl-C to stop.".into(),
     ];
     println!("{}", lines.join("\n"));
-    wait_for_shutdown_signal().await;
+    wait_for_shutdown_signal(None).await;
     gw.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -246,6 +246,8 @@ pub struct Config {
     /// The file it was loaded from.
     pub source: PathBuf,
     pub listen: SocketAddr,
+    /// Expect a PROXY protocol v1/v2 header on every connection (behind an L4 balancer).
+    pub listen_proxy_protocol: bool,
     pub server_names: Vec<String>,
     pub tls: TlsConfig,
     pub client_auth: ClientAuthConfig,

@@ -887,16 +887,6 @@ fn not_yet_built_features_are_refused() {
         &["redis backend is not available in this version"],
     );
 
-    let yaml = with("listen_proxy_protocol: true\n");
-    let err = pki.error(&yaml);
-    assert_error(
-        &pki,
-        &err,
-        Some(line_of(&yaml, "proxy_protocol")),
-        "listen_proxy_protocol",
-        &["not supported yet"],
-    );
-
     let yaml = with("state:\n  backend: memory\n");
     let err = pki.error(&yaml);
     assert_error(
@@ -1284,4 +1274,15 @@ fn the_example_config_is_valid() {
     assert_eq!(c.listen, "0.0.0.0:8443".parse().unwrap());
     assert_eq!(c.tls.cert.path, config_dir.join("../certs/server.pem"));
     assert!(c.enrollment.is_some());
+}
+
+#[test]
+fn proxy_protocol_can_be_switched_on() {
+    let pki = Pki::new();
+    let cfg = pki.load(&with("")).expect("defaults");
+    assert!(!cfg.listen_proxy_protocol, "off by default");
+    let cfg = pki
+        .load(&with("listen_proxy_protocol: true\n"))
+        .expect("on");
+    assert!(cfg.listen_proxy_protocol);
 }
