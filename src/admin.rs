@@ -1057,6 +1057,14 @@ mod tests {
                 m.tickets.insert(t.hash.clone(), t);
             })
         }
+        fn peek_ticket(
+            &self,
+            hash: &str,
+            now: UnixTime,
+        ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>> {
+            let hash = hash.to_string();
+            self.write(move |m| m.tickets.get(&hash).filter(|t| t.expires_at > now).cloned())
+        }
         fn consume_ticket(
             &self,
             hash: &str,

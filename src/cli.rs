@@ -305,14 +305,13 @@ fn run_demo(dir: &Path) -> ExitCode {
 async fn demo_main(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
     let fresh = demo::ensure_initialised(dir)?;
     let config_path = dir.join(demo::CONFIG_REL);
-    let mut cfg = match load(&config_path) {
+    let echo = demo::start_echo().await?;
+    crate::ca::write_file(&config_path, demo::demo_config(echo).as_bytes(), false)?;
+    let cfg = match load(&config_path) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
     init_tracing(&cfg.log);
-    let echo = demo::start_echo().await?;
-    cfg.upstream.url = format!("http://{echo}").parse()?;
-    cfg.listen = "127.0.0.1:8443".parse()?;
     let enroll = cfg
         .enrollment
         .clone()
@@ -387,7 +386,7 @@ async fn demo_main(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error + S
         "Press Ctrl-C to stop.".into(),
     ];
     println!("{}", lines.join("\n"));
-    wait_for_shutdown_signal(None).await;
+    wait_for_shutdown_signal(Some(&gw.reloader)).await;
     gw.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -84,6 +84,19 @@ pub fn ensure_initialised(dir: &Path) -> Result<bool, ca::CaError> {
     Ok(true)
 }
 
+/// The demo's configuration: the documented example, listening on loopback and
+/// forwarding to the built-in echo upstream at `echo`. Written to the file (rather than
+/// changed in memory) so that `certgate admin --config …` and a reload see the same values.
+pub fn demo_config(echo: SocketAddr) -> String {
+    CONFIG_TEMPLATE
+        .replacen("listen: \"0.0.0.0:8443\"", "listen: \"127.0.0.1:8443\"", 1)
+        .replacen(
+            "url: \"http://127.0.0.1:8080\"",
+            &format!("url: \"http://{echo}\""),
+            1,
+        )
+}
+
 /// Where the demo's commands put alice's key, CSR and certificate.
 pub fn alice_paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (
@@ -106,4 +119,23 @@ pub async fn alice_tickets(
     let csr = ticket::issue(store, "alice", acct.generation, ticket_ttl, now).await?;
     let browser = ticket::issue(store, "alice", acct.generation, ticket_ttl, now).await?;
     Ok((csr, browser))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_config_points_at_the_echo_upstream_on_loopback() {
+        let text = demo_config("127.0.0.1:45678".parse().unwrap());
+        assert!(
+            text.contains("listen: \"127.0.0.1:8443\""),
+            "listen replaced"
+        );
+        assert!(
+            text.contains("url: \"http://127.0.0.1:45678\""),
+            "upstream replaced"
+        );
+        assert!(!text.contains("0.0.0.0:8443"));
+    }
 }

@@ -367,12 +367,16 @@ impl Enrollment {
     /// that instant can see "unknown ticket"; the page is loaded before the form is sent,
     /// so this does not happen in the enrollment flow itself.
     async fn peek_ticket(&self, presented: &str) -> Result<TicketRecord, Refusal> {
-        let record = self.take_ticket(presented).await?;
-        let store = self.cache.store();
-        store
-            .put_ticket(record.clone())
+        if !plausible_ticket(presented) {
+            return Err(Refusal::UnknownTicket);
+        }
+        let record = self
+            .cache
+            .store()
+            .peek_ticket(&ticket::hash(presented), now())
             .await
-            .map_err(Refusal::StoreUnavailable)?;
+            .map_err(Refusal::StoreUnavailable)?
+            .ok_or(Refusal::UnknownTicket)?;
         self.check_generation(&record).await?;
         Ok(record)
     }

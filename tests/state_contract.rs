@@ -247,11 +247,15 @@ mod cases {
         let t0 = now();
         let t = ticket(&"b".repeat(64), "alice", t0 + 3600);
         s.put_ticket(t.clone()).await.unwrap();
+        // Peeking neither consumes nor shows an expired ticket.
+        assert_eq!(s.peek_ticket(&t.hash, t0).await.unwrap(), Some(t.clone()));
+        assert_eq!(s.peek_ticket(&t.hash, t0 + 3600).await.unwrap(), None);
         assert_eq!(
             s.consume_ticket(&t.hash, t0).await.unwrap(),
             Some(t.clone())
         );
         assert_eq!(s.consume_ticket(&t.hash, t0).await.unwrap(), None);
+        assert_eq!(s.peek_ticket(&t.hash, t0).await.unwrap(), None);
     }
 
     pub async fn expired_ticket_is_refused(f: &dyn StoreFactory) {

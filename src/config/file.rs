@@ -1273,7 +1273,11 @@ impl Ctx<'_> {
         }
         let (key_path, key_line) =
             self.path("enrollment.ca_key", &en.ca_key, defaults::ENROLL_CA_KEY)?;
-        let ca_key = self.key_for("enrollment.ca_key", key_line, key_path, &cert, hint)?;
+        let ca_key = self.key_for("enrollment.ca_key", key_line, key_path.clone(), &cert, hint)?;
+        // The issuing key must not be readable by other users (checked here so that
+        // check-config catches it, not only start-up).
+        crate::ca::check_key_file_private(&key_path)
+            .map_err(|e| self.fail("enrollment.ca_key", key_line, e.to_string()))?;
         let (url_text, url_line) = self.string(&en.public_url, defaults::PUBLIC_URL);
         let url = http_url("enrollment.public_url", url_text)
             .map_err(|m| self.fail("enrollment.public_url", url_line, m))?;

@@ -167,6 +167,14 @@ pub trait StateStore: Send + Sync + 'static {
 
     fn put_ticket(&self, ticket: TicketRecord) -> BoxFut<'_, Result<(), StoreError>>;
 
+    /// Reads a ticket without consuming it: `None` when unknown or expired at `now`. For
+    /// showing the enrollment page; issuing always goes through [`Self::consume_ticket`].
+    fn peek_ticket(
+        &self,
+        hash: &str,
+        now: UnixTime,
+    ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>>;
+
     /// Atomically removes and returns the ticket if it exists and has not expired at `now`.
     /// Of two racing calls for one hash, exactly one gets `Some`.
     fn consume_ticket(

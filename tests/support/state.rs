@@ -206,6 +206,18 @@ impl StateStore for TestStore {
         })
     }
 
+    fn peek_ticket(
+        &self,
+        hash: &str,
+        now: UnixTime,
+    ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>> {
+        let hash = hash.to_owned();
+        Box::pin(async move {
+            self.check()?;
+            self.inner.peek_ticket(&hash, now).await
+        })
+    }
+
     fn consume_ticket(
         &self,
         hash: &str,

@@ -90,6 +90,12 @@ impl Pki {
             .unwrap();
         write("enroll-ca.pem", &enroll_ca.pem());
         write("enroll-ca.key", &enroll_key.serialize_pem());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let private = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(certs.join("enroll-ca.key"), private).unwrap();
+        }
 
         write("empty.pem", "# nothing here\n");
         std::fs::write(
@@ -1285,4 +1291,24 @@ fn proxy_protocol_can_be_switched_on() {
         .load(&with("listen_proxy_protocol: true\n"))
         .expect("on");
     assert!(cfg.listen_proxy_protocol);
+}
+
+#[cfg(unix)]
+#[test]
+fn world_readable_enrollment_key_is_an_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = Pki::new();
+    let key = pki.path("certs/enroll-ca.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let yaml = with("enrollment:\n  ca_key: certs/enroll-ca.key\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "ca_key")),
+        "enrollment.ca_key",
+        &["chmod 600"],
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    pki.load(&yaml).expect("0600 is fine");
 }
