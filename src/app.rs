@@ -128,7 +128,7 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
     ));
     cache.probe().await;
 
-    let runtime = build_runtime(&config, &cache, &metrics)?;
+    let runtime = build_runtime(&config, &cache, &metrics, None)?;
 
     let bind = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -222,6 +222,7 @@ pub(crate) fn build_runtime(
     config: &Config,
     cache: &Arc<StateCache>,
     metrics: &Metrics,
+    previous: Option<&Runtime>,
 ) -> Result<Runtime, AppError> {
     let material = Arc::new(TlsMaterial::from_config(config)?);
     if let Some(next) = config
@@ -233,7 +234,12 @@ pub(crate) fn build_runtime(
     {
         metrics.crl_next_update.set(next - crate::state::now());
     }
-    let own = Arc::new(Enrollment::new(config, cache.clone(), metrics.clone())?);
+    let own = Arc::new(Enrollment::reloaded(
+        config,
+        cache.clone(),
+        metrics.clone(),
+        previous.map(|p| p.proxy.own().as_ref()),
+    )?);
     let proxy = Arc::new(Proxy::new(
         config,
         cache.clone(),
@@ -317,7 +323,8 @@ impl Reloader {
         if !changed.is_empty() {
             return Err(ReloadError::NeedsRestart(changed.join(", ")));
         }
-        let runtime = build_runtime(&new, &self.cache, &self.metrics)?;
+        let previous = self.server.current.load_full();
+        let runtime = build_runtime(&new, &self.cache, &self.metrics, Some(&previous))?;
         self.server.current.store(Arc::new(runtime));
         *self.active.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         Ok(())

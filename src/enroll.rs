@@ -85,8 +85,10 @@ struct Issuing {
     ca_name: String,
     validity: Duration,
     public_url: String,
-    failures: FailureLimiter,
-    crl: tokio::sync::Mutex<Option<CachedCrl>>,
+    /// Shared with the next configuration on a reload (same counters).
+    failures: Arc<FailureLimiter>,
+    /// Shared with the next configuration while the CA stays the same.
+    crl: Arc<tokio::sync::Mutex<Option<CachedCrl>>>,
 }
 
 impl Enrollment {
@@ -95,6 +97,19 @@ impl Enrollment {
         cache: Arc<StateCache>,
         metrics: Metrics,
     ) -> Result<Self, EnrollError> {
+        Self::reloaded(cfg, cache, metrics, None)
+    }
+
+    /// Builds the endpoints for a reloaded configuration, keeping the failed-attempt
+    /// counters of `previous` (a reload must not reset the rate limit) and its cached CRL
+    /// while the CA is unchanged.
+    pub fn reloaded(
+        cfg: &Config,
+        cache: Arc<StateCache>,
+        metrics: Metrics,
+        previous: Option<&Enrollment>,
+    ) -> Result<Self, EnrollError> {
+        let prev = previous.and_then(|p| p.issuer.as_ref());
         let mut ca_pem = None;
         let mut issuer = None;
         if let Some(e) = &cfg.enrollment
@@ -102,13 +117,19 @@ impl Enrollment {
         {
             let ca = CaIssuer::from_der(cert, &e.ca_key.key, &e.ca_key.path)?;
             ca_pem = Some(Bytes::from(ca.cert_pem.clone()));
+            let failures =
+                prev.map_or_else(|| Arc::new(FailureLimiter::new()), |p| p.failures.clone());
+            let crl = match prev {
+                Some(p) if p.ca.cert_der == ca.cert_der => p.crl.clone(),
+                _ => Arc::new(tokio::sync::Mutex::new(None)),
+            };
             issuer = Some(Issuing {
                 ca_name: common_name(&ca.cert_der),
                 ca: Arc::new(ca),
                 validity: e.validity,
                 public_url: e.public_url.trim_end_matches('/').to_string(),
-                failures: FailureLimiter::new(),
-                crl: tokio::sync::Mutex::new(None),
+                failures,
+                crl,
             });
         }
         Ok(Enrollment {
