@@ -34,6 +34,7 @@ use crate::proxy::{ConnInfo, Proxy};
 use crate::state::StateStore;
 use crate::state::cache::StateCache;
 use crate::state::embedded::EmbeddedStore;
+use crate::state::redis::RedisStore;
 use crate::tls::{self, TlsMaterial};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -108,6 +109,10 @@ pub fn open_store(cfg: &Config) -> Result<Arc<dyn StateStore>, AppError> {
             let s: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(path)?);
             Ok(s)
         }
+        StateBackend::Redis(redis) => {
+            let s: Arc<dyn StateStore> = Arc::new(RedisStore::open(redis)?);
+            Ok(s)
+        }
     }
 }
 
@@ -124,6 +129,7 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         &config.state,
         metrics.clone(),
     ));
+    let store_tasks = store.clone().start_background(cache.clone());
     cache.probe().await;
 
     let material = Arc::new(ArcSwap::from_pointee(TlsMaterial::from_config(&config)?));
@@ -186,6 +192,7 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         )),
     ];
     side_tasks.push(tokio::spawn(sweeper(store.clone(), cache.clone())));
+    side_tasks.extend(store_tasks);
 
     let server = Arc::new(Server {
         proxy,

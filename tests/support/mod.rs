@@ -11,6 +11,7 @@
 pub mod client;
 pub mod gateway;
 pub mod pki;
+pub mod redis;
 pub mod upstream;
 
 use std::future::Future;

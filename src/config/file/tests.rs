@@ -267,7 +267,9 @@ log:
     assert_eq!(c.upstream.pool_max_idle_per_host, 0);
     assert_eq!(c.routes.public, ["/login", "/static", "/"]);
     assert!(c.headers.xfcc);
-    let StateBackend::Embedded { path } = &c.state.backend;
+    let StateBackend::Embedded { path } = &c.state.backend else {
+        panic!("expected the embedded backend")
+    };
     assert_eq!(path, Path::new("/var/lib/certgate/state.db"));
     assert_eq!(c.state.cache.ttl, Duration::from_secs(3));
     assert_eq!(c.state.cache.max_entries, 42);
@@ -325,7 +327,9 @@ fn defaults_are_applied() {
     assert_eq!(c.upstream.pool_max_idle_per_host, 512);
     assert!(c.routes.public.is_empty());
     assert!(!c.headers.xfcc);
-    let StateBackend::Embedded { path } = &c.state.backend;
+    let StateBackend::Embedded { path } = &c.state.backend else {
+        panic!("expected the embedded backend")
+    };
     assert_eq!(path, &pki.path("data/certgate.db"));
     assert_eq!(c.state.cache.ttl, Duration::from_secs(10));
     assert_eq!(c.state.cache.max_entries, 100_000);
@@ -399,7 +403,9 @@ admin:
         c.client_auth.trusted_cas[0].path,
         config_dir.join("../certs/client-ca.pem")
     );
-    let StateBackend::Embedded { path } = &c.state.backend;
+    let StateBackend::Embedded { path } = &c.state.backend else {
+        panic!("expected the embedded backend")
+    };
     assert_eq!(path, &config_dir.join("../data/certgate.db"));
     assert_eq!(
         c.admin.token_file,
@@ -877,16 +883,6 @@ fn bad_addresses_name_the_value() {
 #[test]
 fn not_yet_built_features_are_refused() {
     let pki = Pki::new();
-    let yaml = with("state:\n  backend: redis\n  redis:\n    url: \"redis://127.0.0.1:6379/0\"\n");
-    let err = pki.error(&yaml);
-    assert_error(
-        &pki,
-        &err,
-        Some(line_of(&yaml, "backend")),
-        "state.backend",
-        &["redis backend is not available in this version"],
-    );
-
     let yaml = with("listen_proxy_protocol: true\n");
     let err = pki.error(&yaml);
     assert_error(
