@@ -47,7 +47,9 @@
 //! - `consume_ticket`: `HGETALL` + `DEL` in one script on the ticket key: of two racing
 //!   uses, exactly one gets the ticket.
 //!
-//! Events are published after the write's reply (Redis acknowledged it), never before.
+//! Events are published after the write's reply (Redis acknowledged it), never before. In
+//! Sentinel mode a write also waits for one replica (`WAIT 1`, [`REPLICA_WAIT`]): a write
+//! only the old master saw is lost in a failover, so it is reported as failed instead.
 //!
 //! Connections. Standalone: a RESP3 [`ConnectionManager`] (reconnects by itself). Sentinel:
 //! the master is resolved through the sentinels and a connection manager built for it; a
@@ -99,6 +101,9 @@ use crate::metrics::Metrics;
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(2500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sentinel mode: how long a write waits for a replica to confirm it.
+pub const REPLICA_WAIT: Duration = Duration::from_millis(500);
 
 /// How often the Redis backend probes the server in the background: the bound on how long
 /// `certgate_state_store_up` and a Sentinel failover go unnoticed without traffic.
@@ -367,7 +372,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 enum Target {
     Standalone(redis::Client),
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    Sentinel {
+        sentinels: tokio::sync::Mutex<SentinelClient>,
+        master_name: String,
+        /// How to talk to the master once found (password, RESP3, database).
+        node: redis::RedisConnectionInfo,
+        tls: bool,
+    },
     Cluster(ClusterClient),
 }
 
@@ -379,6 +390,8 @@ struct Link {
     push: PushSlot,
     /// (link id, connection); `None` = build on the next call.
     current: Mutex<Option<(u64, Conn)>>,
+    /// Sentinel: the master address link `id` was built for.
+    master: Mutex<Option<(u64, redis::ConnectionAddr)>>,
     next_id: AtomicU64,
     building: tokio::sync::Mutex<()>,
 }
@@ -411,50 +424,117 @@ impl Link {
         if let Some(c) = lock(&self.current).clone() {
             return Ok(c);
         }
-        let mut conn = self.build().await?;
+        let (mut conn, master) = self.build().await?;
         // Subscribed before the link is used, so no write this instance can see was
         // published before it listened (and the Subscribe confirmation clears the cache).
         conn.subscribe(&self.channel)
             .await
             .map_err(|e| unavailable("subscribe", &e))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.master) = master.map(|m| (id, m));
         *lock(&self.current) = Some((id, conn.clone()));
         Ok((id, conn))
     }
 
-    async fn build(&self) -> Result<Conn, StoreError> {
+    async fn build(&self) -> Result<(Conn, Option<redis::ConnectionAddr>), StoreError> {
         match &self.target {
             Target::Standalone(client) => {
                 ConnectionManager::new_with_config(client.clone(), self.manager_config())
                     .await
-                    .map(Conn::Single)
+                    .map(|c| (Conn::Single(c), None))
                     .map_err(|e| unavailable("connect", &e))
             }
-            Target::Sentinel(sentinel) => {
-                let client = sentinel
-                    .lock()
-                    .await
-                    .async_get_client()
-                    .await
-                    .map_err(|e| unavailable("resolve the master through sentinel", &e))?;
-                tracing::info!(master = ?client.get_connection_info().addr(), "redis master resolved through sentinel");
+            Target::Sentinel { .. } => {
+                let client = self.resolve_master().await?;
+                let addr = client.get_connection_info().addr().clone();
+                tracing::info!(master = ?addr, "redis master resolved through sentinel");
                 ConnectionManager::new_with_config(client, self.manager_config())
                     .await
-                    .map(Conn::Single)
+                    .map(|c| (Conn::Single(c), Some(addr)))
                     .map_err(|e| unavailable("connect to the master", &e))
             }
             Target::Cluster(client) => client
                 .get_async_connection()
                 .await
-                .map(Conn::Cluster)
+                .map(|c| (Conn::Cluster(c), None))
                 .map_err(|e| unavailable("connect to the cluster", &e)),
         }
+    }
+
+    /// Sentinel: a client for the master the sentinels name now. Asks
+    /// `SENTINEL get-master-addr-by-name`, which switches to the promoted replica as soon as
+    /// the promotion is done (`SENTINEL MASTERS` lags until the failover ends, while the old
+    /// master still answers as a master).
+    async fn resolve_master(&self) -> Result<redis::Client, StoreError> {
+        let Target::Sentinel {
+            sentinels,
+            master_name,
+            node,
+            tls,
+        } = &self.target
+        else {
+            return Err(StoreError::Unavailable("not in sentinel mode".into()));
+        };
+        let sentinel = sentinels
+            .lock()
+            .await
+            .async_get_sentinel_client()
+            .await
+            .map_err(|e| unavailable("reach a sentinel", &e))?;
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let mut c = sentinel
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map_err(|e| unavailable("reach a sentinel", &e))?;
+        let addr: Option<(String, String)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(master_name)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| unavailable("ask the sentinel for the master", &e))?;
+        let Some((host, port)) = addr else {
+            return Err(StoreError::Unavailable(format!(
+                "redis: the sentinels know no master named {master_name:?}"
+            )));
+        };
+        let port: u16 = port.parse().map_err(|_| {
+            StoreError::Unavailable(format!("redis: the sentinel named master port {port:?}"))
+        })?;
+        let addr = if *tls {
+            redis::ConnectionAddr::TcpTls {
+                host: host.clone(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            redis::ConnectionAddr::Tcp(host.clone(), port)
+        };
+        let info = (host.as_str(), port)
+            .into_connection_info()
+            .map_err(|e| unavailable("master address", &e))?
+            .set_addr(addr)
+            .set_redis_settings(node.clone());
+        redis::Client::open(info).map_err(|e| unavailable("master address", &e))
+    }
+
+    /// Sentinel: whether link `id` still points at the master the sentinels name.
+    async fn still_master(&self, id: u64) -> Result<bool, StoreError> {
+        let now = self.resolve_master().await?;
+        let ours = lock(&self.master).clone();
+        Ok(
+            ours.is_some_and(|(link, addr)| {
+                link == id && &addr == now.get_connection_info().addr()
+            }),
+        )
     }
 
     /// Forgets link `id` so the next call builds a new one (Sentinel: resolves the master
     /// again). Standalone and Cluster connections reconnect by themselves.
     fn reset(&self, id: u64) {
-        if !matches!(self.target, Target::Sentinel(_)) {
+        if !matches!(self.target, Target::Sentinel { .. }) {
             return;
         }
         let mut current = lock(&self.current);
@@ -476,7 +556,7 @@ impl Link {
     }
 
     fn is_sentinel(&self) -> bool {
-        matches!(self.target, Target::Sentinel(_))
+        matches!(self.target, Target::Sentinel { .. })
     }
 }
 
@@ -579,13 +659,11 @@ impl RedisStore {
                     &cfg.sentinel_master,
                     SentinelServerType::Master,
                 )
-                .map_err(bad)?
-                .set_client_to_redis_protocol(ProtocolVersion::RESP3);
-                if tls {
-                    b = b.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
-                }
+                .map_err(bad)?;
+                let mut node =
+                    redis::RedisConnectionInfo::default().set_protocol(ProtocolVersion::RESP3);
                 if let Some(p) = &password {
-                    b = b.set_client_to_redis_password(p);
+                    node = node.set_password(p);
                 }
                 // Sentinels may have their own password, written in their URLs.
                 if let Some(p) = first.redis_settings().password() {
@@ -594,7 +672,12 @@ impl RedisStore {
                 if let Some(u) = first.redis_settings().username() {
                     b = b.set_client_to_sentinel_username(u);
                 }
-                Target::Sentinel(tokio::sync::Mutex::new(b.build().map_err(bad)?))
+                Target::Sentinel {
+                    sentinels: tokio::sync::Mutex::new(b.build().map_err(bad)?),
+                    master_name: cfg.sentinel_master.clone(),
+                    node,
+                    tls,
+                }
             }
             RedisMode::Cluster => {
                 let slot = push.clone();
@@ -622,6 +705,7 @@ impl RedisStore {
                 channel: keys.events(),
                 push: push.clone(),
                 current: Mutex::new(None),
+                master: Mutex::new(None),
                 next_id: AtomicU64::new(0),
                 building: tokio::sync::Mutex::new(()),
             },
@@ -1093,6 +1177,43 @@ impl RedisStore {
         }
     }
 
+    /// Sentinel mode: a write counts only once a replica has it too (`WAIT 1`) and the
+    /// sentinels still name the node it went to as the master. A write only the old master
+    /// saw is lost when that master is demoted and resynchronised, and during a failover the
+    /// old master (and replicas still following it) accept and confirm writes for a few
+    /// seconds. Otherwise the write is reported as failed (the caller retries; every write
+    /// here is idempotent) and the master is resolved again. What remains is Redis's own
+    /// window: a write confirmed by a replica other than the one being promoted, in the
+    /// instant before the sentinels switch (see README, Redis).
+    async fn replicated(&self, id: u64, conn: &mut Conn) -> Result<(), StoreError> {
+        if !self.link.is_sentinel() {
+            return Ok(());
+        }
+        let r = redis::cmd("WAIT")
+            .arg(1)
+            .arg(REPLICA_WAIT.as_millis() as u64)
+            .query_async::<i64>(conn)
+            .await;
+        if self.check(id, r, "wait for a replica")? < 1 {
+            self.link.reset(id);
+            return Err(StoreError::Unavailable(format!(
+                "redis: no replica confirmed the write within {REPLICA_WAIT:?} (failover in \
+                 progress, or a master without replicas); not counted as done"
+            )));
+        }
+        // A replica that is about to follow a newly promoted master confirms too; only
+        // the sentinels know the node was demoted.
+        if !self.link.still_master(id).await? {
+            self.link.reset(id);
+            return Err(StoreError::Unavailable(
+                "redis: the sentinels name another master now (failover); the write is not \
+                 counted as done"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     async fn ping_inner(&self) -> Result<(), StoreError> {
         let (id, mut conn) = self.link.conn().await?;
         if self.link.is_sentinel() {
@@ -1139,6 +1260,7 @@ impl RedisStore {
             .invoke_async::<Vec<String>>(&mut conn)
             .await;
         let fields = pairs(self.check(id, r, "enable two-factor")?);
+        self.replicated(id, &mut conn).await?;
         let state = decode_account(account, &fields)?;
         self.publish(format!("account {account}")).await;
         Ok(state)
@@ -1160,6 +1282,7 @@ impl RedisStore {
             .invoke_async::<(Vec<String>, Vec<String>)>(&mut conn)
             .await;
         let (fields, tickets) = self.check(id, r, "reset")?;
+        self.replicated(id, &mut conn).await?;
         let state = decode_account(account, &pairs(fields))?;
         // The generation is bumped: old certificates are refused from here on. Tell every
         // instance before the (slower, cross-slot) ticket cleanup.
@@ -1219,6 +1342,7 @@ impl RedisStore {
             .invoke_async::<(i64, Vec<String>)>(&mut conn)
             .await;
         let (written, existing) = self.check(id, r, "revoke")?;
+        self.replicated(id, &mut conn).await?;
         let stored = if written == 1 {
             revocation
         } else {
@@ -1288,6 +1412,7 @@ impl RedisStore {
             .invoke_async::<String>(&mut conn)
             .await;
         let previous = self.check(id, r, "record certificate")?;
+        self.replicated(id, &mut conn).await?;
         let mut cmds = Vec::new();
         let mut sadd = redis::cmd("SADD");
         sadd.arg(self.keys.account_certs(&cert.account))
@@ -1365,6 +1490,7 @@ impl RedisStore {
             .invoke_async::<String>(&mut conn)
             .await;
         let previous = self.check(id, r, "put ticket")?;
+        self.replicated(id, &mut conn).await?;
         if !previous.is_empty() && previous != ticket.account {
             let mut srem = redis::cmd("SREM");
             srem.arg(self.keys.account_tickets(&previous))
@@ -1388,6 +1514,7 @@ impl RedisStore {
             .invoke_async::<Vec<String>>(&mut conn)
             .await;
         let fields = pairs(self.check(id, r, "consume ticket")?);
+        self.replicated(id, &mut conn).await?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -1416,7 +1543,9 @@ impl RedisStore {
             .arg(self.keys.crl_number())
             .query_async::<u64>(&mut conn)
             .await;
-        self.check(id, r, "crl number")
+        let n = self.check(id, r, "crl number")?;
+        self.replicated(id, &mut conn).await?;
+        Ok(n)
     }
 
     async fn sweep_inner(&self, now: UnixTime) -> Result<u64, StoreError> {
