@@ -78,6 +78,8 @@ pub struct Gateway {
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
     pub cache: Arc<StateCache>,
+    /// Applies configuration reloads (SIGHUP, changed files).
+    pub reloader: Arc<Reloader>,
     phase: watch::Sender<Phase>,
     accept_task: JoinHandle<()>,
     side_tasks: Vec<JoinHandle<()>>,
@@ -132,24 +134,7 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
     let store_tasks = store.clone().start_background(cache.clone());
     cache.probe().await;
 
-    let material = Arc::new(ArcSwap::from_pointee(TlsMaterial::from_config(&config)?));
-    if let Some(next) = config
-        .client_auth
-        .crls
-        .iter()
-        .filter_map(|c| c.next_update)
-        .min()
-    {
-        metrics.crl_next_update.set(next - crate::state::now());
-    }
-    let own = Arc::new(Enrollment::new(&config, cache.clone(), metrics.clone())?);
-    let proxy = Arc::new(Proxy::new(
-        &config,
-        cache.clone(),
-        material.clone(),
-        metrics.clone(),
-        own,
-    )?);
+    let runtime = build_runtime(&config, &cache, &metrics)?;
 
     let bind = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -195,11 +180,21 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
     side_tasks.extend(store_tasks);
 
     let server = Arc::new(Server {
-        proxy,
-        material,
+        current: ArcSwap::from_pointee(runtime),
         metrics: metrics.clone(),
-        limits: ConnLimits::from_config(&config),
     });
+    let reloader = Arc::new(Reloader {
+        path: config.source.clone(),
+        server: server.clone(),
+        cache: cache.clone(),
+        metrics: metrics.clone(),
+        active: std::sync::Mutex::new(Arc::new(config.clone())),
+        serial: tokio::sync::Mutex::new(()),
+    });
+    side_tasks.push(tokio::spawn(crate::reload::watch_files(
+        reloader.clone(),
+        stopping(phase_rx.clone()),
+    )));
     let accept_task = tokio::spawn(accept_loop(
         listener,
         server,
@@ -213,10 +208,168 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         admin: admin_addr,
         metrics: metrics_addr,
         cache,
+        reloader,
         phase: phase_tx,
         accept_task,
         side_tasks,
     })
+}
+
+/// Everything a configuration determines that can change without a restart: the TLS
+/// material (certificates, CAs, CRLs, a new session-ticket key), the proxy (upstream,
+/// routes, headers, enrollment endpoints) and the per-connection limits. Swapped whole.
+pub(crate) struct Runtime {
+    pub(crate) proxy: Arc<Proxy>,
+    pub(crate) material: Arc<TlsMaterial>,
+    limits: ConnLimits,
+}
+
+/// Builds a [`Runtime`] from a validated configuration.
+pub(crate) fn build_runtime(
+    config: &Config,
+    cache: &Arc<StateCache>,
+    metrics: &Metrics,
+) -> Result<Runtime, AppError> {
+    let material = Arc::new(TlsMaterial::from_config(config)?);
+    if let Some(next) = config
+        .client_auth
+        .crls
+        .iter()
+        .filter_map(|c| c.next_update)
+        .min()
+    {
+        metrics.crl_next_update.set(next - crate::state::now());
+    }
+    let own = Arc::new(Enrollment::new(config, cache.clone(), metrics.clone())?);
+    let proxy = Arc::new(Proxy::new(
+        config,
+        cache.clone(),
+        material.clone(),
+        metrics.clone(),
+        own,
+    )?);
+    Ok(Runtime {
+        proxy,
+        material,
+        limits: ConnLimits::from_config(config),
+    })
+}
+
+/// Applies configuration reloads: re-reads and validates the file, refuses changes that
+/// need a restart, and swaps the [`Runtime`] atomically. On any failure the running
+/// configuration stays and the failure is counted.
+pub struct Reloader {
+    path: std::path::PathBuf,
+    server: Arc<Server>,
+    cache: Arc<StateCache>,
+    metrics: Metrics,
+    /// The configuration currently applied.
+    active: std::sync::Mutex<Arc<Config>>,
+    /// One reload at a time.
+    serial: tokio::sync::Mutex<()>,
+}
+
+/// Why a reload was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Build(#[from] AppError),
+    #[error("these keys changed but only take effect after a restart, so nothing was applied: {0}")]
+    NeedsRestart(String),
+}
+
+impl Reloader {
+    /// The configuration file being watched.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The applied configuration.
+    pub fn active(&self) -> Arc<Config> {
+        self.active
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Reloads the configuration file. New handshakes and new requests (also on open
+    /// connections) use the result; open connections are not dropped.
+    pub async fn reload(&self) -> Result<(), ReloadError> {
+        let _one = self.serial.lock().await;
+        let result = self.try_reload();
+        match &result {
+            Ok(()) => {
+                self.metrics.config_reloads.get_or_create(&ok_label()).inc();
+                self.metrics.config_last_reload_success.set(1);
+                tracing::info!(file = %self.path.display(), "configuration reloaded");
+            }
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .get_or_create(&failed_label())
+                    .inc();
+                self.metrics.config_last_reload_success.set(0);
+                tracing::error!(file = %self.path.display(), error = %e, "configuration reload failed; the running configuration stays");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<(), ReloadError> {
+        let new = Config::load(&self.path)?;
+        let old = self.active();
+        let changed = restart_only_changes(&old, &new);
+        if !changed.is_empty() {
+            return Err(ReloadError::NeedsRestart(changed.join(", ")));
+        }
+        let runtime = build_runtime(&new, &self.cache, &self.metrics)?;
+        self.server.current.store(Arc::new(runtime));
+        *self.active.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        Ok(())
+    }
+}
+
+fn ok_label() -> crate::metrics::OutcomeLabels {
+    crate::metrics::OutcomeLabels {
+        result: crate::metrics::Outcome::success,
+    }
+}
+
+fn failed_label() -> crate::metrics::OutcomeLabels {
+    crate::metrics::OutcomeLabels {
+        result: crate::metrics::Outcome::failure,
+    }
+}
+
+/// Keys whose new value cannot be applied to a running process (sockets already bound,
+/// the store already open, the connection limit and logging already set up).
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.listen != new.listen {
+        out.push("listen");
+    }
+    if old.admin.listen != new.admin.listen {
+        out.push("admin.listen");
+    }
+    if old.admin.token_file != new.admin.token_file {
+        out.push("admin.token_file");
+    }
+    if old.metrics.listen != new.metrics.listen {
+        out.push("metrics.listen");
+    }
+    if old.limits.max_connections != new.limits.max_connections {
+        out.push("limits.max_connections");
+    }
+    // Debug renderings compare every field (secrets are redacted on both sides alike).
+    if format!("{:?}", old.state) != format!("{:?}", new.state) {
+        out.push("state");
+    }
+    if old.log.format != new.log.format || old.log.level != new.log.level {
+        out.push("log.format/log.level");
+    }
+    out
 }
 
 async fn sweeper(store: Arc<dyn StateStore>, cache: Arc<StateCache>) {
@@ -235,6 +388,9 @@ async fn sweeper(store: Arc<dyn StateStore>, cache: Arc<StateCache>) {
 
 #[derive(Clone, Copy)]
 struct ConnLimits {
+    /// `listen_proxy_protocol`: read a PROXY header before the TLS handshake.
+    proxy_protocol: bool,
+    handshake_timeout: Duration,
     header_read_timeout: Duration,
     idle_timeout: Duration,
     max_age: Option<Duration>,
@@ -245,6 +401,8 @@ struct ConnLimits {
 impl ConnLimits {
     fn from_config(cfg: &Config) -> Self {
         ConnLimits {
+            proxy_protocol: cfg.listen_proxy_protocol,
+            handshake_timeout: cfg.limits.handshake_timeout,
             header_read_timeout: cfg.limits.header_read_timeout,
             idle_timeout: cfg.limits.idle_timeout,
             max_age: cfg.limits.max_connection_age,
@@ -254,11 +412,11 @@ impl ConnLimits {
     }
 }
 
-struct Server {
-    proxy: Arc<Proxy>,
-    material: Arc<ArcSwap<TlsMaterial>>,
+pub(crate) struct Server {
+    /// Swapped whole by a reload; read once per connection (TLS, limits) and once per
+    /// request (proxy).
+    current: ArcSwap<Runtime>,
     metrics: Metrics,
-    limits: ConnLimits,
 }
 
 async fn accept_loop(
@@ -293,7 +451,7 @@ async fn accept_loop(
                 let server = server.clone();
                 let phase = conn_phase.clone();
                 tokio::spawn(async move {
-                    serve_connection(tcp, peer, &server, phase).await;
+                    serve_connection(tcp, peer, server, phase).await;
                     drop(permit);
                 });
             }
@@ -318,22 +476,42 @@ impl Drop for ActiveGuard {
 }
 
 async fn serve_connection(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    server: &Server,
+    mut tcp: TcpStream,
+    mut peer: SocketAddr,
+    server: Arc<Server>,
     phase: watch::Receiver<Phase>,
 ) {
     server.metrics.connections_active.inc();
     let _active = ActiveGuard(server.metrics.clone());
-    let material = server.material.load_full();
-    let accepted = match tls::accept(tcp, &material, &server.metrics).await {
+    let runtime = server.current.load_full();
+    if runtime.limits.proxy_protocol {
+        let header = tokio::time::timeout(
+            runtime.limits.handshake_timeout,
+            crate::proxy_protocol::read_header(&mut tcp),
+        )
+        .await;
+        match header {
+            Ok(Ok(Some(client))) => peer = client,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "PROXY protocol header refused");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no PROXY protocol header within the handshake timeout");
+                return;
+            }
+        }
+    }
+    let accepted = match tls::accept(tcp, &runtime.material, &server.metrics).await {
         Ok(a) => a,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
             return;
         }
     };
-    drop(material);
+    let limits = runtime.limits;
+    drop(runtime);
     let h2 = accepted.h2;
     let conn = Arc::new(ConnInfo::new(accepted.identity, peer, accepted.sni));
     let activity = Arc::new(Activity::new(!h2));
@@ -341,10 +519,12 @@ async fn serve_connection(
         inner: accepted.stream,
         activity: activity.clone(),
     });
-    let proxy = server.proxy.clone();
+    let server = server.clone();
     let act = activity.clone();
     let svc = service_fn(move |req| {
-        let proxy = proxy.clone();
+        // The proxy of the current configuration: a reload applies to the next request of
+        // an open connection too.
+        let proxy = server.current.load().proxy.clone();
         let conn = conn.clone();
         let guard = InFlight::begin(&act);
         async move {
@@ -353,7 +533,6 @@ async fn serve_connection(
             Ok::<_, Infallible>(resp)
         }
     });
-    let limits = server.limits;
     if h2 {
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
@@ -617,6 +796,8 @@ mod tests {
 
     fn limits() -> ConnLimits {
         ConnLimits {
+            proxy_protocol: false,
+            handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_age: None,

@@ -201,7 +201,7 @@ fn run_gateway(path: &Path) -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
-        wait_for_shutdown_signal().await;
+        wait_for_shutdown_signal(Some(&gw.reloader)).await;
         tracing::info!("shutting down: draining in-flight requests");
         gw.shutdown().await;
         tracing::info!("stopped");
@@ -209,9 +209,9 @@ fn run_gateway(path: &Path) -> ExitCode {
     })
 }
 
-/// Waits for SIGTERM or SIGINT. SIGHUP is caught (its default action would kill the
-/// process) and logged: configuration reload is not available in this version.
-async fn wait_for_shutdown_signal() {
+/// Waits for SIGTERM or SIGINT. SIGHUP reloads the configuration through `reloader`
+/// (without one it is caught and logged: its default action would kill the process).
+async fn wait_for_shutdown_signal(reloader: Option<&app::Reloader>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -226,9 +226,11 @@ async fn wait_for_shutdown_signal() {
             tokio::select! {
                 _ = term.recv() => return,
                 _ = tokio::signal::ctrl_c() => return,
-                _ = hup.recv() => {
-                    tracing::warn!("SIGHUP received: configuration reload is not available in this version; restart to apply changes");
-                }
+                _ = hup.recv() => match reloader {
+                    // Success and failure are logged and counted by the reloader.
+                    Some(r) => { let _ = r.reload().await; }
+                    None => tracing::warn!("SIGHUP ignored: this command does not reload its configuration"),
+                },
             }
         }
     }
@@ -317,73 +319,76 @@ async fn demo_main(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error + S
         .clone()
         .ok_or("the demo needs enrollment enabled")?;
     let gw = app::start(cfg).await?;
-    let issued = demo::ensure_alice(
-        dir,
-        &gw.cache,
-        (&enroll.ca_cert.path, &enroll.ca_key.path),
-        enroll.validity,
-    )
-    .await?;
+    let (csr_ticket, browser_ticket) = demo::alice_tickets(&gw.cache, enroll.ticket_ttl).await?;
 
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "certgate".into());
     let d = dir.display();
-    let (alice_cert, alice_key) = demo::alice_paths(dir);
-    let (ac, ak) = (alice_cert.display(), alice_key.display());
+    let (alice_key, alice_csr, alice_cert) = demo::alice_paths(dir);
+    let (ak, ar, ac) = (
+        alice_key.display(),
+        alice_csr.display(),
+        alice_cert.display(),
+    );
     let cfgp = config_path.display();
     let port = gw.listen.port();
+    let base = format!("https://localhost:{port}");
     let curl = format!("curl --cacert {d}/certs/server-ca.pem");
     let with_cert = format!("{curl} --cert {ac} --key {ak}");
-    let alice_note = match issued {
-        Some(serial) => format!(
-            "Self-service enrollment is not available in this version, so the demo issued\n\
-             alice's certificate itself (generation 1, serial {serial}): {ac}"
-        ),
-        None => format!("alice's certificate from an earlier run: {ac}"),
-    };
     let lines = [
         String::new(),
         format!(
             "certgate demo is running ({}).",
             if fresh { "new dev PKI and store" } else { "existing dev PKI and store" }
         ),
-        format!("  gateway   https://localhost:{port}   (server CA: {d}/certs/server-ca.pem)"),
+        format!("  gateway   {base}   (server CA: {d}/certs/server-ca.pem)"),
         format!("  admin     http://{}   (token: {d}/secrets/admin-token)", gw.admin),
         format!("  metrics   http://{}/metrics", gw.metrics),
         format!("  upstream  built-in echo server on {echo}"),
         String::new(),
-        alice_note,
+        "Two-factor is on for alice; two one-time enrollment tickets were made for her.".into(),
         String::new(),
         "Try these in another terminal:".into(),
         String::new(),
         "  # 1. No certificate: refused with 403 no_cert".into(),
-        format!("  {curl} https://localhost:{port}/hello"),
+        format!("  {curl} {base}/hello"),
         String::new(),
-        "  # 2. With alice's certificate: the echo upstream shows the identity headers certgate added".into(),
-        format!("  {with_cert} https://localhost:{port}/hello"),
+        "  # 2. Enroll alice from the command line: the key stays on your machine, the gateway".into(),
+        "  #    certifies the request's public key and returns the chain".into(),
+        format!("  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {ak} -subj /CN=alice -out {ar}"),
+        format!("  {curl} --data-binary @{ar} -H 'Authorization: Bearer {csr_ticket}' -o {ac} {base}/.certgate/enroll/csr"),
         String::new(),
-        "  # 3. Spoofed identity headers are stripped".into(),
-        format!("  {with_cert} -H 'X-Client-Account: mallory' https://localhost:{port}/hello"),
+        "  # 3. With alice's certificate: the echo upstream shows the identity headers certgate added".into(),
+        format!("  {with_cert} {base}/hello"),
         String::new(),
-        "  # 4. Alice's account: generation, two-factor, certificates".into(),
+        "  # 4. Spoofed identity headers are stripped".into(),
+        format!("  {with_cert} -H 'X-Client-Account: mallory' {base}/hello"),
+        String::new(),
+        "  # 5. Enroll in a browser: trust the server CA above, open this link, click Generate Certificate,".into(),
+        "  #    import the downloaded alice.p12, then open the gateway and pick alice's certificate".into(),
+        format!("  {base}/.certgate/enroll?ticket={browser_ticket}"),
+        String::new(),
+        "  # 6. Alice's account: generation, two-factor, certificates".into(),
         format!("  {exe} --config {cfgp} admin status alice"),
         String::new(),
-        "  # 5. Reset alice (she lost her certificate): the old certificate is refused at once (403 reset)".into(),
+        "  # 7. Reset alice (she lost her certificate): the old certificate is refused at once (403 reset);".into(),
+        "  #    the reset prints a new enrollment link".into(),
         format!("  {exe} --config {cfgp} admin reset alice"),
-        format!("  {with_cert} https://localhost:{port}/hello"),
+        format!("  {with_cert} {base}/hello"),
         String::new(),
-        "  # 6. Revoke a certificate by serial (see 'admin status alice' for serials)".into(),
+        "  # 8. Revoke a certificate by serial (see 'admin status alice'); the CRL lists it".into(),
         format!("  {exe} --config {cfgp} admin revoke <serial> --reason keyCompromise"),
+        format!("  {curl} -s {base}/.certgate/crl | openssl crl -inform DER -noout -text"),
         String::new(),
-        "  # 7. Metrics".into(),
-        format!("  curl -s http://{}/metrics | grep certgate_requests_total", gw.metrics),
+        "  # 9. Metrics".into(),
+        format!("  curl -s http://{}/metrics | grep -E 'certgate_(requests|enrollments)_total'", gw.metrics),
         String::new(),
-        format!("(remove {d}/certs/alice.* and {d}/data to start over)"),
+        format!("(tickets work once; 'admin ticket alice' makes a new one. Remove {d}/data to start over)"),
         "Press Ctrl-C to stop.".into(),
     ];
     println!("{}", lines.join("\n"));
-    wait_for_shutdown_signal().await;
+    wait_for_shutdown_signal(None).await;
     gw.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -95,14 +95,15 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
         return Err(PathError::NotAbsolute);
     }
     let bytes = path.as_bytes();
-    let needs_work = bytes
-        .iter()
-        .any(|&b| b == b'%' || b == b'\\' || b < 0x20 || b == 0x7f)
-        || path.contains("/./")
-        || path.contains("//")
-        || path.contains("/../")
-        || path.ends_with("/.")
-        || path.ends_with("/..");
+    // One pass: anything that may need decoding or dot/slash normalisation takes the slow
+    // path below ("/." also catches harmless names like "/.well-known": still correct).
+    let needs_work = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            || b == b'\\'
+            || b < 0x20
+            || b == 0x7f
+            || (b == b'/' && matches!(bytes.get(i + 1), Some(b'/' | b'.')))
+    });
     if !needs_work {
         return Ok(Cow::Borrowed(path));
     }

@@ -8,12 +8,15 @@
 //! - [`state`]: the `StateStore` trait, backends and the read-through cache.
 //! - [`tls`]: rustls server config, client verifier, accept loop.
 //! - [`pages`]: refusal pages (HTML for browsers, JSON otherwise).
+//! - [`proxy_protocol`]: PROXY v1/v2 headers from an L4 load balancer.
 //! - [`proxy`]: per-request handling and forwarding upstream.
 //! - [`ticket`]: enrollment ticket generation and hashing.
 //! - [`ca`]: certificate issuing and the development PKI.
+//! - [`p12`]: PKCS#12 bundles for browsers (behind one function).
 //! - [`enroll`]: certgate's own `/.certgate/` endpoints (enrollment, CA, CRL).
 //! - [`admin`]: the admin API, health probes and `/metrics`.
 //! - [`admin_client`]: the `certgate admin …` HTTP client.
+//! - [`reload`]: configuration reload on changed files.
 //! - [`app`]: wires everything from a `Config`, binds, serves, drains.
 //! - [`demo`]: the self-contained demo (echo upstream, dev PKI).
 //! - [`cli`]: the `certgate` command line.
@@ -29,8 +32,11 @@ pub mod enroll;
 pub mod gate;
 pub mod identity;
 pub mod metrics;
+pub mod p12;
 pub mod pages;
 pub mod proxy;
+pub mod proxy_protocol;
+pub mod reload;
 pub mod state;
 pub mod ticket;
 pub mod tls;

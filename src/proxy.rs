@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -122,7 +121,7 @@ pub struct Proxy {
     xfcc: bool,
     log_access: bool,
     cache: Arc<StateCache>,
-    material: Arc<ArcSwap<TlsMaterial>>,
+    material: Arc<TlsMaterial>,
     metrics: Metrics,
     /// certgate's own endpoints under `/.certgate/`.
     own: Arc<Enrollment>,
@@ -209,7 +208,7 @@ impl Proxy {
     pub fn new(
         cfg: &Config,
         cache: Arc<StateCache>,
-        material: Arc<ArcSwap<TlsMaterial>>,
+        material: Arc<TlsMaterial>,
         metrics: Metrics,
         own: Arc<Enrollment>,
     ) -> Result<Self, ProxyError> {
@@ -347,7 +346,7 @@ impl Proxy {
             return Decision::NoCert;
         };
         let facts = {
-            let m = self.material.load();
+            let m = &self.material;
             Facts {
                 crl_revoked: !m.crls.is_empty() && m.crls.contains(&id.issuer_raw, &id.serial),
             }

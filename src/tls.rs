@@ -84,7 +84,17 @@ pub struct TlsMaterial {
     /// Lower-case server names; empty = any SNI (or none) is accepted.
     pub server_names: Vec<String>,
     pub handshake_timeout: Duration,
+    /// Parsed identities by SHA-256 of the leaf: a returning client (a resumed session, a
+    /// new connection of the same browser) skips the parse and the enrollment-CA signature
+    /// check. Lives with the material, so a reload (new CAs, new identity options) starts
+    /// empty.
+    identities: moka::sync::Cache<[u8; 32], Arc<ClientIdentity>>,
 }
+
+/// Identities kept per configuration.
+const IDENTITY_CACHE_SIZE: u64 = 10_000;
+/// How long a parsed identity is reused.
+const IDENTITY_CACHE_TTL: Duration = Duration::from_secs(600);
 
 impl TlsMaterial {
     pub fn from_config(cfg: &Config) -> Result<Self, TlsError> {
@@ -94,7 +104,23 @@ impl TlsMaterial {
             crls: CrlIndex::from_config(cfg),
             server_names: cfg.server_names.clone(),
             handshake_timeout: cfg.limits.handshake_timeout,
+            identities: moka::sync::Cache::builder()
+                .max_capacity(IDENTITY_CACHE_SIZE)
+                .time_to_live(IDENTITY_CACHE_TTL)
+                .build(),
         })
+    }
+
+    /// The identity of a verified leaf, parsed once per distinct certificate.
+    pub fn identity(&self, leaf: &[u8]) -> Result<Arc<ClientIdentity>, identity::IdentityError> {
+        use sha2::{Digest, Sha256};
+        let key: [u8; 32] = Sha256::digest(leaf).into();
+        if let Some(id) = self.identities.get(&key) {
+            return Ok(id);
+        }
+        let id = Arc::new(identity::parse(leaf, &self.identity)?);
+        self.identities.insert(key, id.clone());
+        Ok(id)
     }
 }
 
@@ -257,9 +283,11 @@ async fn handshake(tcp: TcpStream, material: &TlsMaterial) -> Result<Accepted, H
     let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let h2 = conn.alpn_protocol() == Some(b"h2");
     let identity = match conn.peer_certificates().and_then(|c| c.first()) {
-        Some(leaf) => Some(Arc::new(
-            identity::parse(leaf.as_ref(), &material.identity).map_err(HandshakeError::Identity)?,
-        )),
+        Some(leaf) => Some(
+            material
+                .identity(leaf.as_ref())
+                .map_err(HandshakeError::Identity)?,
+        ),
         None => None,
     };
     Ok(Accepted {

@@ -778,15 +778,7 @@ impl Ctx<'_> {
 
         // Listeners.
         let listen = self.address("listen", &f.listen, defaults::LISTEN)?;
-        if let Some(v) = &f.listen_proxy_protocol
-            && v.value
-        {
-            return Err(self.fail_at(
-                "listen_proxy_protocol",
-                v,
-                "true is not supported yet in this version (PROXY protocol); remove the key or set it to false",
-            ));
-        }
+        let listen_proxy_protocol = f.listen_proxy_protocol.as_ref().is_some_and(|v| v.value);
         let admin_file = f.admin.unwrap_or_default();
         let metrics_file = f.metrics.unwrap_or_default();
         let admin_listen =
@@ -869,6 +861,7 @@ impl Ctx<'_> {
         Ok(Config {
             source: self.file.to_path_buf(),
             listen,
+            listen_proxy_protocol,
             server_names,
             tls,
             client_auth,

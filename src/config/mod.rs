@@ -218,8 +218,9 @@ impl std::fmt::Debug for Secret {
 }
 
 /// `state.redis.*`, validated: URLs parse and use `redis://` or `rediss://`, the mode has
-/// the keys it needs, and the password file has been read.
-#[derive(Clone)]
+/// the keys it needs, and the password file has been read. `PartialEq` compares the
+/// secrets too (unlike the redacted `Debug`), so a changed password counts as a change.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     pub mode: RedisMode,
     /// Standalone server URL (may carry a password in its user part, and the database
@@ -345,6 +346,8 @@ pub struct Config {
     /// The file it was loaded from.
     pub source: PathBuf,
     pub listen: SocketAddr,
+    /// Expect a PROXY protocol v1/v2 header on every connection (behind an L4 balancer).
+    pub listen_proxy_protocol: bool,
     pub server_names: Vec<String>,
     pub tls: TlsConfig,
     pub client_auth: ClientAuthConfig,

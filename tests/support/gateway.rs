@@ -288,6 +288,12 @@ impl Harness {
         self.gateway().metrics
     }
 
+    /// The running gateway's state cache (its store is `cache().store()`), for tests that
+    /// must put records the admin API cannot make (an expired or stale ticket).
+    pub fn cache(&self) -> std::sync::Arc<certgate::state::cache::StateCache> {
+        self.gateway().cache.clone()
+    }
+
     /// `https://localhost:<port><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.listen().port())
@@ -331,6 +337,28 @@ impl Harness {
     /// A raw TLS client (HTTP/1.1 ALPN, SNI `localhost`), with its own resumption store.
     pub fn raw(&self, identity: Option<&Leaf>) -> RawClient {
         RawClient::new(self.listen(), &self.pki.server_ca.der, identity)
+    }
+
+    /// Changes the options and rewrites `certgate.yaml` (the running gateway notices the
+    /// change through its file watcher, or on [`Harness::reload`]).
+    pub fn rewrite_config(&mut self, change: impl FnOnce(&mut Options)) {
+        change(&mut self.prepared.options);
+        write(&self.prepared.config_path, self.prepared.yaml(), 0o644);
+    }
+
+    /// Writes `text` as `certgate.yaml` verbatim.
+    pub fn write_config_text(&self, text: &str) {
+        write(&self.prepared.config_path, text, 0o644);
+    }
+
+    /// Replaces a file of the test folder (e.g. `pki/server.pem`).
+    pub fn write_file(&self, rel: &str, contents: impl AsRef<[u8]>, mode: u32) {
+        write(&self.prepared.dir.path().join(rel), contents, mode);
+    }
+
+    /// Reloads the configuration now (what SIGHUP does).
+    pub async fn reload(&self) -> Result<(), certgate::app::ReloadError> {
+        within("reload", self.gateway().reloader.reload()).await
     }
 
     /// Stops the gateway and starts a new one from the same files (same store file).

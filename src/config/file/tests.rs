@@ -883,16 +883,6 @@ fn bad_addresses_name_the_value() {
 #[test]
 fn not_yet_built_features_are_refused() {
     let pki = Pki::new();
-    let yaml = with("listen_proxy_protocol: true\n");
-    let err = pki.error(&yaml);
-    assert_error(
-        &pki,
-        &err,
-        Some(line_of(&yaml, "proxy_protocol")),
-        "listen_proxy_protocol",
-        &["not supported yet"],
-    );
-
     let yaml = with("state:\n  backend: memory\n");
     let err = pki.error(&yaml);
     assert_error(
@@ -1503,4 +1493,15 @@ fn bad_redis_values_name_key_and_line() {
     // With another backend the redis keys are type-checked only.
     let yaml = with("state:\n  redis:\n    url: \"http://unused\"\n");
     pki.load(&yaml).unwrap();
+}
+
+#[test]
+fn proxy_protocol_can_be_switched_on() {
+    let pki = Pki::new();
+    let cfg = pki.load(&with("")).expect("defaults");
+    assert!(!cfg.listen_proxy_protocol, "off by default");
+    let cfg = pki
+        .load(&with("listen_proxy_protocol: true\n"))
+        .expect("on");
+    assert!(cfg.listen_proxy_protocol);
 }
