@@ -271,7 +271,10 @@ async fn redis_restarted_empty_trips_the_data_loss_guard_until_acknowledged() {
     let mut s = open(second.listen, &h, &bob).await;
     assert_eq!(s.get("/app/4").await.status, 503);
 
-    // The operator's path: acknowledge (e.g. from another process), re-apply revocations.
+    // The operator's path: re-apply the revocations (writes are accepted while lookups are
+    // refused), then acknowledge (e.g. from another process).
+    admin.revoke(&alice.serial).await;
+    assert_eq!(a.get("/app/4").await.status, 503);
     let cfg = RedisConfig {
         mode: RedisMode::Standalone,
         url: redis.url(),
@@ -291,8 +294,7 @@ async fn redis_restarted_empty_trips_the_data_loss_guard_until_acknowledged() {
         metric(h.metrics_addr(), "certgate_state_store_data_lost").await,
         0.0
     );
-    admin.revoke(&alice.serial).await;
-    let mut a = open(h.listen(), &h, &alice).await;
+    // Alice's revocation, re-applied before the acknowledgement, holds at once.
     assert_eq!(a.get("/app/6").await.status, 403);
     // CRL numbers keep growing past anything issued before the loss.
     let n: u64 = redis.cmd(&["GET", "certgate:crl_number"]);

@@ -829,6 +829,20 @@ impl RedisStore {
         Ok(())
     }
 
+    /// For writes that restore state (revoke, reset, enable two-factor, record a
+    /// certificate, put a ticket) and registry reads: allowed while data loss is suspected, so an operator can
+    /// re-apply revocations and resets before acknowledging the loss (no window in which a
+    /// revoked certificate passes). Lookups stay refused.
+    async fn admitted_write(&self) -> Result<(), StoreError> {
+        if self.data_lost() {
+            return Ok(());
+        }
+        match self.admitted().await {
+            Err(_) if self.data_lost() => Ok(()),
+            other => other,
+        }
+    }
+
     fn refuse_if_lost(&self) -> Result<(), StoreError> {
         if self.data_lost() {
             return Err(StoreError::Unavailable(
@@ -1250,7 +1264,7 @@ impl RedisStore {
         account: &str,
         now: UnixTime,
     ) -> Result<AccountState, StoreError> {
-        self.admitted().await?;
+        self.admitted_write().await?;
         let (id, mut conn) = self.link.conn().await?;
         let r = self
             .scripts
@@ -1271,7 +1285,7 @@ impl RedisStore {
         account: &str,
         now: UnixTime,
     ) -> Result<AccountState, StoreError> {
-        self.admitted().await?;
+        self.admitted_write().await?;
         let (id, mut conn) = self.link.conn().await?;
         let r = self
             .scripts
@@ -1320,7 +1334,7 @@ impl RedisStore {
     }
 
     async fn revoke_inner(&self, revocation: Revocation) -> Result<Revocation, StoreError> {
-        self.admitted().await?;
+        self.admitted_write().await?;
         let (id, mut conn) = self.link.conn().await?;
         let serial = revocation.serial.clone();
         let drop_at = revocation
@@ -1394,7 +1408,7 @@ impl RedisStore {
     }
 
     async fn record_certificate_inner(&self, cert: CertRecord) -> Result<(), StoreError> {
-        self.admitted().await?;
+        self.admitted_write().await?;
         let (id, mut conn) = self.link.conn().await?;
         let drop_at = cert
             .not_after
@@ -1428,8 +1442,17 @@ impl RedisStore {
         Ok(())
     }
 
+    /// The registry is not a decision input (lookups read revocations and accounts), so it
+    /// stays readable while data loss is suspected: the admin API needs it to re-apply
+    /// revocations.
     async fn certificate_inner(&self, serial: &str) -> Result<Option<CertRecord>, StoreError> {
-        let fields = self.guarded_hash(self.keys.cert(serial)).await?;
+        self.admitted_write().await?;
+        let (id, mut conn) = self.link.conn().await?;
+        let r = redis::cmd("HGETALL")
+            .arg(self.keys.cert(serial))
+            .query_async::<Fields>(&mut conn)
+            .await;
+        let fields = self.check(id, r, "read certificate")?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -1437,7 +1460,7 @@ impl RedisStore {
     }
 
     async fn certificates_of_inner(&self, account: &str) -> Result<Vec<CertRecord>, StoreError> {
-        self.admitted().await?;
+        self.admitted_write().await?;
         let (id, mut conn) = self.link.conn().await?;
         let r = redis::cmd("SMEMBERS")
             .arg(self.keys.account_certs(account))
@@ -1469,7 +1492,7 @@ impl RedisStore {
     }
 
     async fn put_ticket_inner(&self, ticket: TicketRecord) -> Result<(), StoreError> {
-        self.admitted().await?;
+        self.admitted_write().await?;
         // The account's set first, so a reset racing this put cannot miss the ticket.
         let mut sadd = redis::cmd("SADD");
         sadd.arg(self.keys.account_tickets(&ticket.account))
