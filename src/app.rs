@@ -34,6 +34,7 @@ use crate::proxy::{ConnInfo, Proxy};
 use crate::state::StateStore;
 use crate::state::cache::StateCache;
 use crate::state::embedded::EmbeddedStore;
+use crate::state::redis::RedisStore;
 use crate::tls::{self, TlsMaterial};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -110,6 +111,10 @@ pub fn open_store(cfg: &Config) -> Result<Arc<dyn StateStore>, AppError> {
             let s: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(path)?);
             Ok(s)
         }
+        StateBackend::Redis(redis) => {
+            let s: Arc<dyn StateStore> = Arc::new(RedisStore::open(redis)?);
+            Ok(s)
+        }
     }
 }
 
@@ -126,6 +131,7 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         &config.state,
         metrics.clone(),
     ));
+    let store_tasks = store.clone().start_background(cache.clone());
     cache.probe().await;
 
     let runtime = build_runtime(&config, &cache, &metrics, None)?;
@@ -171,6 +177,7 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         )),
     ];
     side_tasks.push(tokio::spawn(sweeper(store.clone(), cache.clone())));
+    side_tasks.extend(store_tasks);
 
     let server = Arc::new(Server {
         current: ArcSwap::from_pointee(runtime),

@@ -142,6 +142,7 @@ fn check_config(path: &Path) -> ExitCode {
                 match &cfg.state.backend {
                     crate::config::StateBackend::Embedded { path } =>
                         format!("embedded {}", path.display()),
+                    crate::config::StateBackend::Redis(r) => r.describe(),
                 },
                 if cfg.enrollment.is_some() {
                     "on"

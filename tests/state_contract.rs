@@ -17,7 +17,7 @@ use certgate::state::cache::{ManualClock, StateCache};
 use certgate::state::{
     AccountState, CertRecord, Revocation, RevocationReason, StateStore, TicketRecord, now,
 };
-use state_support::{EmbeddedFactory, StoreFactory, TestStore};
+use state_support::{EmbeddedFactory, RedisFactory, StoreFactory, TestStore};
 
 // ---------------------------------------------------------------------------------------
 // Allocation counting (per thread), to check that a cache hit allocates nothing.
@@ -391,6 +391,13 @@ macro_rules! contract_suite {
 }
 
 contract_suite!(embedded, EmbeddedFactory::new());
+contract_suite!(
+    redis,
+    match RedisFactory::start() {
+        Some(f) => f,
+        None => return,
+    }
+);
 
 // ---------------------------------------------------------------------------------------
 // The cache.

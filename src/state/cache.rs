@@ -385,6 +385,12 @@ impl StateCache {
         }
     }
 
+    /// The metric handles this cache counts into (backends that run background work
+    /// report through the same ones).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The backend, for calls the cache does not wrap (tickets, registry, CRL number).
     pub fn store(&self) -> &Arc<dyn StateStore> {
         &self.store

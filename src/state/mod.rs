@@ -1,13 +1,14 @@
 //! Shared state: revocations, account generations and resets, the issued-certificate
 //! registry and enrollment tickets.
 //!
-//! [`StateStore`] is the one interface; `embedded.rs` (redb, the zero-setup default) is a
-//! backend, and `cache.rs` puts a moka read-through cache in front of any backend. Request
+//! [`StateStore`] is the one interface; `embedded.rs` (redb, the zero-setup default) and
+//! `redis.rs` (shared state for many instances) are the backends, and `cache.rs` puts a moka read-through cache in front of any backend. Request
 //! handlers and the admin API see `Arc<dyn StateStore>` / [`cache::StateCache`], never a
 //! concrete backend: only `app` names one.
 
 pub mod cache;
 pub mod embedded;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -189,6 +190,17 @@ pub trait StateStore: Send + Sync + 'static {
     /// Drops expired tickets and revocations whose certificate expired before `now`.
     /// Returns how many records were removed.
     fn sweep(&self, now: UnixTime) -> BoxFut<'_, Result<u64, StoreError>>;
+
+    /// Starts the backend's own background work once the cache in front of it exists (the
+    /// Redis backend: its pub/sub invalidation listener and a short-interval probe). The
+    /// caller aborts the returned tasks on shutdown. Default: nothing to run.
+    fn start_background(
+        self: std::sync::Arc<Self>,
+        cache: std::sync::Arc<cache::StateCache>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let _ = cache;
+        Vec::new()
+    }
 }
 
 /// How long a revocation is kept after its certificate's `notAfter` before `sweep` may drop

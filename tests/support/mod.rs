@@ -13,6 +13,7 @@ pub mod client;
 pub mod enroll;
 pub mod gateway;
 pub mod pki;
+pub mod redis;
 pub mod upstream;
 
 use std::future::Future;
