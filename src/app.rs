@@ -369,8 +369,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.limits.max_connections != new.limits.max_connections {
         out.push("limits.max_connections");
     }
-    // Debug renderings compare every field (secrets are redacted on both sides alike).
-    if format!("{:?}", old.state) != format!("{:?}", new.state) {
+    if old.state != new.state {
         out.push("state");
     }
     if old.log.format != new.log.format || old.log.level != new.log.level {

@@ -90,6 +90,11 @@ pub enum AdminAction {
         #[arg(long, default_value = "unspecified")]
         reason: String,
     },
+    /// Redis backend only: after the data-loss guard tripped (Redis came back empty, was
+    /// flushed, or failed over to a replica that lost writes) and revocations and resets
+    /// were applied again, mark the store as trusted so protected traffic flows again.
+    /// Talks to Redis directly (the gateways refuse lookups until then).
+    AcknowledgeDataLoss,
     /// Show an account (generation, two-factor, certificates) or, with --serial, a certificate.
     Status {
         /// Account id.
@@ -394,7 +399,11 @@ async fn demo_main(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error + S
 
 fn admin(config: &Path, args: &AdminArgs) -> ExitCode {
     use crate::admin_client::{self as client, AdminCommand};
+    if let AdminAction::AcknowledgeDataLoss = args.action {
+        return acknowledge_data_loss(config);
+    }
     let cmd = match &args.action {
+        AdminAction::AcknowledgeDataLoss => unreachable_usage(),
         AdminAction::Enable { account } => AdminCommand::Enable {
             account: account.clone(),
         },
@@ -481,4 +490,38 @@ fn admin(config: &Path, args: &AdminArgs) -> ExitCode {
 fn unreachable_usage() -> ! {
     eprintln!("certgate admin: --url and --token-file are required without a configuration");
     std::process::exit(i32::from(EXIT_USAGE))
+}
+
+fn acknowledge_data_loss(config: &Path) -> ExitCode {
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let crate::config::StateBackend::Redis(redis) = &cfg.state.backend else {
+        eprintln!(
+            "certgate admin acknowledge-data-loss: only for state.backend: redis (this config uses the embedded store)"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let result = rt.block_on(async {
+        let store = crate::state::redis::RedisStore::open(redis)?;
+        store.acknowledge_data_loss().await
+    });
+    match result {
+        Ok(()) => {
+            println!(
+                "Data loss acknowledged: the gateways accept the store again (within a few seconds).\n\
+                 Revocations and resets made before the loss must have been applied again."
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("certgate admin acknowledge-data-loss: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }

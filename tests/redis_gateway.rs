@@ -12,8 +12,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use certgate::app::Gateway;
-use certgate::config::{RedisConfig, RedisMode};
-use certgate::state::redis::RedisStore;
 use support::redis::{RedisServer, Sentinel, ServerSpec, wait_until};
 use support::{H1, Harness, Leaf, Options, RawClient, STEP, within};
 
@@ -275,18 +273,26 @@ async fn redis_restarted_empty_trips_the_data_loss_guard_until_acknowledged() {
     // refused), then acknowledge (e.g. from another process).
     admin.revoke(&alice.serial).await;
     assert_eq!(a.get("/app/4").await.status, 503);
-    let cfg = RedisConfig {
-        mode: RedisMode::Standalone,
-        url: redis.url(),
-        urls: Vec::new(),
-        sentinel_master: String::new(),
-        password: None,
-        key_prefix: "certgate:".into(),
-    };
-    let operator = RedisStore::open(&cfg).expect("open");
-    within("acknowledge", operator.acknowledge_data_loss())
-        .await
-        .expect("acknowledge");
+    // Through the documented command, as an operator would.
+    let config_path = h.config_path.clone();
+    let out = within(
+        "certgate admin acknowledge-data-loss",
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_certgate"))
+                .arg("--config")
+                .arg(&config_path)
+                .args(["admin", "acknowledge-data-loss"])
+                .output()
+        }),
+    )
+    .await
+    .expect("join")
+    .expect("run certgate");
+    assert!(
+        out.status.success(),
+        "acknowledge-data-loss failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Every instance resumes by itself (next probe), without a restart.
     until_status(&mut b, "/app/5", 200, &[503], STEP).await;
     until_status(&mut s, "/app/5", 200, &[503], STEP).await;

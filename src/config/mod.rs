@@ -171,13 +171,13 @@ pub struct HeadersConfig {
     pub xfcc: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheConfig {
     pub ttl: Duration,
     pub max_entries: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StateBackend {
     /// redb file store at this path.
     Embedded { path: PathBuf },
@@ -286,7 +286,7 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StateConfig {
     pub backend: StateBackend,
     pub cache: CacheConfig,

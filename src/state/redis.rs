@@ -1523,6 +1523,25 @@ impl RedisStore {
         Ok(())
     }
 
+    async fn peek_ticket_inner(
+        &self,
+        hash: &str,
+        now: UnixTime,
+    ) -> Result<Option<TicketRecord>, StoreError> {
+        self.admitted().await?;
+        let (id, mut conn) = self.link.conn().await?;
+        let r = redis::cmd("HGETALL")
+            .arg(self.keys.ticket(hash))
+            .query_async::<Fields>(&mut conn)
+            .await;
+        let fields = self.check(id, r, "read ticket")?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let ticket = decode_ticket(hash, &fields)?;
+        Ok((now < ticket.expires_at).then_some(ticket))
+    }
+
     async fn consume_ticket_inner(
         &self,
         hash: &str,
@@ -1783,6 +1802,15 @@ impl StateStore for RedisStore {
 
     fn put_ticket(&self, ticket: TicketRecord) -> BoxFut<'_, Result<(), StoreError>> {
         Box::pin(self.timed(self.put_ticket_inner(ticket)))
+    }
+
+    fn peek_ticket(
+        &self,
+        hash: &str,
+        now: UnixTime,
+    ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>> {
+        let hash = hash.to_owned();
+        Box::pin(async move { self.timed(self.peek_ticket_inner(&hash, now)).await })
     }
 
     fn consume_ticket(
