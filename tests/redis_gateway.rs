@@ -210,6 +210,8 @@ async fn redis_killed_under_load_never_lets_an_undecided_request_through() {
         unavailable > 0,
         "no request was refused while Redis was down"
     );
+    // Readiness follows: protected traffic cannot be decided now.
+    assert_eq!(readyz_status(&h).await, 503);
     // A certificate never seen before cannot be decided at all.
     let stranger = h.pki.client("stranger");
     let mut conn = open(h.listen(), &h, &stranger).await;
@@ -256,6 +258,8 @@ async fn redis_restarted_empty_trips_the_data_loss_guard_until_acknowledged() {
         metric(h.metrics_addr(), "certgate_state_store_data_lost").await,
         1.0
     );
+    // Not ready while the data cannot be trusted, although Redis answers.
+    assert_eq!(readyz_status(&h).await, 503);
     assert_eq!(
         metric(
             h.metrics_addr(),
@@ -295,6 +299,7 @@ async fn redis_restarted_empty_trips_the_data_loss_guard_until_acknowledged() {
     );
     // Every instance resumes by itself (next probe), without a restart.
     until_status(&mut b, "/app/5", 200, &[503], STEP).await;
+    assert_eq!(readyz_status(&h).await, 200);
     until_status(&mut s, "/app/5", 200, &[503], STEP).await;
     assert_eq!(
         metric(h.metrics_addr(), "certgate_state_store_data_lost").await,
@@ -353,6 +358,21 @@ async fn wait_until_metric(metrics: SocketAddr, name: &str, want: f64) {
         assert!(Instant::now() < deadline, "{name} never became {want}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn readyz_status(h: &Harness) -> u16 {
+    let url = format!("http://{}/readyz", h.admin_addr());
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(STEP)
+        .build()
+        .unwrap()
+        .get(url)
+        .send()
+        .await
+        .expect("readyz")
+        .status()
+        .as_u16()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -527,9 +527,13 @@ impl StateCache {
         }
     }
 
-    /// True once the store has answered at least once.
+    /// Ready for protected traffic: the store has answered at least once, its last call
+    /// succeeded, and it trusts its own data (see [`StateStore::trusted`]). False during
+    /// an outage: requests whose state is not cached cannot be decided then.
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+            && self.up.load(Ordering::Acquire)
+            && self.store.trusted()
     }
 
     /// Pings the store; updates readiness and `certgate_state_store_up`.

@@ -191,6 +191,12 @@ pub trait StateStore: Send + Sync + 'static {
     /// Returns how many records were removed.
     fn sweep(&self, now: UnixTime) -> BoxFut<'_, Result<u64, StoreError>>;
 
+    /// False while the backend knows its answers cannot be trusted even though it responds
+    /// (the Redis data-loss guard tripped). Default: always trusted.
+    fn trusted(&self) -> bool {
+        true
+    }
+
     /// Starts the backend's own background work once the cache in front of it exists (the
     /// Redis backend: its pub/sub invalidation listener and a short-interval probe). The
     /// caller aborts the returned tasks on shutdown. Default: nothing to run.

@@ -1830,6 +1830,10 @@ impl StateStore for RedisStore {
         Box::pin(self.timed(self.sweep_inner(now)))
     }
 
+    fn trusted(&self) -> bool {
+        !self.data_lost()
+    }
+
     fn start_background(self: Arc<Self>, cache: Arc<StateCache>) -> Vec<JoinHandle<()>> {
         vec![
             self.spawn_invalidation(cache.clone()),
