@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use certgate::app::Gateway;
-use support::redis::{RedisServer, Sentinel, ServerSpec, wait_until};
+use rustls_pki_types::CertificateDer;
+use support::redis::{RedisCluster, RedisServer, Sentinel, ServerSpec, wait_until};
 use support::{H1, Harness, Leaf, Options, RawClient, STEP, within};
 
 /// The contract's bound on a revocation reaching every instance.
@@ -36,8 +37,8 @@ async fn second_instance(h: &Harness) -> Gateway {
     .unwrap_or_else(|e| panic!("second instance: {e:#}"))
 }
 
-async fn open(listen: SocketAddr, h: &Harness, leaf: &Leaf) -> H1 {
-    RawClient::new(listen, &h.pki.server_ca.der, Some(leaf))
+async fn open(listen: SocketAddr, server_ca: &CertificateDer<'static>, leaf: &Leaf) -> H1 {
+    RawClient::new(listen, server_ca, Some(leaf))
         .connect()
         .await
         .expect("handshake")
@@ -110,7 +111,7 @@ async fn revocation_reaches_another_instance_on_an_open_connection() {
     let mut latencies = Vec::new();
     for i in 0..50 {
         let leaf = h.pki.client(&format!("user{i}"));
-        let mut conn = open(b.listen, &h, &leaf).await;
+        let mut conn = open(b.listen, &h.pki.server_ca.der, &leaf).await;
         let r = conn.get("/app/before").await;
         assert_eq!(r.status, 200, "before revocation: {}", r.text());
 
@@ -144,7 +145,7 @@ async fn revocation_reaches_another_instance_on_an_open_connection() {
 
     // A reset travels the same way.
     let bob = h.pki.enrolled("bob", 1);
-    let mut conn = open(b.listen, &h, &bob).await;
+    let mut conn = open(b.listen, &h.pki.server_ca.der, &bob).await;
     assert_eq!(conn.get("/app/bob").await.status, 200);
     admin_a.reset("bob").await;
     until_status(&mut conn, "/app/bob", 403, &[200], PROPAGATION).await;
@@ -166,7 +167,7 @@ async fn redis_killed_under_load_never_lets_an_undecided_request_through() {
 
     let mut conns = Vec::new();
     for leaf in &leaves {
-        conns.push(open(h.listen(), &h, leaf).await);
+        conns.push(open(h.listen(), &h.pki.server_ca.der, leaf).await);
     }
     // Load before the crash: everything decided.
     for (i, conn) in conns.iter_mut().enumerate() {
@@ -214,7 +215,7 @@ async fn redis_killed_under_load_never_lets_an_undecided_request_through() {
     assert_eq!(readyz_status(&h).await, 503);
     // A certificate never seen before cannot be decided at all.
     let stranger = h.pki.client("stranger");
-    let mut conn = open(h.listen(), &h, &stranger).await;
+    let mut conn = open(h.listen(), &h.pki.server_ca.der, &stranger).await;
     assert_eq!(conn.get("/app/new").await.status, 503);
     assert_eq!(
         metric(h.metrics_addr(), "certgate_state_store_up").await,
@@ -239,8 +240,8 @@ async fn redis_restarted_empty_trips_the_data_loss_guard_until_acknowledged() {
     let alice = h.pki.client("alice");
     let bob = h.pki.client("bob");
     admin.revoke(&alice.serial).await;
-    let mut a = open(h.listen(), &h, &alice).await;
-    let mut b = open(h.listen(), &h, &bob).await;
+    let mut a = open(h.listen(), &h.pki.server_ca.der, &alice).await;
+    let mut b = open(h.listen(), &h.pki.server_ca.der, &bob).await;
     assert_eq!(a.get("/app/1").await.status, 403);
     assert_eq!(b.get("/app/1").await.status, 200);
     assert_eq!(
@@ -270,7 +271,7 @@ async fn redis_restarted_empty_trips_the_data_loss_guard_until_acknowledged() {
     );
     // A second instance started now refuses as well (the guard marked meta).
     let second = second_instance(&h).await;
-    let mut s = open(second.listen, &h, &bob).await;
+    let mut s = open(second.listen, &h.pki.server_ca.der, &bob).await;
     assert_eq!(s.get("/app/4").await.status, 503);
 
     // The operator's path: re-apply the revocations (writes are accepted while lookups are
@@ -328,8 +329,8 @@ async fn reconnect_after_a_restart_clears_the_cache_and_restores_service() {
     let h = Harness::with(redis_options(&redis.url(), &["cache:", "  ttl: 300s"])).await;
     let alice = h.pki.client("alice");
     let bob = h.pki.client("bob");
-    let mut a = open(h.listen(), &h, &alice).await;
-    let mut b = open(h.listen(), &h, &bob).await;
+    let mut a = open(h.listen(), &h.pki.server_ca.der, &alice).await;
+    let mut b = open(h.listen(), &h.pki.server_ca.der, &bob).await;
     assert_eq!(a.get("/app/1").await.status, 200);
     assert_eq!(b.get("/app/1").await.status, 200);
 
@@ -400,7 +401,7 @@ async fn readyz_waits_for_the_first_answer_from_redis() {
     };
     assert_eq!(readyz(&h).await, 503);
     let leaf = h.pki.client("alice");
-    let mut conn = open(h.listen(), &h, &leaf).await;
+    let mut conn = open(h.listen(), &h.pki.server_ca.der, &leaf).await;
     assert_eq!(conn.get("/app/1").await.status, 503);
     redis.restart();
     let deadline = Instant::now() + STEP;
@@ -449,18 +450,7 @@ async fn sentinel_failover_moves_writes_and_keeps_revocations_propagating() {
         "cache:".to_string(),
         "  ttl: 60s".to_string(),
     ];
-    let options = Options {
-        extra_state: redis_block.to_vec(),
-        redis_url: None,
-        ..Options::default()
-    };
-    let prepared = support::Prepared::new(options).await;
-    // backend: redis without the standalone url line.
-    let yaml = prepared.yaml().replace(
-        "  backend: embedded\n  path: data/certgate.db\n",
-        "  backend: redis\n",
-    );
-    std::fs::write(&prepared.config_path, yaml).expect("write config");
+    let prepared = prepared_with(&redis_block).await;
     let config = prepared.load_config();
     let a = within("start A", certgate::app::start(config.clone()))
         .await
@@ -563,6 +553,98 @@ async fn sentinel_failover_moves_writes_and_keeps_revocations_propagating() {
     drop(sentinel);
 }
 
+/// A gateway setup whose `state:` section is `backend: redis` plus `redis_block` (a whole
+/// `redis:` block, e.g. for sentinel or cluster mode, and any `cache:` lines).
+async fn prepared_with(redis_block: &[String]) -> support::Prepared {
+    let options = Options {
+        extra_state: redis_block.to_vec(),
+        redis_url: None,
+        ..Options::default()
+    };
+    let prepared = support::Prepared::new(options).await;
+    // backend: redis without the standalone url line.
+    let yaml = prepared.yaml().replace(
+        "  backend: embedded\n  path: data/certgate.db\n",
+        "  backend: redis\n",
+    );
+    std::fs::write(&prepared.config_path, yaml).expect("write config");
+    prepared
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_revocations_and_resets_reach_another_instance() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let urls = cluster
+        .urls()
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let prepared = prepared_with(&[
+        "redis:".to_string(),
+        "  mode: cluster".to_string(),
+        format!("  urls: [{urls}]"),
+        // A long TTL: only pub/sub can explain a refusal within a second.
+        "cache:".to_string(),
+        "  ttl: 60s".to_string(),
+    ])
+    .await;
+    let config = prepared.load_config();
+    let a = within("start A", certgate::app::start(config.clone()))
+        .await
+        .expect("start A");
+    let b = within("start B", certgate::app::start(config))
+        .await
+        .expect("start B");
+    let admin_a = support::Admin::new(a.admin, &prepared.token);
+
+    // Enough serials that the records spread over the three masters.
+    let mut nodes_used = std::collections::HashSet::new();
+    let mut latencies = Vec::new();
+    for i in 0..12 {
+        let leaf = prepared.pki.client(&format!("user{i}"));
+        let mut conn = open(b.listen, &prepared.pki.server_ca.der, &leaf).await;
+        until_status(&mut conn, "/app/before", 200, &[503], STEP).await;
+
+        admin_a.revoke(&leaf.serial).await;
+        let revoked = Instant::now();
+        until_status(&mut conn, "/app/after", 403, &[200], PROPAGATION).await;
+        latencies.push(revoked.elapsed());
+        let key = format!("certgate:revoked:{}", leaf.serial);
+        let node = cluster.node_for(&key);
+        let exists: i64 = node.cmd(&["EXISTS", &key]);
+        assert_eq!(exists, 1, "{key} is not on the node serving its slot");
+        nodes_used.insert(node.port);
+    }
+    assert!(
+        nodes_used.len() > 1,
+        "every revocation landed on one node; the test does not exercise the cluster"
+    );
+    latencies.sort();
+    eprintln!(
+        "cluster: revocation propagation A -> B: p50 {:?}, max {:?}",
+        percentile(&latencies, 0.5),
+        latencies[latencies.len() - 1]
+    );
+
+    // A reset travels the same way, and the account's keys share one slot.
+    let bob = prepared.pki.enrolled("bob", 1);
+    let mut conn = open(b.listen, &prepared.pki.server_ca.der, &bob).await;
+    assert_eq!(conn.get("/app/bob").await.status, 200);
+    admin_a.reset("bob").await;
+    until_status(&mut conn, "/app/bob", 403, &[200], PROPAGATION).await;
+    let generation: String =
+        cluster
+            .node_for("certgate:acct:bob")
+            .cmd(&["HGET", "certgate:acct:bob", "generation"]);
+    assert_eq!(generation, "2");
+
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// What Redis sees per gateway request: a bounded loopback load over a fixed set of
 /// certificates, counted with `INFO commandstats`. Prints the figures; asserts only that a
 /// cache hit costs no Redis call.
@@ -577,7 +659,7 @@ async fn redis_load_per_request() {
     let leaves: Vec<Leaf> = (0..certs).map(|i| h.pki.client(&format!("u{i}"))).collect();
     let mut conns = Vec::new();
     for leaf in &leaves {
-        conns.push(open(h.listen(), &h, leaf).await);
+        conns.push(open(h.listen(), &h.pki.server_ca.der, leaf).await);
     }
 
     // Hits only: warm every entry, then a burst well inside the TTL.

@@ -131,6 +131,7 @@ pub struct RedisFile {
     pub urls: Option<Vec<S<String>>>,
     pub sentinel_master: Option<S<String>>,
     pub password_file: Option<S<String>>,
+    pub tls_ca_file: Option<S<String>>,
     pub key_prefix: Option<S<String>>,
 }
 
@@ -1352,6 +1353,30 @@ impl Ctx<'_> {
                 "state.redis.url carries a password as well; keep it in one place",
             ));
         }
+        let tls_ca = match &r.tls_ca_file {
+            Some(v) if !v.value.trim().is_empty() => {
+                let line = span_line(v);
+                let tls_urls = match mode {
+                    RedisMode::Standalone => vec![url.as_str()],
+                    _ => urls.iter().map(|(u, _)| u.as_str()).collect(),
+                };
+                if !tls_urls.iter().any(|u| u.starts_with("rediss://")) {
+                    return Err(self.fail(
+                        "state.redis.tls_ca_file",
+                        line,
+                        "is read only for TLS connections; use rediss:// URLs (or remove it)",
+                    ));
+                }
+                let loaded = self.certs(
+                    "state.redis.tls_ca_file",
+                    line,
+                    self.dir.join(v.value.trim()),
+                    "",
+                )?;
+                Some(loaded.certs)
+            }
+            _ => None,
+        };
         let (prefix, prefix_line) = self.string(&r.key_prefix, defaults::REDIS_KEY_PREFIX);
         if prefix.len() > 64
             || prefix
@@ -1373,6 +1398,7 @@ impl Ctx<'_> {
             urls: urls.into_iter().map(|(u, _)| u).collect(),
             sentinel_master: master,
             password,
+            tls_ca,
             key_prefix: prefix.to_string(),
         })
     }

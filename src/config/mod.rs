@@ -67,7 +67,7 @@ pub enum LogFormat {
 
 /// A PEM file loaded and parsed at validation time. Keeping the parsed DER here means the
 /// TLS module never re-reads a file that might have changed since it was validated.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PemCerts {
     pub path: PathBuf,
     pub certs: Vec<CertificateDer<'static>>,
@@ -232,6 +232,9 @@ pub struct RedisConfig {
     pub sentinel_master: String,
     /// Read from `state.redis.password_file` (trimmed); `None` when no file is set.
     pub password: Option<Secret>,
+    /// `state.redis.tls_ca_file`: the CAs a `rediss://` server certificate must chain to,
+    /// instead of the system roots. `None`: the system roots.
+    pub tls_ca: Option<PemCerts>,
     /// Literal prefix of every key and of the `events` channel (no hash tag).
     pub key_prefix: String,
 }
@@ -269,6 +272,7 @@ impl std::fmt::Debug for RedisConfig {
             )
             .field("sentinel_master", &self.sentinel_master)
             .field("password", &self.password)
+            .field("tls_ca", &self.tls_ca)
             .field("key_prefix", &self.key_prefix)
             .finish()
     }

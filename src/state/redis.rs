@@ -378,6 +378,8 @@ enum Target {
         /// How to talk to the master once found (password, RESP3, database).
         node: redis::RedisConnectionInfo,
         tls: bool,
+        /// `state.redis.tls_ca_file` for the master connection.
+        certs: Option<redis::TlsCertificates>,
     },
     Cluster(ClusterClient),
 }
@@ -471,6 +473,7 @@ impl Link {
             master_name,
             node,
             tls,
+            certs,
         } = &self.target
         else {
             return Err(StoreError::Unavailable("not in sentinel mode".into()));
@@ -517,7 +520,11 @@ impl Link {
             .map_err(|e| unavailable("master address", &e))?
             .set_addr(addr)
             .set_redis_settings(node.clone());
-        redis::Client::open(info).map_err(|e| unavailable("master address", &e))
+        match certs {
+            Some(c) if *tls => redis::Client::build_with_tls(info, c.clone()),
+            _ => redis::Client::open(info),
+        }
+        .map_err(|e| unavailable("master address", &e))
     }
 
     /// Sentinel: whether link `id` still points at the master the sentinels name.
@@ -628,6 +635,12 @@ impl RedisStore {
     pub fn open(cfg: &RedisConfig) -> Result<Self, StoreError> {
         let bad = |e: RedisError| StoreError::Unavailable(format!("redis configuration: {e}"));
         let password = cfg.password.as_ref().map(|p| p.expose().to_string());
+        // `state.redis.tls_ca_file`: these CAs instead of the system roots. Certificates are
+        // always verified (no `#insecure`).
+        let certs = cfg.tls_ca.as_ref().map(|ca| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem_certificates(&ca.certs)),
+        });
         let push: PushSlot = Arc::new(Mutex::new(None));
         let target = match cfg.mode {
             RedisMode::Standalone => {
@@ -640,7 +653,11 @@ impl RedisStore {
                     settings = settings.set_password(p);
                 }
                 let info = info.set_redis_settings(settings);
-                Target::Standalone(redis::Client::open(info).map_err(bad)?)
+                let client = match &certs {
+                    Some(c) => redis::Client::build_with_tls(info, c.clone()),
+                    None => redis::Client::open(info),
+                };
+                Target::Standalone(client.map_err(bad)?)
             }
             RedisMode::Sentinel => {
                 let infos = cfg
@@ -672,11 +689,15 @@ impl RedisStore {
                 if let Some(u) = first.redis_settings().username() {
                     b = b.set_client_to_sentinel_username(u);
                 }
+                if let (Some(c), true) = (&certs, tls) {
+                    b = b.set_client_to_sentinel_certificates(c.clone());
+                }
                 Target::Sentinel {
                     sentinels: tokio::sync::Mutex::new(b.build().map_err(bad)?),
                     master_name: cfg.sentinel_master.clone(),
                     node,
                     tls,
+                    certs: certs.clone(),
                 }
             }
             RedisMode::Cluster => {
@@ -694,6 +715,9 @@ impl RedisStore {
                     .retries(1);
                 if let Some(p) = &password {
                     b = b.password(p);
+                }
+                if let Some(c) = &certs {
+                    b = b.certs(c.clone());
                 }
                 Target::Cluster(b.build().map_err(bad)?)
             }
@@ -1656,6 +1680,22 @@ impl RedisStore {
         }
         Ok(removed)
     }
+}
+
+/// DER certificates as the PEM text the Redis client reads.
+fn pem_certificates(certs: &[rustls_pki_types::CertificateDer<'static>]) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut out = String::new();
+    for cert in certs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out.into_bytes()
 }
 
 fn new_store_id() -> String {

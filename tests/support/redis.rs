@@ -38,10 +38,46 @@ pub fn available() -> bool {
     ok
 }
 
+/// True when `redis-cli` can be run (needed to form a cluster). Like [`available`]: loud
+/// skip, or a panic under `CI=true`.
+pub fn cli_available() -> bool {
+    let ok = Command::new("redis-cli")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("redis-cli is not installed, and CI=true: install it (.ci/run does)");
+        }
+        eprintln!(
+            "\n**********************************************************************\n\
+             SKIPPED: redis-cli is not installed, so this Redis Cluster test did not run.\n\
+             Install it (Debian: apt-get install redis-tools) or run .ci/run.\n\
+             **********************************************************************\n"
+        );
+    }
+    ok
+}
+
 /// A free port on 127.0.0.1 (bound, then released; the caller retries on a collision).
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr").port()
+}
+
+/// A free port whose cluster bus port (`port + 10000`) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local addr").port();
+        if let Some(bus) = port.checked_add(10000)
+            && TcpListener::bind(("127.0.0.1", bus)).is_ok()
+        {
+            return port;
+        }
+    }
 }
 
 /// How a server is run.
@@ -53,6 +89,20 @@ pub struct ServerSpec {
     pub replica_of: Option<u16>,
     /// Extra `--name value` arguments.
     pub extra: Vec<String>,
+    /// `--requirepass`: clients (and the test helpers here) must authenticate.
+    pub password: Option<String>,
+    /// A Redis Cluster node (`--cluster-enabled yes`, bus port = port + 10000).
+    pub cluster: bool,
+    /// TLS only (`--port 0 --tls-port <port>`), with these files.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The server side of `rediss://`: certificate, key and the CA `--tls-ca-cert-file` names.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 /// One `redis-server` process. Killed on drop.
@@ -78,7 +128,11 @@ impl RedisServer {
             .tempdir()
             .expect("temp dir");
         for _ in 0..10 {
-            let port = free_port();
+            let port = if spec.cluster {
+                free_cluster_port()
+            } else {
+                free_port()
+            };
             let mut s = RedisServer {
                 child: None,
                 port,
@@ -109,9 +163,23 @@ impl RedisServer {
     /// Starts the process on `self.port`; false when it exited (port taken).
     fn launch(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--protected-mode", "no"])
+        match &self.spec.tls {
+            None => {
+                cmd.arg("--port").arg(self.port.to_string());
+            }
+            Some(tls) => {
+                cmd.args(["--port", "0", "--tls-port"])
+                    .arg(self.port.to_string())
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca)
+                    .args(["--tls-auth-clients", "no"]);
+            }
+        }
+        cmd.args(["--bind", "127.0.0.1", "--protected-mode", "no"])
             .args(["--daemonize", "no", "--save", ""])
             .arg("--dir")
             .arg(self.dir.path())
@@ -122,6 +190,14 @@ impl RedisServer {
         } else {
             cmd.args(["--appendonly", "no"]);
         }
+        if let Some(p) = &self.spec.password {
+            cmd.arg("--requirepass").arg(p);
+        }
+        if self.spec.cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(self.dir.path().join(format!("nodes-{}.conf", self.port)))
+                .args(["--cluster-node-timeout", "2000"]);
+        }
         if let Some(master) = self.spec.replica_of {
             cmd.args(["--replicaof", "127.0.0.1"])
                 .arg(master.to_string());
@@ -130,11 +206,18 @@ impl RedisServer {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         let child = cmd.spawn().expect("spawn redis-server");
         self.child = Some(child);
-        wait_for_ping(self.port, self.child.as_mut().expect("child"))
+        let client = open_client(self.port, &self.spec);
+        wait_for_ping(self.port, &client, self.child.as_mut().expect("child"))
     }
 
+    /// `redis://127.0.0.1:<port>/0`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.spec.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -143,8 +226,7 @@ impl RedisServer {
 
     /// A plain (synchronous) connection for test assertions and setup.
     pub fn client(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .expect("client")
+        open_client(self.port, &self.spec)
             .get_connection_with_timeout(Duration::from_secs(5))
             .expect("connect to the test redis")
     }
@@ -215,15 +297,34 @@ impl Drop for RedisServer {
     }
 }
 
-fn wait_for_ping(port: u16, child: &mut Child) -> bool {
+/// A client for the server on `port` as `spec` runs it (password, TLS trusting its CA).
+fn open_client(port: u16, spec: &ServerSpec) -> redis::Client {
+    let auth = spec
+        .password
+        .as_ref()
+        .map(|p| format!(":{p}@"))
+        .unwrap_or_default();
+    match &spec.tls {
+        None => redis::Client::open(format!("redis://{auth}127.0.0.1:{port}/")).expect("client"),
+        Some(tls) => redis::Client::build_with_tls(
+            format!("rediss://{auth}127.0.0.1:{port}/"),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(&tls.ca).expect("read the test CA")),
+            },
+        )
+        .expect("tls client"),
+    }
+}
+
+fn wait_for_ping(port: u16, client: &redis::Client, child: &mut Child) -> bool {
     let deadline = Instant::now() + READY;
-    let url = format!("redis://127.0.0.1:{port}/");
     loop {
         if let Ok(Some(_)) = child.try_wait() {
             return false; // exited: the port was taken, or the config was refused
         }
-        let pong = redis::Client::open(url.as_str())
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500)))
+        let pong = client
+            .get_connection_with_timeout(Duration::from_millis(500))
             .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
         match pong {
             Ok(p) if p == "PONG" => return true,
@@ -275,7 +376,7 @@ impl Sentinel {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn redis-server --sentinel");
-            if wait_for_ping(port, &mut child) {
+            if wait_for_ping(port, &open_client(port, &ServerSpec::default()), &mut child) {
                 return Sentinel {
                     child: Some(child),
                     port,
@@ -346,6 +447,163 @@ impl Drop for Sentinel {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// A test CA and a server certificate it signed for `127.0.0.1` and `localhost`, written
+/// as PEM files into a temporary folder (removed on drop).
+pub struct TestTls {
+    dir: tempfile::TempDir,
+    pub files: TlsFiles,
+}
+
+impl TestTls {
+    pub fn generate() -> TestTls {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+            SanType,
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("certgate-redis-tls-")
+            .tempdir()
+            .expect("temp dir");
+        let alg = &rcgen::PKCS_ECDSA_P256_SHA256;
+        let ca_key = KeyPair::generate_for(alg).expect("CA key");
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name
+            .push(DnType::CommonName, "certgate test redis CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).expect("self-signed CA");
+        let issuer = Issuer::from_params(&ca, &ca_key);
+        let key = KeyPair::generate_for(alg).expect("server key");
+        let mut server = CertificateParams::default();
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "127.0.0.1");
+        server.subject_alt_names = vec![
+            SanType::DnsName("localhost".try_into().expect("IA5")),
+            SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])),
+        ];
+        let cert = server.signed_by(&key, &issuer).expect("sign server cert");
+        let files = TlsFiles {
+            cert: dir.path().join("server.pem"),
+            key: dir.path().join("server.key"),
+            ca: dir.path().join("ca.pem"),
+        };
+        std::fs::write(&files.cert, cert.pem()).expect("write server.pem");
+        std::fs::write(&files.key, key.serialize_pem()).expect("write server.key");
+        std::fs::write(&files.ca, ca_cert.pem()).expect("write ca.pem");
+        TestTls { dir, files }
+    }
+
+    /// The CA's certificates as DER (for a `state.redis.tls_ca_file` built by hand).
+    pub fn ca_der(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::pem_file_iter(&self.files.ca)
+            .expect("read ca.pem")
+            .collect::<Result<_, _>>()
+            .expect("parse ca.pem")
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas), each a `redis-server` of its own, formed
+/// with `redis-cli --cluster create`. Killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// `None` when redis-server or redis-cli is missing (skip; a panic under `CI=true`).
+    pub fn start() -> Option<RedisCluster> {
+        if !available() || !cli_available() {
+            return None;
+        }
+        let spec = ServerSpec {
+            cluster: true,
+            ..ServerSpec::default()
+        };
+        let nodes = (0..3)
+            .map(|_| RedisServer::start_with(spec.clone()).expect("cluster node"))
+            .collect::<Vec<_>>();
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = create.spawn().expect("spawn redis-cli --cluster create");
+        let deadline = Instant::now() + READY;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("redis-cli status") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-cli --cluster create did not finish within {READY:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let output = child.wait_with_output().expect("redis-cli output");
+        assert!(
+            status.success(),
+            "redis-cli --cluster create failed: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        for n in &cluster.nodes {
+            wait_until(
+                &format!("cluster_state:ok on 127.0.0.1:{}", n.port),
+                READY,
+                || {
+                    let info: String = n.cmd(&["CLUSTER", "INFO"]);
+                    info.contains("cluster_state:ok")
+                },
+            );
+        }
+        Some(cluster)
+    }
+
+    /// The seed URLs (every node).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// The node that serves `key`'s slot.
+    pub fn node_for(&self, key: &str) -> &RedisServer {
+        let slot: i64 = self.nodes[0].cmd(&["CLUSTER", "KEYSLOT", key]);
+        let ranges: Vec<redis::Value> = self.nodes[0].cmd(&["CLUSTER", "SLOTS"]);
+        let int = |v: &redis::Value| match v {
+            redis::Value::Int(i) => *i,
+            _ => -1,
+        };
+        let port = ranges
+            .iter()
+            .find_map(|range| {
+                let redis::Value::Array(r) = range else {
+                    return None;
+                };
+                let redis::Value::Array(master) = &r[2] else {
+                    return None;
+                };
+                (int(&r[0])..=int(&r[1]))
+                    .contains(&slot)
+                    .then(|| int(&master[1]))
+            })
+            .expect("a node serves every slot");
+        self.nodes
+            .iter()
+            .find(|n| i64::from(n.port) == port)
+            .expect("the serving node is one of ours")
     }
 }
 

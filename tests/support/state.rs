@@ -72,6 +72,7 @@ pub fn redis_config(url: &str) -> RedisConfig {
         urls: Vec::new(),
         sentinel_master: String::new(),
         password: None,
+        tls_ca: None,
         key_prefix: "certgate:".into(),
     }
 }

@@ -1441,6 +1441,71 @@ fn redis_mode_needs_its_keys() {
 }
 
 #[test]
+fn redis_tls_ca_file() {
+    let pki = Pki::new();
+    let yaml = with(
+        "state:\n  backend: redis\n  redis:\n    url: \"rediss://cache.internal:6380/0\"\n    \
+         tls_ca_file: certs/client-ca.pem\n",
+    );
+    let c = pki.load(&yaml).unwrap();
+    let StateBackend::Redis(r) = &c.state.backend else {
+        panic!("expected the redis backend")
+    };
+    let ca = r.tls_ca.as_ref().expect("tls_ca");
+    assert_eq!(ca.path, pki.path("certs/client-ca.pem"));
+    assert_eq!(ca.certs.len(), 1);
+
+    // Not set: the system roots.
+    let yaml = with("state:\n  backend: redis\n  redis:\n    url: \"rediss://cache:6380/0\"\n");
+    let c = pki.load(&yaml).unwrap();
+    let StateBackend::Redis(r) = &c.state.backend else {
+        panic!("expected the redis backend")
+    };
+    assert!(r.tls_ca.is_none());
+
+    // Without TLS it would be silently unused.
+    let yaml = with(
+        "state:\n  backend: redis\n  redis:\n    url: \"redis://cache:6379/0\"\n    \
+         tls_ca_file: certs/client-ca.pem\n",
+    );
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "tls_ca_file")),
+        "state.redis.tls_ca_file",
+        &["rediss://"],
+    );
+
+    // Missing, or not a certificate.
+    let yaml = with(
+        "state:\n  backend: redis\n  redis:\n    url: \"rediss://cache:6380/0\"\n    \
+         tls_ca_file: certs/nope.pem\n",
+    );
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "tls_ca_file")),
+        "state.redis.tls_ca_file",
+        &["does not exist"],
+    );
+    std::fs::write(pki.path("certs/not-a-cert.pem"), "hello\n").unwrap();
+    let yaml = with(
+        "state:\n  backend: redis\n  redis:\n    mode: cluster\n    \
+         urls: [\"rediss://a:6380\"]\n    tls_ca_file: certs/not-a-cert.pem\n",
+    );
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "tls_ca_file")),
+        "state.redis.tls_ca_file",
+        &["no certificate"],
+    );
+}
+
+#[test]
 fn bad_redis_values_name_key_and_line() {
     let pki = Pki::new();
     let yaml = with("state:\n  backend: redis\n  redis:\n    url: \"http://db:6379\"\n");
