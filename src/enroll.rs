@@ -381,12 +381,8 @@ impl Enrollment {
         }
     }
 
-    /// Looks a ticket up without using it (for the page).
-    ///
-    /// The store contract has no read-only ticket lookup yet, so this consumes the ticket
-    /// and puts the same record straight back. A use racing with the page load within
-    /// that instant can see "unknown ticket"; the page is loaded before the form is sent,
-    /// so this does not happen in the enrollment flow itself.
+    /// Looks a ticket up without using it (for the page): it must exist, be unexpired and
+    /// belong to the account's current generation.
     async fn peek_ticket(&self, presented: &str) -> Result<TicketRecord, Refusal> {
         if !plausible_ticket(presented) {
             return Err(Refusal::UnknownTicket);

@@ -383,29 +383,13 @@ async fn readyz_waits_for_the_first_answer_from_redis() {
     };
     redis.kill();
     let h = Harness::with(redis_options(&redis.url(), &[])).await;
-    let readyz = |h: &Harness| {
-        let url = format!("http://{}/readyz", h.admin_addr());
-        async move {
-            reqwest::Client::builder()
-                .no_proxy()
-                .timeout(STEP)
-                .build()
-                .unwrap()
-                .get(url)
-                .send()
-                .await
-                .expect("readyz")
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(readyz(&h).await, 503);
+    assert_eq!(readyz_status(&h).await, 503);
     let leaf = h.pki.client("alice");
     let mut conn = open(h.listen(), &h.pki.server_ca.der, &leaf).await;
     assert_eq!(conn.get("/app/1").await.status, 503);
     redis.restart();
     let deadline = Instant::now() + STEP;
-    while readyz(&h).await != 200 {
+    while readyz_status(&h).await != 200 {
         assert!(Instant::now() < deadline, "never ready after Redis came up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
