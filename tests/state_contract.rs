@@ -1020,11 +1020,15 @@ async fn ready_once_the_store_answered() {
     assert!(fx.cache.probe().await);
     assert!(fx.cache.ready());
     assert_eq!(fx.store_up(), 1);
-    // Ready stays true through an outage: the lookups' own policy handles that.
+    // Not ready during an outage (requests whose state is not cached cannot be decided),
+    // ready again once the store answers.
     fx.store.set_down(true);
     assert!(!fx.cache.probe().await);
-    assert!(fx.cache.ready());
+    assert!(!fx.cache.ready());
     assert_eq!(fx.store_up(), 0);
+    fx.store.set_down(false);
+    assert!(fx.cache.probe().await);
+    assert!(fx.cache.ready());
 }
 
 #[tokio::test(flavor = "current_thread")]
