@@ -666,6 +666,52 @@ async fn redis_cluster_never_crosses_slots() {
     assert_eq!(cross_slot(&f).len(), 1);
 }
 
+/// Cluster: the master holding `meta` restarts empty (no persistence); the data-loss guard
+/// refuses lookups instead of trusting the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_meta_node_restarted_empty_trips_the_guard() {
+    let Some(mut f) = ClusterFactory::start() else {
+        return;
+    };
+    let store = RedisStore::open(&f.config).expect("open");
+    let r = revocation("0a", RevocationReason::KeyCompromise, now(), None);
+    store.revoke(r.clone()).await.unwrap();
+    assert_eq!(store.revocation("0a").await.unwrap(), Some(r));
+
+    let port = f.cluster.node_for("certgate:meta").port;
+    let node = f
+        .cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.port == port)
+        .expect("meta node");
+    node.restart();
+    for n in &f.cluster.nodes {
+        redis_server::wait_until(
+            "cluster_state:ok after the restart",
+            Duration::from_secs(15),
+            || {
+                n.cmd::<String>(&["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+            },
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = store.revocation("0a").await;
+        assert!(
+            r.is_err(),
+            "a lookup was answered after the data loss: {r:?}"
+        );
+        if !store.trusted() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the guard did not trip: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(store.data_lost());
+}
+
 // ---------------------------------------------------------------------------------------
 // The cache.
 

@@ -70,6 +70,10 @@
 //! every call with [`StoreError::Unavailable`] (protected traffic gets 503: a Redis that
 //! restarted empty would otherwise forget every revocation) and marks `meta` so the other
 //! instances stop too, until [`RedisStore::acknowledge_data_loss`] is called.
+//!
+//! Cluster limit: `meta` lives in one slot, so the guard sees the loss of the master that
+//! serves it (tested), not of another master restarting empty without a replica to fail
+//! over to. Run Cluster masters with replicas and `appendonly yes`.
 
 use std::collections::HashMap;
 use std::str::FromStr;
