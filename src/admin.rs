@@ -526,15 +526,18 @@ fn healthz() -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, &json!({ "status": "ok" }))
 }
 
-/// 200 once the store has answered (see [`StateCache::ready`]). While not ready, the
-/// probe itself pings the store, so readiness does not depend on other traffic arriving.
+/// 200 while protected traffic can be decided (see [`StateCache::ready`]). While not
+/// ready, the probe itself pings the store, so readiness comes back without other traffic.
 async fn readyz(cache: &StateCache) -> Response<Full<Bytes>> {
-    if cache.ready() || cache.probe().await {
+    if cache.ready() || (cache.probe().await && cache.ready()) {
         json_response(StatusCode::OK, &json!({ "status": "ok" }))
     } else {
         json_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            &json!({ "error": "not_ready", "message": "the state store has not answered yet" }),
+            &json!({
+                "error": "not_ready",
+                "message": "the state store is not answering (or its data cannot be trusted): protected requests cannot be decided"
+            }),
         )
     }
 }
@@ -1056,6 +1059,14 @@ mod tests {
             self.write(move |m| {
                 m.tickets.insert(t.hash.clone(), t);
             })
+        }
+        fn peek_ticket(
+            &self,
+            hash: &str,
+            now: UnixTime,
+        ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>> {
+            let hash = hash.to_string();
+            self.write(move |m| m.tickets.get(&hash).filter(|t| t.expires_at > now).cloned())
         }
         fn consume_ticket(
             &self,

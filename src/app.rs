@@ -34,6 +34,7 @@ use crate::proxy::{ConnInfo, Proxy};
 use crate::state::StateStore;
 use crate::state::cache::StateCache;
 use crate::state::embedded::EmbeddedStore;
+use crate::state::redis::RedisStore;
 use crate::tls::{self, TlsMaterial};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -110,6 +111,10 @@ pub fn open_store(cfg: &Config) -> Result<Arc<dyn StateStore>, AppError> {
             let s: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(path)?);
             Ok(s)
         }
+        StateBackend::Redis(redis) => {
+            let s: Arc<dyn StateStore> = Arc::new(RedisStore::open(redis)?);
+            Ok(s)
+        }
     }
 }
 
@@ -126,9 +131,10 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         &config.state,
         metrics.clone(),
     ));
+    let store_tasks = store.clone().start_background(cache.clone());
     cache.probe().await;
 
-    let runtime = build_runtime(&config, &cache, &metrics)?;
+    let runtime = build_runtime(&config, &cache, &metrics, None)?;
 
     let bind = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -171,6 +177,7 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         )),
     ];
     side_tasks.push(tokio::spawn(sweeper(store.clone(), cache.clone())));
+    side_tasks.extend(store_tasks);
 
     let server = Arc::new(Server {
         current: ArcSwap::from_pointee(runtime),
@@ -222,6 +229,7 @@ pub(crate) fn build_runtime(
     config: &Config,
     cache: &Arc<StateCache>,
     metrics: &Metrics,
+    previous: Option<&Runtime>,
 ) -> Result<Runtime, AppError> {
     let material = Arc::new(TlsMaterial::from_config(config)?);
     if let Some(next) = config
@@ -233,7 +241,12 @@ pub(crate) fn build_runtime(
     {
         metrics.crl_next_update.set(next - crate::state::now());
     }
-    let own = Arc::new(Enrollment::new(config, cache.clone(), metrics.clone())?);
+    let own = Arc::new(Enrollment::reloaded(
+        config,
+        cache.clone(),
+        metrics.clone(),
+        previous.map(|p| p.proxy.own().as_ref()),
+    )?);
     let proxy = Arc::new(Proxy::new(
         config,
         cache.clone(),
@@ -317,7 +330,8 @@ impl Reloader {
         if !changed.is_empty() {
             return Err(ReloadError::NeedsRestart(changed.join(", ")));
         }
-        let runtime = build_runtime(&new, &self.cache, &self.metrics)?;
+        let previous = self.server.current.load_full();
+        let runtime = build_runtime(&new, &self.cache, &self.metrics, Some(&previous))?;
         self.server.current.store(Arc::new(runtime));
         *self.active.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         Ok(())
@@ -355,8 +369,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.limits.max_connections != new.limits.max_connections {
         out.push("limits.max_connections");
     }
-    // Debug renderings compare every field (secrets are redacted on both sides alike).
-    if format!("{:?}", old.state) != format!("{:?}", new.state) {
+    if old.state != new.state {
         out.push("state");
     }
     if old.log.format != new.log.format || old.log.level != new.log.level {
@@ -381,6 +394,9 @@ async fn sweeper(store: Arc<dyn StateStore>, cache: Arc<StateCache>) {
 
 #[derive(Clone, Copy)]
 struct ConnLimits {
+    /// `listen_proxy_protocol`: read a PROXY header before the TLS handshake.
+    proxy_protocol: bool,
+    handshake_timeout: Duration,
     header_read_timeout: Duration,
     idle_timeout: Duration,
     max_age: Option<Duration>,
@@ -391,6 +407,8 @@ struct ConnLimits {
 impl ConnLimits {
     fn from_config(cfg: &Config) -> Self {
         ConnLimits {
+            proxy_protocol: cfg.listen_proxy_protocol,
+            handshake_timeout: cfg.limits.handshake_timeout,
             header_read_timeout: cfg.limits.header_read_timeout,
             idle_timeout: cfg.limits.idle_timeout,
             max_age: cfg.limits.max_connection_age,
@@ -464,14 +482,33 @@ impl Drop for ActiveGuard {
 }
 
 async fn serve_connection(
-    tcp: TcpStream,
-    peer: SocketAddr,
+    mut tcp: TcpStream,
+    mut peer: SocketAddr,
     server: Arc<Server>,
     phase: watch::Receiver<Phase>,
 ) {
     server.metrics.connections_active.inc();
     let _active = ActiveGuard(server.metrics.clone());
     let runtime = server.current.load_full();
+    if runtime.limits.proxy_protocol {
+        let header = tokio::time::timeout(
+            runtime.limits.handshake_timeout,
+            crate::proxy_protocol::read_header(&mut tcp),
+        )
+        .await;
+        match header {
+            Ok(Ok(Some(client))) => peer = client,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "PROXY protocol header refused");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no PROXY protocol header within the handshake timeout");
+                return;
+            }
+        }
+    }
     let accepted = match tls::accept(tcp, &runtime.material, &server.metrics).await {
         Ok(a) => a,
         Err(e) => {
@@ -765,6 +802,8 @@ mod tests {
 
     fn limits() -> ConnLimits {
         ConnLimits {
+            proxy_protocol: false,
+            handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_age: None,

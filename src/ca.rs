@@ -1,9 +1,11 @@
-//! Certificate issuing: the enrollment CA (load, issue client certificates) and the
-//! development PKI that `certgate init` and `certgate demo` write. Private keys never
-//! appear in `Debug` output and are written with mode 0600.
+//! Certificate issuing: the enrollment CA (load, issue client certificates, check CSRs,
+//! sign the CRL) and the development PKI that `certgate init` and `certgate demo` write.
+//! Private keys never appear in `Debug` output and are written with mode 0600; a CA key
+//! file that other users can read is refused.
 //!
 //! Neighbours: `config` validated the CA files; `identity` defines the SAN URIs read back
-//! from issued certificates; `app`/`cli` call this for `init` and `demo`.
+//! from issued certificates; `enroll` serves what this module makes; `p12` packs a key and
+//! its chain for browsers; `app`/`cli` call this for `init` and `demo`.
 
 use std::fs;
 use std::io::Write as _;
@@ -11,10 +13,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, PublicKeyData, RevokedCertParams, SanType, SerialNumber,
 };
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
+use x509_parser::prelude::FromDer as _;
 
 use crate::identity::{self, GENERATION_URI_PREFIX};
 
@@ -36,6 +41,127 @@ pub enum CaError {
     BadAccount(String),
     #[error("random number generator failed")]
     Rng,
+    #[error(
+        "{path} is readable by other users (mode {mode:04o}); the CA key must be private: \
+         run `chmod 600 {path}` (or 640 with a dedicated group)",
+        path = .path.display()
+    )]
+    KeyReadableByOthers { path: PathBuf, mode: u32 },
+}
+
+/// Why a certificate signing request was refused. The texts are sent to the client: they
+/// say what is wrong and what is accepted, never more.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CsrError {
+    #[error("the body is not a PKCS#10 certificate signing request (PEM or DER): {0}")]
+    Malformed(String),
+    #[error(
+        "unsupported key type {0}; accepted: ECDSA P-256 or P-384, Ed25519, RSA 2048 to 8192 bits"
+    )]
+    UnsupportedKey(String),
+    #[error("RSA key of {0} bits is too weak; use at least {MIN_RSA_BITS} bits")]
+    WeakRsa(usize),
+    #[error("RSA key of {0} bits is larger than the {MAX_RSA_BITS} bits accepted")]
+    HugeRsa(usize),
+    #[error("the signature of the certificate signing request does not verify")]
+    BadSignature,
+}
+
+/// Smallest RSA modulus accepted in a CSR.
+pub const MIN_RSA_BITS: usize = 2048;
+/// Largest RSA modulus accepted in a CSR (bounds the cost of checking its signature).
+pub const MAX_RSA_BITS: usize = 8192;
+
+const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+const OID_P256: &str = "1.2.840.10045.3.1.7";
+const OID_P384: &str = "1.3.132.0.34";
+const OID_ED25519: &str = "1.3.101.112";
+const OID_RSA: &str = "1.2.840.113549.1.1.1";
+
+/// Checks a PKCS#10 request (DER) and returns its public key: only the key is used, the
+/// subject, extensions and everything else the request asks for are ignored. The key type
+/// is checked first (so an RSA-1024 request gets a clear answer), then the signature
+/// (proof that the requester holds the private key).
+pub fn csr_public_key(der: &[u8]) -> Result<rcgen::SubjectPublicKeyInfo, CsrError> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::public_key::PublicKey;
+
+    let (rest, req) =
+        X509CertificationRequest::from_der(der).map_err(|e| CsrError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CsrError::Malformed(
+            "trailing bytes after the request".into(),
+        ));
+    }
+    let spki = &req.certification_request_info.subject_pki;
+    let alg = spki.algorithm.algorithm.to_id_string();
+    match alg.as_str() {
+        OID_EC_PUBLIC_KEY => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string())
+                .unwrap_or_default();
+            match curve.as_str() {
+                OID_P256 | OID_P384 => {}
+                "" => return Err(CsrError::UnsupportedKey("EC without a named curve".into())),
+                other => return Err(CsrError::UnsupportedKey(format!("EC curve {other}"))),
+            }
+        }
+        OID_ED25519 => {}
+        OID_RSA => {
+            let bits = match spki.parsed() {
+                Ok(PublicKey::RSA(r)) => r.key_size(),
+                _ => return Err(CsrError::Malformed("unreadable RSA public key".into())),
+            };
+            if bits < MIN_RSA_BITS {
+                return Err(CsrError::WeakRsa(bits));
+            }
+            if bits > MAX_RSA_BITS {
+                return Err(CsrError::HugeRsa(bits));
+            }
+        }
+        other => return Err(CsrError::UnsupportedKey(other.to_string())),
+    }
+    req.verify_signature().map_err(|_| CsrError::BadSignature)?;
+    rcgen::SubjectPublicKeyInfo::from_der(spki.raw)
+        .map_err(|e| CsrError::UnsupportedKey(format!("({e})")))
+}
+
+/// Refuses a private key file that users other than its owner and group can read (mode
+/// `o+r`, or `o+w`). Group read is allowed: Kubernetes secrets mounted with an `fsGroup`
+/// are 0440. Follows symlinks (a mounted secret is a symlink to the real file).
+pub fn check_key_file_private(path: &Path) -> Result<(), CaError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = fs::metadata(path).map_err(|source| CaError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o006 != 0 {
+            return Err(CaError::KeyReadableByOthers {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// One entry of the CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlEntry {
+    /// Big-endian serial bytes (no sign byte needed).
+    pub serial: Vec<u8>,
+    pub revoked_at: i64,
+    /// `None` for `unspecified` (RFC 5280: the reason code should then be absent).
+    pub reason: Option<rcgen::RevocationReason>,
 }
 
 /// The loaded enrollment CA. `Debug` hides the key.
@@ -76,6 +202,58 @@ impl CaIssuer {
             cert_der: der,
             cert_pem: cert_pem.to_string(),
         })
+    }
+
+    /// Loads the CA from its certificate and key as the configuration holds them. The key
+    /// file must not be readable by others ([`check_key_file_private`]).
+    pub fn from_der(
+        cert: &CertificateDer<'_>,
+        key: &PrivateKeyDer<'_>,
+        key_path: &Path,
+    ) -> Result<Self, CaError> {
+        check_key_file_private(key_path)?;
+        let key = KeyPair::try_from(key)?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(cert, key)?;
+        let der = cert.as_ref().to_vec();
+        Ok(CaIssuer {
+            cert_pem: pem_encode("CERTIFICATE", &der),
+            cert_der: der,
+            issuer,
+        })
+    }
+
+    /// The DER CRL of `entries`, numbered `number`, valid from `this_update` to
+    /// `next_update` (unix seconds), with an authority key identifier.
+    pub fn crl(
+        &self,
+        number: u64,
+        entries: &[CrlEntry],
+        this_update: i64,
+        next_update: i64,
+    ) -> Result<Vec<u8>, CaError> {
+        let at = |t: i64| {
+            time::OffsetDateTime::from_unix_timestamp(t)
+                .map_err(|_| CaError::Rcgen(rcgen::Error::InvalidCrlNextUpdate))
+        };
+        let mut revoked_certs = Vec::with_capacity(entries.len());
+        for e in entries {
+            revoked_certs.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&e.serial),
+                revocation_time: at(e.revoked_at)?,
+                reason_code: e.reason,
+                invalidity_date: None,
+            });
+        }
+        let crl = CertificateRevocationListParams {
+            this_update: at(this_update)?,
+            next_update: at(next_update)?,
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)?;
+        Ok(crl.der().to_vec())
     }
 
     pub fn from_files(cert: &Path, key: &Path) -> Result<Self, CaError> {
@@ -144,6 +322,20 @@ fn random_serial() -> Result<SerialNumber, CaError> {
         b[0] = 0x01;
     }
     Ok(SerialNumber::from_slice(&b))
+}
+
+/// PEM text of one DER object, 64 columns.
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        // base64 output is ASCII, so every chunk is valid UTF-8.
+        pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str(&format!("-----END {label}-----\n"));
+    pem
 }
 
 /// A new ECDSA P-256 key pair.

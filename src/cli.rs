@@ -90,6 +90,11 @@ pub enum AdminAction {
         #[arg(long, default_value = "unspecified")]
         reason: String,
     },
+    /// Redis backend only: after the data-loss guard tripped (Redis came back empty, was
+    /// flushed, or failed over to a replica that lost writes) and revocations and resets
+    /// were applied again, mark the store as trusted so protected traffic flows again.
+    /// Talks to Redis directly (the gateways refuse lookups until then).
+    AcknowledgeDataLoss,
     /// Show an account (generation, two-factor, certificates) or, with --serial, a certificate.
     Status {
         /// Account id.
@@ -142,6 +147,7 @@ fn check_config(path: &Path) -> ExitCode {
                 match &cfg.state.backend {
                     crate::config::StateBackend::Embedded { path } =>
                         format!("embedded {}", path.display()),
+                    crate::config::StateBackend::Redis(r) => r.describe(),
                 },
                 if cfg.enrollment.is_some() {
                     "on"
@@ -305,93 +311,99 @@ fn run_demo(dir: &Path) -> ExitCode {
 async fn demo_main(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
     let fresh = demo::ensure_initialised(dir)?;
     let config_path = dir.join(demo::CONFIG_REL);
-    let mut cfg = match load(&config_path) {
+    let echo = demo::start_echo().await?;
+    crate::ca::write_file(&config_path, demo::demo_config(echo).as_bytes(), false)?;
+    let cfg = match load(&config_path) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
     init_tracing(&cfg.log);
-    let echo = demo::start_echo().await?;
-    cfg.upstream.url = format!("http://{echo}").parse()?;
-    cfg.listen = "127.0.0.1:8443".parse()?;
     let enroll = cfg
         .enrollment
         .clone()
         .ok_or("the demo needs enrollment enabled")?;
     let gw = app::start(cfg).await?;
-    let issued = demo::ensure_alice(
-        dir,
-        &gw.cache,
-        (&enroll.ca_cert.path, &enroll.ca_key.path),
-        enroll.validity,
-    )
-    .await?;
+    let (csr_ticket, browser_ticket) = demo::alice_tickets(&gw.cache, enroll.ticket_ttl).await?;
 
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "certgate".into());
     let d = dir.display();
-    let (alice_cert, alice_key) = demo::alice_paths(dir);
-    let (ac, ak) = (alice_cert.display(), alice_key.display());
+    let (alice_key, alice_csr, alice_cert) = demo::alice_paths(dir);
+    let (ak, ar, ac) = (
+        alice_key.display(),
+        alice_csr.display(),
+        alice_cert.display(),
+    );
     let cfgp = config_path.display();
     let port = gw.listen.port();
+    let base = format!("https://localhost:{port}");
     let curl = format!("curl --cacert {d}/certs/server-ca.pem");
     let with_cert = format!("{curl} --cert {ac} --key {ak}");
-    let alice_note = match issued {
-        Some(serial) => format!(
-            "Self-service enrollment is not available in this version, so the demo issued\n\
-             alice's certificate itself (generation 1, serial {serial}): {ac}"
-        ),
-        None => format!("alice's certificate from an earlier run: {ac}"),
-    };
     let lines = [
         String::new(),
         format!(
             "certgate demo is running ({}).",
             if fresh { "new dev PKI and store" } else { "existing dev PKI and store" }
         ),
-        format!("  gateway   https://localhost:{port}   (server CA: {d}/certs/server-ca.pem)"),
+        format!("  gateway   {base}   (server CA: {d}/certs/server-ca.pem)"),
         format!("  admin     http://{}   (token: {d}/secrets/admin-token)", gw.admin),
         format!("  metrics   http://{}/metrics", gw.metrics),
         format!("  upstream  built-in echo server on {echo}"),
         String::new(),
-        alice_note,
+        "Two-factor is on for alice; two one-time enrollment tickets were made for her.".into(),
         String::new(),
         "Try these in another terminal:".into(),
         String::new(),
         "  # 1. No certificate: refused with 403 no_cert".into(),
-        format!("  {curl} https://localhost:{port}/hello"),
+        format!("  {curl} {base}/hello"),
         String::new(),
-        "  # 2. With alice's certificate: the echo upstream shows the identity headers certgate added".into(),
-        format!("  {with_cert} https://localhost:{port}/hello"),
+        "  # 2. Enroll alice from the command line: the key stays on your machine, the gateway".into(),
+        "  #    certifies the request's public key and returns the chain".into(),
+        format!("  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {ak} -subj /CN=alice -out {ar}"),
+        format!("  {curl} --data-binary @{ar} -H 'Authorization: Bearer {csr_ticket}' -o {ac} {base}/.certgate/enroll/csr"),
         String::new(),
-        "  # 3. Spoofed identity headers are stripped".into(),
-        format!("  {with_cert} -H 'X-Client-Account: mallory' https://localhost:{port}/hello"),
+        "  # 3. With alice's certificate: the echo upstream shows the identity headers certgate added".into(),
+        format!("  {with_cert} {base}/hello"),
         String::new(),
-        "  # 4. Alice's account: generation, two-factor, certificates".into(),
+        "  # 4. Spoofed identity headers are stripped".into(),
+        format!("  {with_cert} -H 'X-Client-Account: mallory' {base}/hello"),
+        String::new(),
+        "  # 5. Enroll in a browser: trust the server CA above, open this link, click Generate Certificate,".into(),
+        "  #    import the downloaded alice.p12, then open the gateway and pick alice's certificate".into(),
+        format!("  {base}/.certgate/enroll?ticket={browser_ticket}"),
+        String::new(),
+        "  # 6. Alice's account: generation, two-factor, certificates".into(),
         format!("  {exe} --config {cfgp} admin status alice"),
         String::new(),
-        "  # 5. Reset alice (she lost her certificate): the old certificate is refused at once (403 reset)".into(),
+        "  # 7. Reset alice (she lost her certificate): the old certificate is refused at once (403 reset);".into(),
+        "  #    the reset prints a new enrollment link".into(),
         format!("  {exe} --config {cfgp} admin reset alice"),
-        format!("  {with_cert} https://localhost:{port}/hello"),
+        format!("  {with_cert} {base}/hello"),
         String::new(),
-        "  # 6. Revoke a certificate by serial (see 'admin status alice' for serials)".into(),
+        "  # 8. Revoke a certificate by serial (see 'admin status alice'); the CRL lists it".into(),
         format!("  {exe} --config {cfgp} admin revoke <serial> --reason keyCompromise"),
+        format!("  {curl} -s {base}/.certgate/crl | openssl crl -inform DER -noout -text"),
         String::new(),
-        "  # 7. Metrics".into(),
-        format!("  curl -s http://{}/metrics | grep certgate_requests_total", gw.metrics),
+        "  # 9. Metrics".into(),
+        format!("  curl -s http://{}/metrics | grep -E 'certgate_(requests|enrollments)_total'", gw.metrics),
         String::new(),
-        format!("(remove {d}/certs/alice.* and {d}/data to start over)"),
+        format!("(tickets work once; 'admin ticket alice' makes a new one. Remove {d}/data to start over)"),
         "Press Ctrl-C to stop.".into(),
     ];
     println!("{}", lines.join("\n"));
-    wait_for_shutdown_signal(None).await;
+    wait_for_shutdown_signal(Some(&gw.reloader)).await;
     gw.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 
 fn admin(config: &Path, args: &AdminArgs) -> ExitCode {
     use crate::admin_client::{self as client, AdminCommand};
+    if let AdminAction::AcknowledgeDataLoss = args.action {
+        return acknowledge_data_loss(config);
+    }
     let cmd = match &args.action {
+        AdminAction::AcknowledgeDataLoss => unreachable_usage(),
         AdminAction::Enable { account } => AdminCommand::Enable {
             account: account.clone(),
         },
@@ -478,4 +490,38 @@ fn admin(config: &Path, args: &AdminArgs) -> ExitCode {
 fn unreachable_usage() -> ! {
     eprintln!("certgate admin: --url and --token-file are required without a configuration");
     std::process::exit(i32::from(EXIT_USAGE))
+}
+
+fn acknowledge_data_loss(config: &Path) -> ExitCode {
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let crate::config::StateBackend::Redis(redis) = &cfg.state.backend else {
+        eprintln!(
+            "certgate admin acknowledge-data-loss: only for state.backend: redis (this config uses the embedded store)"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let result = rt.block_on(async {
+        let store = crate::state::redis::RedisStore::open(redis)?;
+        store.acknowledge_data_loss().await
+    });
+    match result {
+        Ok(()) => {
+            println!(
+                "Data loss acknowledged: the gateways accept the store again (within a few seconds).\n\
+                 Revocations and resets made before the loss must have been applied again."
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("certgate admin acknowledge-data-loss: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }

@@ -14,9 +14,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::ca::{self, CaIssuer};
-use crate::state::CertRecord;
+use crate::ca;
 use crate::state::cache::StateCache;
+use crate::ticket;
 
 /// The config file `init` writes, relative to the init folder.
 pub const CONFIG_REL: &str = "config/certgate.yaml";
@@ -84,46 +84,58 @@ pub fn ensure_initialised(dir: &Path) -> Result<bool, ca::CaError> {
     Ok(true)
 }
 
-/// Paths of alice's demo certificate and key.
-pub fn alice_paths(dir: &Path) -> (PathBuf, PathBuf) {
-    (dir.join("certs/alice.pem"), dir.join("certs/alice.key"))
+/// The demo's configuration: the documented example, listening on loopback and
+/// forwarding to the built-in echo upstream at `echo`. Written to the file (rather than
+/// changed in memory) so that `certgate admin --config …` and a reload see the same values.
+pub fn demo_config(echo: SocketAddr) -> String {
+    CONFIG_TEMPLATE
+        .replacen("listen: \"0.0.0.0:8443\"", "listen: \"127.0.0.1:8443\"", 1)
+        .replacen(
+            "url: \"http://127.0.0.1:8080\"",
+            &format!("url: \"http://{echo}\""),
+            1,
+        )
 }
 
-/// Enables two-factor for `alice` and issues her a certificate from the enrollment CA
-/// (standing in for self-service enrollment), unless one is already on disk.
-pub async fn ensure_alice(
-    dir: &Path,
+/// Where the demo's commands put alice's key, CSR and certificate.
+pub fn alice_paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        dir.join("alice.key"),
+        dir.join("alice.csr"),
+        dir.join("alice.pem"),
+    )
+}
+
+/// Enables two-factor for `alice` (as `certgate admin enable alice` would) and returns two
+/// enrollment tickets of her current generation: one for the command-line (CSR) path and
+/// one for the browser. Tickets are single use.
+pub async fn alice_tickets(
     cache: &Arc<StateCache>,
-    enroll_ca: (&Path, &Path),
-    validity: std::time::Duration,
-) -> Result<Option<String>, Box<dyn std::error::Error + Send + Sync>> {
-    let (cert_path, key_path) = alice_paths(dir);
-    if cert_path.exists() && key_path.exists() {
-        return Ok(None);
+    ticket_ttl: std::time::Duration,
+) -> Result<(String, String), crate::state::StoreError> {
+    let now = crate::state::now();
+    let acct = cache.enable_two_factor("alice", now).await?;
+    let store = cache.store().as_ref();
+    let csr = ticket::issue(store, "alice", acct.generation, ticket_ttl, now).await?;
+    let browser = ticket::issue(store, "alice", acct.generation, ticket_ttl, now).await?;
+    Ok((csr, browser))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_config_points_at_the_echo_upstream_on_loopback() {
+        let text = demo_config("127.0.0.1:45678".parse().unwrap());
+        assert!(
+            text.contains("listen: \"127.0.0.1:8443\""),
+            "listen replaced"
+        );
+        assert!(
+            text.contains("url: \"http://127.0.0.1:45678\""),
+            "upstream replaced"
+        );
+        assert!(!text.contains("0.0.0.0:8443"));
     }
-    let acct = match cache.store().account("alice").await? {
-        Some(a) if a.two_factor => a,
-        _ => {
-            cache
-                .enable_two_factor("alice", crate::state::now())
-                .await?
-        }
-    };
-    let issuer = CaIssuer::from_files(enroll_ca.0, enroll_ca.1)?;
-    let key = ca::new_key()?;
-    let issued = issuer.issue_client(&key, "alice", acct.generation, validity)?;
-    cache
-        .store()
-        .record_certificate(CertRecord {
-            serial: issued.serial.clone(),
-            account: "alice".into(),
-            generation: acct.generation,
-            fingerprint: issued.fingerprint.clone(),
-            not_after: issued.not_after,
-            issued_at: issued.issued_at,
-        })
-        .await?;
-    ca::write_file(&key_path, key.serialize_pem().as_bytes(), true)?;
-    ca::write_file(&cert_path, issued.cert_pem.as_bytes(), false)?;
-    Ok(Some(issued.serial))
 }

@@ -12,6 +12,7 @@
 //! - [`proxy`]: per-request handling and forwarding upstream.
 //! - [`ticket`]: enrollment ticket generation and hashing.
 //! - [`ca`]: certificate issuing and the development PKI.
+//! - [`p12`]: PKCS#12 bundles for browsers (behind one function).
 //! - [`enroll`]: certgate's own `/.certgate/` endpoints (enrollment, CA, CRL).
 //! - [`admin`]: the admin API, health probes and `/metrics`.
 //! - [`admin_client`]: the `certgate admin …` HTTP client.
@@ -31,6 +32,7 @@ pub mod enroll;
 pub mod gate;
 pub mod identity;
 pub mod metrics;
+pub mod p12;
 pub mod pages;
 pub mod proxy;
 pub mod proxy_protocol;

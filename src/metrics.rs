@@ -25,6 +25,8 @@ pub mod names {
     pub const STATE_CACHE: &str = "certgate_state_cache";
     pub const STATE_STORE_ERRORS: &str = "certgate_state_store_errors";
     pub const STATE_STORE_UP: &str = "certgate_state_store_up";
+    pub const STATE_STORE_DATA_LOST: &str = "certgate_state_store_data_lost";
+    pub const STATE_STORE_DATA_LOSS_EVENTS: &str = "certgate_state_store_data_loss_events";
     pub const ENROLLMENTS: &str = "certgate_enrollments";
     pub const CONFIG_RELOADS: &str = "certgate_config_reloads";
     pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "certgate_config_last_reload_success";
@@ -133,6 +135,9 @@ pub struct Metrics {
     pub state_cache: Family<CacheLabels, Counter>,
     pub state_store_errors: Counter,
     pub state_store_up: Gauge,
+    /// 1 while the Redis backend refuses every call because its data appears lost.
+    pub state_store_data_lost: Gauge,
+    pub state_store_data_loss_events: Counter,
     pub enrollments: Family<OutcomeLabels, Counter>,
     pub config_reloads: Family<OutcomeLabels, Counter>,
     pub config_last_reload_success: Gauge,
@@ -203,6 +208,18 @@ impl Metrics {
             "1 when the last state store call succeeded",
             state_store_up.clone(),
         );
+        let state_store_data_lost = Gauge::default();
+        r.register(
+            STATE_STORE_DATA_LOST,
+            "1 while the state store refuses every call because its data appears lost (see README, Redis)",
+            state_store_data_lost.clone(),
+        );
+        let state_store_data_loss_events = Counter::default();
+        r.register(
+            STATE_STORE_DATA_LOSS_EVENTS,
+            "Times the state store was found to have lost its data",
+            state_store_data_loss_events.clone(),
+        );
         let enrollments = Family::<OutcomeLabels, Counter>::default();
         r.register(
             ENROLLMENTS,
@@ -248,6 +265,8 @@ impl Metrics {
             state_cache,
             state_store_errors,
             state_store_up,
+            state_store_data_lost,
+            state_store_data_loss_events,
             enrollments,
             config_reloads,
             config_last_reload_success,

@@ -21,15 +21,19 @@ pub struct Page {
     pub steps: &'static [&'static str],
 }
 
+/// How to make the browser ask again for a certificate: browsers remember the choice (or
+/// the refusal to choose) for the session. Shared by every certificate refusal.
+const ASK_AGAIN: &str = "Picked the wrong certificate, or none? The browser remembers that choice until it restarts: close <b>every</b> window of the browser (on a Mac, quit it), open this page again and pick the right certificate when the browser asks. In Chrome, Edge and Firefox the certificate issued for your account shows your account name.";
+
 pub const NO_CERT: Page = Page {
     status: StatusCode::FORBIDDEN,
     token: "no_cert",
     title: "Client certificate required",
     message: "This page requires your client certificate, and your browser did not present one.",
     steps: &[
-        "If you have not set up a certificate yet, open the enrollment link your administrator sent you (or sign in again: the application sends you there) and click <b>Generate Certificate</b>.",
-        "If you already have one, your browser did not send it: close every window of the browser and open this page again, then pick your certificate when the browser asks.",
-        "If you lost your certificate, ask your administrator to reset it; you will get a new enrollment link.",
+        "Not set up yet? Open the enrollment link your administrator sent you (or sign in again: the application sends you there). On the <b>Client Certificate Initialization</b> page choose a passphrase and click <b>Generate Certificate</b>, open the downloaded file to import it, then come back here.",
+        ASK_AGAIN,
+        "Lost your certificate (new computer, reinstalled browser)? Ask your administrator to reset it; you will get a new enrollment link.",
     ],
 };
 
@@ -37,10 +41,11 @@ pub const REVOKED: Page = Page {
     status: StatusCode::FORBIDDEN,
     token: "revoked",
     title: "Certificate revoked",
-    message: "The client certificate your browser presented has been revoked and no longer counts.",
+    message: "The client certificate your browser presented has been revoked: it no longer counts.",
     steps: &[
-        "Ask your administrator to reset your certificate; you will get a link to generate a new one.",
-        "If you already have a newer certificate, your browser sent the old one: remove the old certificate from the browser's certificate store, close every window, and try again.",
+        "Ask your administrator to reset your certificate; you will get a new enrollment link to generate a new one.",
+        "Already have a newer certificate? Your browser sent the old one: remove the old certificate from the browser's certificate settings, then close every window of the browser and try again.",
+        ASK_AGAIN,
     ],
 };
 
@@ -50,9 +55,9 @@ pub const RESET: Page = Page {
     title: "Certificate replaced",
     message: "Your account's certificate was reset: the certificate your browser presented no longer counts.",
     steps: &[
-        "Open the enrollment link your administrator sent you (or sign in again: the application sends you there) and generate a new certificate.",
-        "If you already generated a new one, your browser sent the old one: remove the old certificate from the browser's certificate store, close every window, and try again.",
-        "No link? Ask your administrator for a new one.",
+        "Open the new enrollment link your administrator sent you (or sign in again: the application sends you there) and generate a new certificate. No link? Ask your administrator for one.",
+        "Already generated a new one? Your browser sent the old one: remove the old certificate from the browser's certificate settings, then close every window of the browser and try again.",
+        ASK_AGAIN,
     ],
 };
 
@@ -63,7 +68,7 @@ pub const EXPIRED: Page = Page {
     message: "The client certificate your browser presented has expired.",
     steps: &[
         "Ask your administrator for a new enrollment link and generate a new certificate.",
-        "If you already have a newer certificate, close every window of the browser and try again, then pick the new certificate.",
+        ASK_AGAIN,
     ],
 };
 
@@ -138,8 +143,21 @@ pub fn json(page: &Page) -> Response<Full<Bytes>> {
 }
 
 pub fn html(page: &Page) -> Response<Full<Bytes>> {
+    let steps: Vec<String> = page.steps.iter().map(|s| s.to_string()).collect();
+    html_message(page.status, page.token, page.title, page.message, &steps)
+}
+
+/// A page like the refusal pages for a message made at run time: `message` is plain text
+/// (escaped here), `steps_html` are HTML list items the caller built from escaped parts.
+pub fn html_message(
+    status: StatusCode,
+    token: &str,
+    title: &str,
+    message: &str,
+    steps_html: &[String],
+) -> Response<Full<Bytes>> {
     let mut steps = String::new();
-    for s in page.steps {
+    for s in steps_html {
         steps.push_str("<li>");
         steps.push_str(s);
         steps.push_str("</li>");
@@ -155,22 +173,51 @@ pub fn html(page: &Page) -> Response<Full<Bytes>> {
 <title>{title}</title><style>{css}</style></head><body><main>\
 <h1>{title}</h1><p class=\"lead\">{message}</p>{steps}\
 <p class=\"code\">Status {status} &middot; <code>{token}</code></p></main></body></html>\n",
-        title = page.title,
+        title = escape_html(title),
         css = CSS,
-        message = escape_html(page.message),
+        message = escape_html(message),
         steps = steps,
-        status = page.status.as_u16(),
-        token = page.token,
+        status = status.as_u16(),
+        token = escape_html(token),
     );
-    build(page.status, "text/html; charset=utf-8", body)
+    build(status, "text/html; charset=utf-8", body)
 }
 
-const CSS: &str = "body{font-family:system-ui,sans-serif;background:#f4f5f7;color:#1d2530;margin:0}\
+/// `{"error": token, "message": message}` with `status`.
+pub fn json_message(status: StatusCode, token: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": token, "message": message }).to_string();
+    build(status, "application/json", body)
+}
+
+/// [`html_message`] for browsers, [`json_message`] for everyone else.
+pub fn render_message(
+    headers: &HeaderMap,
+    status: StatusCode,
+    token: &str,
+    title: &str,
+    message: &str,
+    steps_html: &[String],
+) -> Response<Full<Bytes>> {
+    if wants_html(headers) {
+        html_message(status, token, title, message, steps_html)
+    } else {
+        json_message(status, token, message)
+    }
+}
+
+/// The stylesheet every page certgate writes shares (inline: the pages load nothing).
+pub const CSS: &str = "body{font-family:system-ui,sans-serif;background:#f4f5f7;color:#1d2530;margin:0}\
 main{max-width:40rem;margin:4rem auto;background:#fff;padding:2rem 2.5rem;border-radius:8px;\
 box-shadow:0 1px 3px rgba(0,0,0,.12)}h1{font-size:1.5rem;margin-top:0}.lead{font-size:1.1rem}\
 li{margin:.5rem 0}.code{color:#667;font-size:.85rem;margin-top:2rem}";
 
-fn build(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+/// A response with the headers every page certgate writes carries: no caching, no
+/// sniffing, no referrer, and a CSP that allows nothing but inline style.
+pub fn build(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();

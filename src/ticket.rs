@@ -157,6 +157,13 @@ mod tests {
             self.0.lock().unwrap().push(ticket);
             Box::pin(async { Ok(()) })
         }
+        fn peek_ticket(
+            &self,
+            _: &str,
+            _: UnixTime,
+        ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>> {
+            unimplemented!()
+        }
         fn consume_ticket(
             &self,
             _: &str,

@@ -11,13 +11,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use certgate::config::{CacheConfig, OnError, StateBackend, StateConfig};
+use certgate::config::{
+    CacheConfig, OnError, PemCerts, RedisConfig, RedisMode, Secret, StateBackend, StateConfig,
+};
 use certgate::metrics::{CacheLabels, CacheResult, Metrics};
 use certgate::state::cache::{ManualClock, StateCache};
+use certgate::state::redis::RedisStore;
 use certgate::state::{
-    AccountState, CertRecord, Revocation, RevocationReason, StateStore, TicketRecord, now,
+    AccountState, BoxFut, CertRecord, Revocation, RevocationReason, StateStore, StoreError,
+    TicketRecord, now,
 };
-use state_support::{EmbeddedFactory, StoreFactory, TestStore};
+use state_support::{EmbeddedFactory, RedisFactory, StoreFactory, TestStore, redis_server};
 
 // ---------------------------------------------------------------------------------------
 // Allocation counting (per thread), to check that a cache hit allocates nothing.
@@ -247,11 +251,15 @@ mod cases {
         let t0 = now();
         let t = ticket(&"b".repeat(64), "alice", t0 + 3600);
         s.put_ticket(t.clone()).await.unwrap();
+        // Peeking neither consumes nor shows an expired ticket.
+        assert_eq!(s.peek_ticket(&t.hash, t0).await.unwrap(), Some(t.clone()));
+        assert_eq!(s.peek_ticket(&t.hash, t0 + 3600).await.unwrap(), None);
         assert_eq!(
             s.consume_ticket(&t.hash, t0).await.unwrap(),
             Some(t.clone())
         );
         assert_eq!(s.consume_ticket(&t.hash, t0).await.unwrap(), None);
+        assert_eq!(s.peek_ticket(&t.hash, t0).await.unwrap(), None);
     }
 
     pub async fn expired_ticket_is_refused(f: &dyn StoreFactory) {
@@ -387,6 +395,322 @@ macro_rules! contract_suite {
 }
 
 contract_suite!(embedded, EmbeddedFactory::new());
+contract_suite!(
+    redis,
+    match RedisFactory::start() {
+        Some(f) => f,
+        None => return,
+    }
+);
+contract_suite!(
+    redis_cluster,
+    match ClusterFactory::start() {
+        Some(f) => f,
+        None => return,
+    }
+);
+
+contract_suite!(
+    redis_tls,
+    match TlsFactory::start() {
+        Some(f) => f,
+        None => return,
+    }
+);
+
+/// The Redis backend over `rediss://` on a TLS-only server whose certificate comes from a
+/// test CA, trusted through `tls_ca` (`state.redis.tls_ca_file`).
+struct TlsFactory {
+    _tls: redis_server::TestTls,
+    _server: redis_server::RedisServer,
+    config: RedisConfig,
+}
+
+impl TlsFactory {
+    fn start() -> Option<Self> {
+        let tls = redis_server::TestTls::generate();
+        let server = redis_server::RedisServer::start_with(redis_server::ServerSpec {
+            tls: Some(tls.files.clone()),
+            ..redis_server::ServerSpec::default()
+        })?;
+        let mut config = state_support::redis_config(&server.url());
+        config.tls_ca = Some(PemCerts {
+            path: tls.files.ca.clone(),
+            certs: tls.ca_der(),
+        });
+        Some(Self {
+            _tls: tls,
+            _server: server,
+            config,
+        })
+    }
+}
+
+impl StoreFactory for TlsFactory {
+    fn open(&self) -> BoxFut<'_, Arc<dyn StateStore>> {
+        Box::pin(async move {
+            Arc::new(RedisStore::open(&self.config).expect("open redis tls store"))
+                as Arc<dyn StateStore>
+        })
+    }
+}
+
+/// The Redis backend in Cluster mode, on three masters of its own (killed on drop).
+struct ClusterFactory {
+    cluster: redis_server::RedisCluster,
+    config: RedisConfig,
+}
+
+impl ClusterFactory {
+    fn start() -> Option<Self> {
+        let cluster = redis_server::RedisCluster::start()?;
+        let config = RedisConfig {
+            mode: RedisMode::Cluster,
+            url: String::new(),
+            urls: cluster.urls(),
+            ..state_support::redis_config("")
+        };
+        Some(Self { cluster, config })
+    }
+}
+
+impl StoreFactory for ClusterFactory {
+    fn open(&self) -> BoxFut<'_, Arc<dyn StateStore>> {
+        Box::pin(async move {
+            Arc::new(RedisStore::open(&self.config).expect("open redis cluster store"))
+                as Arc<dyn StateStore>
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Connecting to Redis: TLS trust, passwords, Cluster slots.
+
+/// A `rediss://` server whose certificate does not chain to the configured CA (or, without
+/// `tls_ca`, to the system roots) is refused, never used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_tls_refuses_an_untrusted_server_certificate() {
+    let served = redis_server::TestTls::generate();
+    let Some(server) = redis_server::RedisServer::start_with(redis_server::ServerSpec {
+        tls: Some(served.files.clone()),
+        ..redis_server::ServerSpec::default()
+    }) else {
+        return;
+    };
+    let other = redis_server::TestTls::generate();
+    let mut config = state_support::redis_config(&server.url());
+    config.tls_ca = Some(PemCerts {
+        path: other.files.ca.clone(),
+        certs: other.ca_der(),
+    });
+    let system_roots = state_support::redis_config(&server.url());
+    for (what, config) in [("another CA", config), ("the system roots", system_roots)] {
+        let store = RedisStore::open(&config).expect("open");
+        let r = store.ping().await;
+        assert!(
+            matches!(r, Err(StoreError::Unavailable(_))),
+            "trusting {what}: {r:?}"
+        );
+        let r = store.revocation("01").await;
+        assert!(
+            matches!(r, Err(StoreError::Unavailable(_))),
+            "trusting {what}: {r:?}"
+        );
+    }
+    // The server itself is fine: trusting its CA works.
+    let mut config = state_support::redis_config(&server.url());
+    config.tls_ca = Some(PemCerts {
+        path: served.files.ca.clone(),
+        certs: served.ca_der(),
+    });
+    let store = RedisStore::open(&config).expect("open");
+    store.ping().await.expect("ping with the right CA");
+}
+
+/// `state.redis.password_file` against a server with `requirepass`: the right password
+/// works; none or a wrong one is Unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_password_is_sent() {
+    let Some(server) = redis_server::RedisServer::start_with(redis_server::ServerSpec {
+        password: Some("s3cret-pw".into()),
+        ..redis_server::ServerSpec::default()
+    }) else {
+        return;
+    };
+    let with = |password: Option<&str>| {
+        let mut c = state_support::redis_config(&format!("redis://127.0.0.1:{}/0", server.port));
+        c.password = password.map(Secret::new);
+        RedisStore::open(&c).expect("open")
+    };
+    for password in [None, Some("wrong")] {
+        let r = with(password).ping().await;
+        assert!(
+            matches!(r, Err(StoreError::Unavailable(_))),
+            "password {password:?}: {r:?}"
+        );
+    }
+    let store = with(Some("s3cret-pw"));
+    store.ping().await.expect("ping with the password");
+    store
+        .revoke(revocation(
+            "01",
+            RevocationReason::KeyCompromise,
+            now(),
+            None,
+        ))
+        .await
+        .expect("revoke");
+    let exists: i64 = server.cmd(&["EXISTS", "certgate:revoked:01"]);
+    assert_eq!(exists, 1);
+}
+
+/// Every write and read path on a real Cluster, then `INFO errorstats` on every node: no
+/// `CROSSSLOT` error was ever returned. A deliberate cross-slot script shows
+/// the count would catch one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_never_crosses_slots() {
+    let Some(f) = ClusterFactory::start() else {
+        return;
+    };
+    let store = RedisStore::open(&f.config).expect("open");
+    let t0 = now();
+    store.enable_two_factor("alice", t0).await.unwrap();
+    for (i, hash) in ["1", "2", "3"].iter().enumerate() {
+        let t = ticket(&hash.repeat(64), "alice", t0 + 3600 + i as i64);
+        store.put_ticket(t).await.unwrap();
+    }
+    // The same ticket hash moved to another account.
+    store
+        .put_ticket(ticket(&"3".repeat(64), "bob", t0 + 3600))
+        .await
+        .unwrap();
+    store.reset_account("alice", t0).await.unwrap();
+    store.reset_account("nobody-yet", t0).await.unwrap();
+    for i in 0..20 {
+        let serial = format!("{i:02x}");
+        store
+            .record_certificate(cert(&serial, "alice", 2, t0))
+            .await
+            .unwrap();
+        store
+            .revoke(revocation(
+                &serial,
+                RevocationReason::KeyCompromise,
+                t0,
+                Some(t0 + 10),
+            ))
+            .await
+            .unwrap();
+        store.revocation(&serial).await.unwrap();
+        store.certificate(&serial).await.unwrap();
+    }
+    store
+        .record_certificate(cert("00", "carol", 1, t0))
+        .await
+        .unwrap();
+    store.certificates_of("alice").await.unwrap();
+    store.account("alice").await.unwrap();
+    store.revocations().await.unwrap();
+    store.consume_ticket(&"3".repeat(64), t0).await.unwrap();
+    store.peek_ticket(&"2".repeat(64), t0).await.unwrap();
+    store
+        .put_ticket(ticket(&"4".repeat(64), "dave", t0 - 1))
+        .await
+        .unwrap();
+    store.next_crl_number().await.unwrap();
+    store.sweep(t0 + 2 * 86_400).await.unwrap();
+    store.acknowledge_data_loss().await.unwrap();
+    store.ping().await.unwrap();
+
+    // Only CROSSSLOT counts: NOSCRIPT (EVALSHA before the first EVAL) and the client's
+    // `CLIENT SETINFO`, unknown to Redis 7.0, are expected.
+    let cross_slot = |f: &ClusterFactory| -> Vec<String> {
+        f.cluster
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                let info: String = n.cmd(&["INFO", "errorstats"]);
+                info.lines()
+                    .filter(|l| l.starts_with("errorstat_CROSSSLOT"))
+                    .map(|l| format!("{}: {l}", n.port))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    assert_eq!(
+        cross_slot(&f),
+        Vec::<String>::new(),
+        "CROSSSLOT on the cluster"
+    );
+    let used = f
+        .cluster
+        .nodes
+        .iter()
+        .filter(|n| n.cmd::<i64>(&["DBSIZE"]) > 0)
+        .count();
+    assert!(used > 1, "every key on one node: the test proves nothing");
+
+    // The check works: a script over keys of two slots is refused by the server.
+    let node = f.cluster.node_for("certgate:acct:alice");
+    let r: ::redis::RedisResult<i64> = ::redis::cmd("EVAL")
+        .arg("return 1")
+        .arg(2)
+        .arg("certgate:acct:alice")
+        .arg("certgate:revoked:00")
+        .query(&mut node.client());
+    assert!(
+        r.as_ref()
+            .is_err_and(|e| e.to_string().to_uppercase().contains("CROSSSLOT")),
+        "{r:?}"
+    );
+    assert_eq!(cross_slot(&f).len(), 1);
+}
+
+/// Cluster: the master holding `meta` restarts empty (no persistence); the data-loss guard
+/// refuses lookups instead of trusting the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_meta_node_restarted_empty_trips_the_guard() {
+    let Some(mut f) = ClusterFactory::start() else {
+        return;
+    };
+    let store = RedisStore::open(&f.config).expect("open");
+    let r = revocation("0a", RevocationReason::KeyCompromise, now(), None);
+    store.revoke(r.clone()).await.unwrap();
+    assert_eq!(store.revocation("0a").await.unwrap(), Some(r));
+
+    let port = f.cluster.node_for("certgate:meta").port;
+    let node = f
+        .cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.port == port)
+        .expect("meta node");
+    node.restart();
+    for n in &f.cluster.nodes {
+        redis_server::wait_until(
+            "cluster_state:ok after the restart",
+            Duration::from_secs(15),
+            || {
+                n.cmd::<String>(&["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+            },
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = store.revocation("0a").await;
+        assert!(
+            r.is_err(),
+            "a lookup was answered after the data loss: {r:?}"
+        );
+        if !store.trusted() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the guard did not trip: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(store.data_lost());
+}
 
 // ---------------------------------------------------------------------------------------
 // The cache.
@@ -742,11 +1066,15 @@ async fn ready_once_the_store_answered() {
     assert!(fx.cache.probe().await);
     assert!(fx.cache.ready());
     assert_eq!(fx.store_up(), 1);
-    // Ready stays true through an outage: the lookups' own policy handles that.
+    // Not ready during an outage (requests whose state is not cached cannot be decided),
+    // ready again once the store answers.
     fx.store.set_down(true);
     assert!(!fx.cache.probe().await);
-    assert!(fx.cache.ready());
+    assert!(!fx.cache.ready());
     assert_eq!(fx.store_up(), 0);
+    fx.store.set_down(false);
+    assert!(fx.cache.probe().await);
+    assert!(fx.cache.ready());
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -34,8 +34,8 @@ use super::units;
 use super::{
     AccountSource, AdminConfig, CacheConfig, ClientAuthConfig, ClientAuthMode, Config, ConfigError,
     Crl, EnrollmentConfig, HeadersConfig, IdentityConfig, LimitsConfig, LogConfig, LogFormat,
-    MetricsConfig, OnError, PemCerts, RoutesConfig, SecretKey, StateBackend, StateConfig,
-    TlsConfig, TlsMinVersion, UpstreamConfig,
+    MetricsConfig, OnError, PemCerts, RedisConfig, RedisMode, RoutesConfig, Secret, SecretKey,
+    StateBackend, StateConfig, TlsConfig, TlsMinVersion, UpstreamConfig,
 };
 
 /// A scalar (or list item) together with where it was written.
@@ -122,8 +122,7 @@ pub struct StateFile {
     pub max_stale: Option<S<String>>,
 }
 
-/// Parsed and type-checked so configs written for a later version still load, but the
-/// redis backend itself is refused until it exists.
+/// `state.redis`; read when `state.backend` is `redis` (type-checked always).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisFile {
@@ -132,6 +131,7 @@ pub struct RedisFile {
     pub urls: Option<Vec<S<String>>>,
     pub sentinel_master: Option<S<String>>,
     pub password_file: Option<S<String>>,
+    pub tls_ca_file: Option<S<String>>,
     pub key_prefix: Option<S<String>>,
 }
 
@@ -193,6 +193,8 @@ mod defaults {
     pub const METRICS_LISTEN: &str = "127.0.0.1:9090";
     pub const URI_PREFIX: &str = "urn:certgate:account:";
     pub const STATE_PATH: &str = "data/certgate.db";
+    pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+    pub const REDIS_KEY_PREFIX: &str = "certgate:";
     pub const ENROLL_CA_CERT: &str = "certs/enroll-ca.pem";
     pub const ENROLL_CA_KEY: &str = "certs/enroll-ca.key";
     pub const PUBLIC_URL: &str = "https://localhost:8443";
@@ -777,15 +779,7 @@ impl Ctx<'_> {
 
         // Listeners.
         let listen = self.address("listen", &f.listen, defaults::LISTEN)?;
-        if let Some(v) = &f.listen_proxy_protocol
-            && v.value
-        {
-            return Err(self.fail_at(
-                "listen_proxy_protocol",
-                v,
-                "true is not supported yet in this version (PROXY protocol); remove the key or set it to false",
-            ));
-        }
+        let listen_proxy_protocol = f.listen_proxy_protocol.as_ref().is_some_and(|v| v.value);
         let admin_file = f.admin.unwrap_or_default();
         let metrics_file = f.metrics.unwrap_or_default();
         let admin_listen =
@@ -868,6 +862,7 @@ impl Ctx<'_> {
         Ok(Config {
             source: self.file.to_path_buf(),
             listen,
+            listen_proxy_protocol,
             server_names,
             tls,
             client_auth,
@@ -1191,21 +1186,21 @@ impl Ctx<'_> {
             &[("embedded", Backend::Embedded), ("redis", Backend::Redis)],
         )?;
         let redis = st.redis.unwrap_or_default();
-        self.choice(
+        let mode = self.choice(
             "state.redis.mode",
             &redis.mode,
-            (),
-            &[("standalone", ()), ("sentinel", ()), ("cluster", ())],
+            RedisMode::Standalone,
+            &[
+                ("standalone", RedisMode::Standalone),
+                ("sentinel", RedisMode::Sentinel),
+                ("cluster", RedisMode::Cluster),
+            ],
         )?;
         let backend = match backend {
-            Backend::Redis => {
-                let v = st.backend.as_ref().expect("redis is never the default");
-                return Err(self.fail_at(
-                    "state.backend",
-                    v,
-                    "\"redis\": the redis backend is not available in this version; use backend: embedded",
-                ));
-            }
+            // The redis keys are type-checked above even when another backend is chosen,
+            // so a config prepared for Redis fails early on a typo; the cross-checks below
+            // only apply when the backend is in use.
+            Backend::Redis => StateBackend::Redis(self.redis(mode, &redis)?),
             Backend::Embedded => {
                 let (path, _) = self.path("state.path", &st.path, defaults::STATE_PATH)?;
                 StateBackend::Embedded { path }
@@ -1246,6 +1241,168 @@ impl Ctx<'_> {
         })
     }
 
+    /// `state.redis.*` for `backend: redis`. Each mode must have what it needs and nothing
+    /// that only another mode reads (a seed list under `mode: standalone` would be silently
+    /// unused, which is how an operator ends up with one Redis where they meant three).
+    fn redis(&self, mode: RedisMode, r: &RedisFile) -> Result<RedisConfig, ConfigError> {
+        let (url, url_line) = self.string(&r.url, defaults::REDIS_URL);
+        let url = url.trim().to_string();
+        let urls: Vec<(String, Option<usize>)> = r
+            .urls
+            .iter()
+            .flatten()
+            .map(|v| (v.value.trim().to_string(), span_line(v)))
+            .collect();
+        let (master, master_line) = self.string(&r.sentinel_master, "");
+        let master = master.trim().to_string();
+        let mode_name = match mode {
+            RedisMode::Standalone => "standalone",
+            RedisMode::Sentinel => "sentinel",
+            RedisMode::Cluster => "cluster",
+        };
+        match mode {
+            RedisMode::Standalone => {
+                redis_url(&url).map_err(|m| self.fail("state.redis.url", url_line, m))?;
+                if !urls.is_empty() {
+                    return Err(self.fail(
+                        "state.redis.urls",
+                        None,
+                        "is read only with mode sentinel or cluster; with mode standalone set \
+                         state.redis.url (or set state.redis.mode)",
+                    ));
+                }
+            }
+            RedisMode::Sentinel | RedisMode::Cluster => {
+                if r.url.is_some() && url != defaults::REDIS_URL {
+                    return Err(self.fail(
+                        "state.redis.url",
+                        url_line,
+                        format!(
+                            "is read only with mode standalone; with mode {mode_name} list the \
+                             {} in state.redis.urls",
+                            if mode == RedisMode::Sentinel {
+                                "sentinels"
+                            } else {
+                                "cluster seed nodes"
+                            }
+                        ),
+                    ));
+                }
+                if urls.is_empty() {
+                    return Err(self.fail(
+                        "state.redis.urls",
+                        None,
+                        format!(
+                            "mode {mode_name} needs at least one address here, e.g. [\"{}\"]",
+                            if mode == RedisMode::Sentinel {
+                                "redis://10.0.0.1:26379"
+                            } else {
+                                "redis://10.0.0.1:6379"
+                            }
+                        ),
+                    ));
+                }
+                for (i, (u, line)) in urls.iter().enumerate() {
+                    redis_url(u)
+                        .map_err(|m| self.fail(&format!("state.redis.urls[{i}]"), *line, m))?;
+                }
+            }
+        }
+        if mode == RedisMode::Sentinel && master.is_empty() {
+            return Err(self.fail(
+                "state.redis.sentinel_master",
+                master_line,
+                "mode sentinel needs the master's name as the sentinels know it (e.g. \"mymaster\")",
+            ));
+        }
+        if mode != RedisMode::Sentinel && !master.is_empty() {
+            return Err(self.fail(
+                "state.redis.sentinel_master",
+                master_line,
+                format!("is read only with mode sentinel, not {mode_name}"),
+            ));
+        }
+        let password = match &r.password_file {
+            Some(v) if !v.value.trim().is_empty() => {
+                let path = self.dir.join(v.value.trim());
+                let line = span_line(v);
+                let bytes = self.read("state.redis.password_file", line, &path, "")?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    self.fail(
+                        "state.redis.password_file",
+                        line,
+                        format!("{} is not UTF-8 text", path.display()),
+                    )
+                })?;
+                let password = text.trim();
+                if password.is_empty() {
+                    return Err(self.fail(
+                        "state.redis.password_file",
+                        line,
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                Some(Secret::new(password))
+            }
+            _ => None,
+        };
+        if password.is_some() && mode == RedisMode::Standalone && url_has_password(&url) {
+            return Err(self.fail(
+                "state.redis.password_file",
+                r.password_file.as_ref().and_then(span_line),
+                "state.redis.url carries a password as well; keep it in one place",
+            ));
+        }
+        let tls_ca = match &r.tls_ca_file {
+            Some(v) if !v.value.trim().is_empty() => {
+                let line = span_line(v);
+                let tls_urls = match mode {
+                    RedisMode::Standalone => vec![url.as_str()],
+                    _ => urls.iter().map(|(u, _)| u.as_str()).collect(),
+                };
+                if !tls_urls.iter().any(|u| u.starts_with("rediss://")) {
+                    return Err(self.fail(
+                        "state.redis.tls_ca_file",
+                        line,
+                        "is read only for TLS connections; use rediss:// URLs (or remove it)",
+                    ));
+                }
+                let loaded = self.certs(
+                    "state.redis.tls_ca_file",
+                    line,
+                    self.dir.join(v.value.trim()),
+                    "",
+                )?;
+                Some(loaded.certs)
+            }
+            _ => None,
+        };
+        let (prefix, prefix_line) = self.string(&r.key_prefix, defaults::REDIS_KEY_PREFIX);
+        if prefix.len() > 64
+            || prefix
+                .chars()
+                .any(|c| matches!(c, '{' | '}') || c.is_whitespace() || c.is_control())
+        {
+            return Err(self.fail(
+                "state.redis.key_prefix",
+                prefix_line,
+                format!(
+                    "{prefix:?} must be at most 64 characters without spaces, control \
+                     characters, '{{' or '}}' (the prefix is literal, never a cluster hash tag)"
+                ),
+            ));
+        }
+        Ok(RedisConfig {
+            mode,
+            url,
+            urls: urls.into_iter().map(|(u, _)| u).collect(),
+            sentinel_master: master,
+            password,
+            tls_ca,
+            key_prefix: prefix.to_string(),
+        })
+    }
+
     fn enrollment(&self, en: &EnrollmentFile) -> Result<Option<EnrollmentConfig>, ConfigError> {
         if !self.bool(&en.enabled, true) {
             return Ok(None);
@@ -1280,7 +1437,11 @@ impl Ctx<'_> {
         }
         let (key_path, key_line) =
             self.path("enrollment.ca_key", &en.ca_key, defaults::ENROLL_CA_KEY)?;
-        let ca_key = self.key_for("enrollment.ca_key", key_line, key_path, &cert, hint)?;
+        let ca_key = self.key_for("enrollment.ca_key", key_line, key_path.clone(), &cert, hint)?;
+        // The issuing key must not be readable by other users (checked here so that
+        // check-config catches it, not only start-up).
+        crate::ca::check_key_file_private(&key_path)
+            .map_err(|e| self.fail("enrollment.ca_key", key_line, e.to_string()))?;
         let (url_text, url_line) = self.string(&en.public_url, defaults::PUBLIC_URL);
         let url = http_url("enrollment.public_url", url_text)
             .map_err(|m| self.fail("enrollment.public_url", url_line, m))?;
@@ -1432,6 +1593,35 @@ fn http_url(key: &str, text: &str) -> Result<http::Uri, String> {
         return Err(bad("it has no host"));
     }
     Ok(url)
+}
+
+/// A `redis://` or `rediss://` URL the Redis client accepts. Returns the message on error;
+/// the message never repeats a password written in the URL.
+fn redis_url(text: &str) -> Result<(), String> {
+    use redis::IntoConnectionInfo;
+    let shown = super::redact_url(text);
+    let bad = |why: &str| format!("{shown:?} is not a valid Redis URL: {why}");
+    if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
+        return Err(bad("it must start with redis:// or rediss:// (TLS)"));
+    }
+    let info = text
+        .into_connection_info()
+        .map_err(|e| bad(&format!("{:?}", e.kind())))?;
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. }
+            if !host.is_empty() => {}
+        _ => return Err(bad("it has no host")),
+    }
+    Ok(())
+}
+
+/// True when the URL's user part holds a password (`redis://:pw@host` or `user:pw@host`).
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(user, _)| user.contains(':'))
 }
 
 /// Normalises one `routes.public` entry, or says what is wrong with it.

@@ -67,7 +67,7 @@ pub enum LogFormat {
 
 /// A PEM file loaded and parsed at validation time. Keeping the parsed DER here means the
 /// TLS module never re-reads a file that might have changed since it was validated.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PemCerts {
     pub path: PathBuf,
     pub certs: Vec<CertificateDer<'static>>,
@@ -171,22 +171,126 @@ pub struct HeadersConfig {
     pub xfcc: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheConfig {
     pub ttl: Duration,
     pub max_entries: u64,
 }
 
-/// Only the embedded store exists in this version: validation refuses `backend: redis`
-/// (the `state.redis.*` keys are still accepted, so a config written for a later version
-/// fails on that one key rather than on many).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StateBackend {
     /// redb file store at this path.
     Embedded { path: PathBuf },
+    /// Shared state in Redis (`state.redis.*`).
+    Redis(RedisConfig),
 }
 
-#[derive(Debug, Clone)]
+/// How certgate reaches Redis (`state.redis.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One server (`state.redis.url`).
+    Standalone,
+    /// A master found through Sentinel (`state.redis.urls` are the sentinels).
+    Sentinel,
+    /// Redis Cluster (`state.redis.urls` are seed nodes).
+    Cluster,
+}
+
+/// A secret read from a file at validation time; `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(...)")
+    }
+}
+
+/// `state.redis.*`, validated: URLs parse and use `redis://` or `rediss://`, the mode has
+/// the keys it needs, and the password file has been read. `PartialEq` compares the
+/// secrets too (unlike the redacted `Debug`), so a changed password counts as a change.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    pub mode: RedisMode,
+    /// Standalone server URL (may carry a password in its user part, and the database
+    /// number as its path).
+    pub url: String,
+    /// Sentinel addresses (mode sentinel) or cluster seed nodes (mode cluster).
+    pub urls: Vec<String>,
+    /// The master's name as the sentinels know it (mode sentinel).
+    pub sentinel_master: String,
+    /// Read from `state.redis.password_file` (trimmed); `None` when no file is set.
+    pub password: Option<Secret>,
+    /// `state.redis.tls_ca_file`: the CAs a `rediss://` server certificate must chain to,
+    /// instead of the system roots. `None`: the system roots.
+    pub tls_ca: Option<PemCerts>,
+    /// Literal prefix of every key and of the `events` channel (no hash tag).
+    pub key_prefix: String,
+}
+
+impl RedisConfig {
+    /// A one-line description for logs and `check-config`: mode and hosts, never
+    /// credentials.
+    pub fn describe(&self) -> String {
+        let hosts = match self.mode {
+            RedisMode::Standalone => vec![redact_url(&self.url)],
+            RedisMode::Sentinel | RedisMode::Cluster => {
+                self.urls.iter().map(|u| redact_url(u)).collect()
+            }
+        };
+        match self.mode {
+            RedisMode::Standalone => format!("redis {}", hosts.join(",")),
+            RedisMode::Sentinel => format!(
+                "redis sentinel master {:?} via {}",
+                self.sentinel_master,
+                hosts.join(",")
+            ),
+            RedisMode::Cluster => format!("redis cluster {}", hosts.join(",")),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("mode", &self.mode)
+            .field("url", &redact_url(&self.url))
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
+            .field("sentinel_master", &self.sentinel_master)
+            .field("password", &self.password)
+            .field("tls_ca", &self.tls_ca)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+/// `url` with any `user:password@` part replaced by `...@`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://...@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct StateConfig {
     pub backend: StateBackend,
     pub cache: CacheConfig,
@@ -246,6 +350,8 @@ pub struct Config {
     /// The file it was loaded from.
     pub source: PathBuf,
     pub listen: SocketAddr,
+    /// Expect a PROXY protocol v1/v2 header on every connection (behind an L4 balancer).
+    pub listen_proxy_protocol: bool,
     pub server_names: Vec<String>,
     pub tls: TlsConfig,
     pub client_auth: ClientAuthConfig,

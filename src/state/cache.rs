@@ -385,6 +385,12 @@ impl StateCache {
         }
     }
 
+    /// The metric handles this cache counts into (backends that run background work
+    /// report through the same ones).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The backend, for calls the cache does not wrap (tickets, registry, CRL number).
     pub fn store(&self) -> &Arc<dyn StateStore> {
         &self.store
@@ -521,9 +527,13 @@ impl StateCache {
         }
     }
 
-    /// True once the store has answered at least once.
+    /// Ready for protected traffic: the store has answered at least once, its last call
+    /// succeeded, and it trusts its own data (see [`StateStore::trusted`]). False during
+    /// an outage: requests whose state is not cached cannot be decided then.
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+            && self.up.load(Ordering::Acquire)
+            && self.store.trusted()
     }
 
     /// Pings the store; updates readiness and `certgate_state_store_up`.

@@ -599,6 +599,21 @@ impl StateStore for EmbeddedStore {
         })
     }
 
+    fn peek_ticket(
+        &self,
+        hash: &str,
+        now: UnixTime,
+    ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>> {
+        let hash = hash.to_owned();
+        self.read(move |tx| {
+            let Some(g) = tx.open_table(TICKETS)?.get(hash.as_str())? else {
+                return Ok(None);
+            };
+            let ticket: StoredTicket = decode("tickets", &hash, g.value())?;
+            Ok((!ticket.expired(now)).then(|| ticket.into_record(&hash)))
+        })
+    }
+
     fn consume_ticket(
         &self,
         hash: &str,

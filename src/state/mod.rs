@@ -1,13 +1,14 @@
 //! Shared state: revocations, account generations and resets, the issued-certificate
 //! registry and enrollment tickets.
 //!
-//! [`StateStore`] is the one interface; `embedded.rs` (redb, the zero-setup default) is a
-//! backend, and `cache.rs` puts a moka read-through cache in front of any backend. Request
+//! [`StateStore`] is the one interface; `embedded.rs` (redb, the zero-setup default) and
+//! `redis.rs` (shared state for many instances) are the backends, and `cache.rs` puts a moka read-through cache in front of any backend. Request
 //! handlers and the admin API see `Arc<dyn StateStore>` / [`cache::StateCache`], never a
 //! concrete backend: only `app` names one.
 
 pub mod cache;
 pub mod embedded;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -167,6 +168,14 @@ pub trait StateStore: Send + Sync + 'static {
 
     fn put_ticket(&self, ticket: TicketRecord) -> BoxFut<'_, Result<(), StoreError>>;
 
+    /// Reads a ticket without consuming it: `None` when unknown or expired at `now`. For
+    /// showing the enrollment page; issuing always goes through [`Self::consume_ticket`].
+    fn peek_ticket(
+        &self,
+        hash: &str,
+        now: UnixTime,
+    ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>>;
+
     /// Atomically removes and returns the ticket if it exists and has not expired at `now`.
     /// Of two racing calls for one hash, exactly one gets `Some`.
     fn consume_ticket(
@@ -181,6 +190,23 @@ pub trait StateStore: Send + Sync + 'static {
     /// Drops expired tickets and revocations whose certificate expired before `now`.
     /// Returns how many records were removed.
     fn sweep(&self, now: UnixTime) -> BoxFut<'_, Result<u64, StoreError>>;
+
+    /// False while the backend knows its answers cannot be trusted even though it responds
+    /// (the Redis data-loss guard tripped). Default: always trusted.
+    fn trusted(&self) -> bool {
+        true
+    }
+
+    /// Starts the backend's own background work once the cache in front of it exists (the
+    /// Redis backend: its pub/sub invalidation listener and a short-interval probe). The
+    /// caller aborts the returned tasks on shutdown. Default: nothing to run.
+    fn start_background(
+        self: std::sync::Arc<Self>,
+        cache: std::sync::Arc<cache::StateCache>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let _ = cache;
+        Vec::new()
+    }
 }
 
 /// How long a revocation is kept after its certificate's `notAfter` before `sweep` may drop

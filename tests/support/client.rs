@@ -143,9 +143,20 @@ impl RawClient {
     /// certificate after the client finished, so a refused certificate usually shows up on
     /// the first read, not here; see [`RawClient::get_or_refused`].
     pub async fn connect(&self) -> Result<TlsConn, TlsFailure> {
-        let tcp = within("TCP connect", TcpStream::connect(self.addr))
+        self.connect_after(&[]).await
+    }
+
+    /// Like [`RawClient::connect`], writing `prefix` (e.g. a PROXY protocol header) on the
+    /// TCP connection before the TLS handshake.
+    pub async fn connect_after(&self, prefix: &[u8]) -> Result<TlsConn, TlsFailure> {
+        let mut tcp = within("TCP connect", TcpStream::connect(self.addr))
             .await
             .map_err(failure)?;
+        if !prefix.is_empty() {
+            within("write prefix", tcp.write_all(prefix))
+                .await
+                .map_err(failure)?;
+        }
         let connector = TlsConnector::from(self.config.clone());
         let stream = within(
             "TLS handshake",

@@ -39,6 +39,12 @@ pub struct Options {
     pub extra_limits: Vec<String>,
     /// Extra top-level YAML appended verbatim.
     pub extra: String,
+    /// `None`: the embedded store. `Some(url)`: `state.backend: redis` on that standalone
+    /// server (see `support::redis` for test servers).
+    pub redis_url: Option<String>,
+    /// Extra YAML lines appended to the `state:` section (each indented by two spaces),
+    /// e.g. `cache:` settings or a whole `redis:` block for sentinel mode.
+    pub extra_state: Vec<String>,
 }
 
 impl Default for Options {
@@ -57,6 +63,8 @@ impl Default for Options {
             enrollment: true,
             extra_limits: Vec::new(),
             extra: String::new(),
+            redis_url: None,
+            extra_state: Vec::new(),
         }
     }
 }
@@ -167,8 +175,20 @@ impl Prepared {
         let _ = writeln!(y, "headers:");
         let _ = writeln!(y, "  xfcc: {}", o.xfcc);
         let _ = writeln!(y, "state:");
-        let _ = writeln!(y, "  backend: embedded");
-        let _ = writeln!(y, "  path: data/certgate.db");
+        match &o.redis_url {
+            None => {
+                let _ = writeln!(y, "  backend: embedded");
+                let _ = writeln!(y, "  path: data/certgate.db");
+            }
+            Some(url) => {
+                let _ = writeln!(y, "  backend: redis");
+                let _ = writeln!(y, "  redis:");
+                let _ = writeln!(y, "    url: {url:?}");
+            }
+        }
+        for line in &o.extra_state {
+            let _ = writeln!(y, "  {line}");
+        }
         let _ = writeln!(y, "enrollment:");
         if o.enrollment {
             let _ = writeln!(y, "  enabled: true");
@@ -266,6 +286,12 @@ impl Harness {
 
     pub fn metrics_addr(&self) -> SocketAddr {
         self.gateway().metrics
+    }
+
+    /// The running gateway's state cache (its store is `cache().store()`), for tests that
+    /// must put records the admin API cannot make (an expired or stale ticket).
+    pub fn cache(&self) -> std::sync::Arc<certgate::state::cache::StateCache> {
+        self.gateway().cache.clone()
     }
 
     /// `https://localhost:<port><path>`.

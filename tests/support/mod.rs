@@ -8,9 +8,12 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod client;
+pub mod enroll;
 pub mod gateway;
 pub mod pki;
+pub mod redis;
 pub mod upstream;
 
 use std::future::Future;

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use certgate::config::{RedisConfig, RedisMode};
 use certgate::state::embedded::EmbeddedStore;
+use certgate::state::redis::RedisStore;
 use certgate::state::{
     AccountState, BoxFut, CertRecord, Revocation, StateStore, StoreError, TicketRecord, UnixTime,
 };
@@ -38,6 +40,47 @@ impl StoreFactory for EmbeddedFactory {
     fn open(&self) -> BoxFut<'_, Arc<dyn StateStore>> {
         Box::pin(async move {
             Arc::new(EmbeddedStore::open(&self.path).expect("open embedded store"))
+                as Arc<dyn StateStore>
+        })
+    }
+}
+
+#[path = "redis.rs"]
+pub mod redis_server;
+
+/// The Redis backend on a `redis-server` of its own (killed on drop). Opening again is a
+/// new client on the same server, i.e. a gateway restart.
+pub struct RedisFactory {
+    pub server: redis_server::RedisServer,
+    pub config: RedisConfig,
+}
+
+impl RedisFactory {
+    /// `None` when redis-server is not installed (the test is skipped, loudly).
+    pub fn start() -> Option<Self> {
+        let server = redis_server::RedisServer::start()?;
+        let config = redis_config(&server.url());
+        Some(Self { server, config })
+    }
+}
+
+/// A standalone `state.redis` section for `url`.
+pub fn redis_config(url: &str) -> RedisConfig {
+    RedisConfig {
+        mode: RedisMode::Standalone,
+        url: url.to_string(),
+        urls: Vec::new(),
+        sentinel_master: String::new(),
+        password: None,
+        tls_ca: None,
+        key_prefix: "certgate:".into(),
+    }
+}
+
+impl StoreFactory for RedisFactory {
+    fn open(&self) -> BoxFut<'_, Arc<dyn StateStore>> {
+        Box::pin(async move {
+            Arc::new(RedisStore::open(&self.config).expect("open redis store"))
                 as Arc<dyn StateStore>
         })
     }
@@ -203,6 +246,18 @@ impl StateStore for TestStore {
         Box::pin(async move {
             self.check()?;
             self.inner.put_ticket(ticket).await
+        })
+    }
+
+    fn peek_ticket(
+        &self,
+        hash: &str,
+        now: UnixTime,
+    ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>> {
+        let hash = hash.to_owned();
+        Box::pin(async move {
+            self.check()?;
+            self.inner.peek_ticket(&hash, now).await
         })
     }
 

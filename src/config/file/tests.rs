@@ -10,7 +10,7 @@ use rcgen::{
 use tempfile::TempDir;
 
 use super::*;
-use crate::config::{ClientAuthMode, LogFormat, OnError, TlsMinVersion};
+use crate::config::{ClientAuthMode, LogFormat, OnError, RedisMode, TlsMinVersion};
 
 /// A throwaway PKI in a temp folder:
 /// `certs/` server cert and key, a client CA, the enrollment CA, CRLs and broken files;
@@ -90,6 +90,12 @@ impl Pki {
             .unwrap();
         write("enroll-ca.pem", &enroll_ca.pem());
         write("enroll-ca.key", &enroll_key.serialize_pem());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let private = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(certs.join("enroll-ca.key"), private).unwrap();
+        }
 
         write("empty.pem", "# nothing here\n");
         std::fs::write(
@@ -267,7 +273,9 @@ log:
     assert_eq!(c.upstream.pool_max_idle_per_host, 0);
     assert_eq!(c.routes.public, ["/login", "/static", "/"]);
     assert!(c.headers.xfcc);
-    let StateBackend::Embedded { path } = &c.state.backend;
+    let StateBackend::Embedded { path } = &c.state.backend else {
+        panic!("expected the embedded backend")
+    };
     assert_eq!(path, Path::new("/var/lib/certgate/state.db"));
     assert_eq!(c.state.cache.ttl, Duration::from_secs(3));
     assert_eq!(c.state.cache.max_entries, 42);
@@ -325,7 +333,9 @@ fn defaults_are_applied() {
     assert_eq!(c.upstream.pool_max_idle_per_host, 512);
     assert!(c.routes.public.is_empty());
     assert!(!c.headers.xfcc);
-    let StateBackend::Embedded { path } = &c.state.backend;
+    let StateBackend::Embedded { path } = &c.state.backend else {
+        panic!("expected the embedded backend")
+    };
     assert_eq!(path, &pki.path("data/certgate.db"));
     assert_eq!(c.state.cache.ttl, Duration::from_secs(10));
     assert_eq!(c.state.cache.max_entries, 100_000);
@@ -399,7 +409,9 @@ admin:
         c.client_auth.trusted_cas[0].path,
         config_dir.join("../certs/client-ca.pem")
     );
-    let StateBackend::Embedded { path } = &c.state.backend;
+    let StateBackend::Embedded { path } = &c.state.backend else {
+        panic!("expected the embedded backend")
+    };
     assert_eq!(path, &config_dir.join("../data/certgate.db"));
     assert_eq!(
         c.admin.token_file,
@@ -877,26 +889,6 @@ fn bad_addresses_name_the_value() {
 #[test]
 fn not_yet_built_features_are_refused() {
     let pki = Pki::new();
-    let yaml = with("state:\n  backend: redis\n  redis:\n    url: \"redis://127.0.0.1:6379/0\"\n");
-    let err = pki.error(&yaml);
-    assert_error(
-        &pki,
-        &err,
-        Some(line_of(&yaml, "backend")),
-        "state.backend",
-        &["redis backend is not available in this version"],
-    );
-
-    let yaml = with("listen_proxy_protocol: true\n");
-    let err = pki.error(&yaml);
-    assert_error(
-        &pki,
-        &err,
-        Some(line_of(&yaml, "proxy_protocol")),
-        "listen_proxy_protocol",
-        &["not supported yet"],
-    );
-
     let yaml = with("state:\n  backend: memory\n");
     let err = pki.error(&yaml);
     assert_error(
@@ -1284,4 +1276,323 @@ fn the_example_config_is_valid() {
     assert_eq!(c.listen, "0.0.0.0:8443".parse().unwrap());
     assert_eq!(c.tls.cert.path, config_dir.join("../certs/server.pem"));
     assert!(c.enrollment.is_some());
+}
+
+#[test]
+fn redis_backend_standalone() {
+    let pki = Pki::new();
+    let yaml = with("state:\n  backend: redis\n");
+    let c = pki.load(&yaml).unwrap();
+    let StateBackend::Redis(r) = &c.state.backend else {
+        panic!("expected the redis backend")
+    };
+    assert_eq!(r.mode, RedisMode::Standalone);
+    assert_eq!(r.url, "redis://127.0.0.1:6379/0");
+    assert_eq!(r.key_prefix, "certgate:");
+    assert!(r.password.is_none());
+
+    std::fs::write(pki.path("secrets/redis-password"), "  hunter2-secret\n").unwrap();
+    let yaml = with(
+        "state:\n  backend: redis\n  redis:\n    url: \"rediss://cache.internal:6380/2\"\n    \
+         password_file: secrets/redis-password\n    key_prefix: \"gw1:\"\n",
+    );
+    let c = pki.load(&yaml).unwrap();
+    let StateBackend::Redis(r) = &c.state.backend else {
+        panic!("expected the redis backend")
+    };
+    assert_eq!(r.url, "rediss://cache.internal:6380/2");
+    assert_eq!(
+        r.password.as_ref().map(|p| p.expose()),
+        Some("hunter2-secret")
+    );
+    assert_eq!(r.key_prefix, "gw1:");
+    let shown = format!("{c:?}");
+    assert!(
+        !shown.contains("hunter2"),
+        "Debug leaks the password: {shown}"
+    );
+}
+
+#[test]
+fn redis_url_password_is_never_shown() {
+    let pki = Pki::new();
+    let yaml =
+        with("state:\n  backend: redis\n  redis:\n    url: \"redis://:topsecret@db:6379/0\"\n");
+    let c = pki.load(&yaml).unwrap();
+    let StateBackend::Redis(r) = &c.state.backend else {
+        panic!("expected the redis backend")
+    };
+    assert!(!format!("{r:?}").contains("topsecret"));
+    assert!(!r.describe().contains("topsecret"));
+    assert!(r.describe().contains("db:6379"), "{}", r.describe());
+
+    // And a password in two places is refused.
+    std::fs::write(pki.path("secrets/redis-password"), "other\n").unwrap();
+    let yaml = with(
+        "state:\n  backend: redis\n  redis:\n    url: \"redis://:topsecret@db:6379/0\"\n    \
+         password_file: secrets/redis-password\n",
+    );
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "password_file")),
+        "state.redis.password_file",
+        &["one place"],
+    );
+    assert!(!err.to_string().contains("topsecret"));
+}
+
+#[test]
+fn redis_sentinel_and_cluster() {
+    let pki = Pki::new();
+    let yaml = with(
+        "state:\n  backend: redis\n  redis:\n    mode: sentinel\n    urls: [\"redis://10.0.0.1:26379\", \"redis://10.0.0.2:26379\"]\n    sentinel_master: mymaster\n",
+    );
+    let c = pki.load(&yaml).unwrap();
+    let StateBackend::Redis(r) = &c.state.backend else {
+        panic!("expected the redis backend")
+    };
+    assert_eq!(r.mode, RedisMode::Sentinel);
+    assert_eq!(r.urls.len(), 2);
+    assert_eq!(r.sentinel_master, "mymaster");
+
+    let yaml = with(
+        "state:\n  backend: redis\n  redis:\n    mode: cluster\n    urls: [\"redis://10.0.0.1:6379\"]\n",
+    );
+    let c = pki.load(&yaml).unwrap();
+    assert!(matches!(&c.state.backend, StateBackend::Redis(r) if r.mode == RedisMode::Cluster));
+
+    // The example's default url may stay in the file when the mode changes.
+    let yaml = with(
+        "state:\n  backend: redis\n  redis:\n    mode: cluster\n    url: \"redis://127.0.0.1:6379/0\"\n    urls: [\"redis://10.0.0.1:6379\"]\n",
+    );
+    pki.load(&yaml).unwrap();
+}
+
+#[test]
+fn redis_mode_needs_its_keys() {
+    let pki = Pki::new();
+    let yaml = with(
+        "state:\n  backend: redis\n  redis:\n    mode: sentinel\n    urls: [\"redis://10.0.0.1:26379\"]\n",
+    );
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "redis:")),
+        "state.redis.sentinel_master",
+        &["master's name"],
+    );
+
+    let yaml = with(
+        "state:\n  backend: redis\n  redis:\n    mode: sentinel\n    sentinel_master: mymaster\n",
+    );
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "redis:")),
+        "state.redis.urls",
+        &["at least one address"],
+    );
+
+    let yaml = with("state:\n  backend: redis\n  redis:\n    mode: cluster\n    urls: []\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "urls")),
+        "state.redis.urls",
+        &["mode cluster needs at least one address"],
+    );
+
+    let yaml = with("state:\n  backend: redis\n  redis:\n    urls: [\"redis://a:6379\"]\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "urls")),
+        "state.redis.urls",
+        &["mode sentinel or cluster"],
+    );
+
+    let yaml = with(
+        "state:\n  backend: redis\n  redis:\n    mode: cluster\n    url: \"redis://db:6379/0\"\n    urls: [\"redis://a:6379\"]\n",
+    );
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "redis://db")),
+        "state.redis.url",
+        &["only with mode standalone"],
+    );
+
+    let yaml = with("state:\n  backend: redis\n  redis:\n    sentinel_master: mymaster\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "sentinel_master")),
+        "state.redis.sentinel_master",
+        &["only with mode sentinel"],
+    );
+}
+
+#[test]
+fn redis_tls_ca_file() {
+    let pki = Pki::new();
+    let yaml = with(
+        "state:\n  backend: redis\n  redis:\n    url: \"rediss://cache.internal:6380/0\"\n    \
+         tls_ca_file: certs/client-ca.pem\n",
+    );
+    let c = pki.load(&yaml).unwrap();
+    let StateBackend::Redis(r) = &c.state.backend else {
+        panic!("expected the redis backend")
+    };
+    let ca = r.tls_ca.as_ref().expect("tls_ca");
+    assert_eq!(ca.path, pki.path("certs/client-ca.pem"));
+    assert_eq!(ca.certs.len(), 1);
+
+    // Not set: the system roots.
+    let yaml = with("state:\n  backend: redis\n  redis:\n    url: \"rediss://cache:6380/0\"\n");
+    let c = pki.load(&yaml).unwrap();
+    let StateBackend::Redis(r) = &c.state.backend else {
+        panic!("expected the redis backend")
+    };
+    assert!(r.tls_ca.is_none());
+
+    // Without TLS it would be silently unused.
+    let yaml = with(
+        "state:\n  backend: redis\n  redis:\n    url: \"redis://cache:6379/0\"\n    \
+         tls_ca_file: certs/client-ca.pem\n",
+    );
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "tls_ca_file")),
+        "state.redis.tls_ca_file",
+        &["rediss://"],
+    );
+
+    // Missing, or not a certificate.
+    let yaml = with(
+        "state:\n  backend: redis\n  redis:\n    url: \"rediss://cache:6380/0\"\n    \
+         tls_ca_file: certs/nope.pem\n",
+    );
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "tls_ca_file")),
+        "state.redis.tls_ca_file",
+        &["does not exist"],
+    );
+    std::fs::write(pki.path("certs/not-a-cert.pem"), "hello\n").unwrap();
+    let yaml = with(
+        "state:\n  backend: redis\n  redis:\n    mode: cluster\n    \
+         urls: [\"rediss://a:6380\"]\n    tls_ca_file: certs/not-a-cert.pem\n",
+    );
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "tls_ca_file")),
+        "state.redis.tls_ca_file",
+        &["no certificate"],
+    );
+}
+
+#[test]
+fn bad_redis_values_name_key_and_line() {
+    let pki = Pki::new();
+    let yaml = with("state:\n  backend: redis\n  redis:\n    url: \"http://db:6379\"\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "http://db")),
+        "state.redis.url",
+        &["redis:// or rediss://"],
+    );
+
+    let yaml = with(
+        "state:\n  backend: redis\n  redis:\n    mode: cluster\n    urls:\n      - \"redis://a:6379\"\n      - \"tcp://b:6379\"\n",
+    );
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "tcp://b")),
+        "state.redis.urls[1]",
+        &["\"tcp://b:6379\""],
+    );
+
+    let yaml = with("state:\n  backend: redis\n  redis:\n    password_file: secrets/nope\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "password_file")),
+        "state.redis.password_file",
+        &["does not exist"],
+    );
+
+    std::fs::write(pki.path("secrets/empty"), "\n").unwrap();
+    let yaml = with("state:\n  backend: redis\n  redis:\n    password_file: secrets/empty\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "password_file")),
+        "state.redis.password_file",
+        &["is empty"],
+    );
+
+    let yaml = with("state:\n  backend: redis\n  redis:\n    key_prefix: \"{gw}:\"\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "key_prefix")),
+        "state.redis.key_prefix",
+        &["never a cluster hash tag"],
+    );
+
+    // With another backend the redis keys are type-checked only.
+    let yaml = with("state:\n  redis:\n    url: \"http://unused\"\n");
+    pki.load(&yaml).unwrap();
+}
+
+#[test]
+fn proxy_protocol_can_be_switched_on() {
+    let pki = Pki::new();
+    let cfg = pki.load(&with("")).expect("defaults");
+    assert!(!cfg.listen_proxy_protocol, "off by default");
+    let cfg = pki
+        .load(&with("listen_proxy_protocol: true\n"))
+        .expect("on");
+    assert!(cfg.listen_proxy_protocol);
+}
+
+#[cfg(unix)]
+#[test]
+fn world_readable_enrollment_key_is_an_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = Pki::new();
+    let key = pki.path("certs/enroll-ca.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let yaml = with("enrollment:\n  ca_key: certs/enroll-ca.key\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "ca_key")),
+        "enrollment.ca_key",
+        &["chmod 600"],
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    pki.load(&yaml).expect("0600 is fine");
 }
