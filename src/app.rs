@@ -509,7 +509,9 @@ async fn serve_connection(
             }
         }
     }
-    let accepted = match tls::accept(tcp, &runtime.material, &server.metrics).await {
+    // Boxed: the handshake future is large and short-lived; keeping it out of the
+    // connection task's own state saves memory on every idle connection.
+    let accepted = match Box::pin(tls::accept(tcp, &runtime.material, &server.metrics)).await {
         Ok(a) => a,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -547,7 +549,7 @@ async fn serve_connection(
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
         let conn = b.serve_connection(io, svc);
-        drive(conn, &activity, limits, phase).await;
+        Box::pin(drive(conn, &activity, limits, phase)).await;
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
