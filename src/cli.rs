@@ -399,11 +399,9 @@ async fn demo_main(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error + S
 
 fn admin(config: &Path, args: &AdminArgs) -> ExitCode {
     use crate::admin_client::{self as client, AdminCommand};
-    if let AdminAction::AcknowledgeDataLoss = args.action {
-        return acknowledge_data_loss(config);
-    }
     let cmd = match &args.action {
-        AdminAction::AcknowledgeDataLoss => unreachable_usage(),
+        // Talks to Redis directly, not to the admin API.
+        AdminAction::AcknowledgeDataLoss => return acknowledge_data_loss(config),
         AdminAction::Enable { account } => AdminCommand::Enable {
             account: account.clone(),
         },
@@ -438,26 +436,19 @@ fn admin(config: &Path, args: &AdminArgs) -> ExitCode {
         }
     };
     // The config is needed only for what the flags do not give.
-    let cfg = if args.url.is_none() || args.token_file.is_none() {
-        match load(config) {
-            Ok(c) => Some(c),
+    let (url, token_file) = match (&args.url, &args.token_file) {
+        (Some(u), Some(t)) => (u.clone(), t.clone()),
+        (url, token_file) => match load(config) {
+            Ok(c) => (
+                url.clone()
+                    .unwrap_or_else(|| client::url_from_listen(c.admin.listen)),
+                token_file.clone().unwrap_or(c.admin.token_file),
+            ),
             Err(code) => {
                 eprintln!("(or pass both --url and --token-file)");
                 return code;
             }
-        }
-    } else {
-        None
-    };
-    let url = match (&args.url, &cfg) {
-        (Some(u), _) => u.clone(),
-        (None, Some(c)) => client::url_from_listen(c.admin.listen),
-        (None, None) => unreachable_usage(),
-    };
-    let token_file = match (&args.token_file, &cfg) {
-        (Some(t), _) => t.clone(),
-        (None, Some(c)) => c.admin.token_file.clone(),
-        (None, None) => unreachable_usage(),
+        },
     };
     let token = match client::read_token_file(&token_file) {
         Ok(t) => t,
@@ -484,12 +475,6 @@ fn admin(config: &Path, args: &AdminArgs) -> ExitCode {
             ExitCode::from(EXIT_RUNTIME)
         }
     }
-}
-
-/// Both branches above load the config when a flag is missing, so this cannot happen.
-fn unreachable_usage() -> ! {
-    eprintln!("certgate admin: --url and --token-file are required without a configuration");
-    std::process::exit(i32::from(EXIT_USAGE))
 }
 
 fn acknowledge_data_loss(config: &Path) -> ExitCode {

@@ -7,24 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Harness, LeafSpec, STEP, within};
-
-async fn metrics_text(h: &Harness) -> String {
-    let url = format!("http://{}/metrics", h.metrics_addr());
-    let r = within("GET /metrics", reqwest::get(&url))
-        .await
-        .expect("metrics");
-    within("metrics body", r.text())
-        .await
-        .expect("metrics body")
-}
-
-fn metric(text: &str, line_prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
+use support::{Harness, LeafSpec, STEP, sample, within};
 
 #[tokio::test]
 async fn new_public_route_applies_to_the_next_request_on_an_open_connection() {
@@ -45,13 +28,13 @@ async fn new_public_route_applies_to_the_next_request_on_an_open_connection() {
 
     let r = conn.get("/newly-public/x").await;
     assert_eq!(r.status, 200, "same connection, new config: {}", r.text());
-    let m = metrics_text(&h).await;
+    let m = h.metrics_text().await;
     assert!(
-        metric(&m, "certgate_config_reloads_total{result=\"success\"}").unwrap_or(0.0) >= 1.0,
+        sample(&m, "certgate_config_reloads_total{result=\"success\"}").unwrap_or(0.0) >= 1.0,
         "{m}"
     );
     assert_eq!(
-        metric(&m, "certgate_config_last_reload_success"),
+        sample(&m, "certgate_config_last_reload_success"),
         Some(1.0),
         "{m}"
     );
@@ -71,14 +54,14 @@ async fn broken_file_keeps_the_last_good_configuration() {
         .await
         .expect("request");
     assert_eq!(r.status(), 200, "still serving with the old configuration");
-    let m = metrics_text(&h).await;
+    let m = h.metrics_text().await;
     // At least this reload; the file watcher may have tried the broken file too.
     assert!(
-        metric(&m, "certgate_config_reloads_total{result=\"failure\"}").unwrap_or(0.0) >= 1.0,
+        sample(&m, "certgate_config_reloads_total{result=\"failure\"}").unwrap_or(0.0) >= 1.0,
         "{m}"
     );
     assert_eq!(
-        metric(&m, "certgate_config_last_reload_success"),
+        sample(&m, "certgate_config_last_reload_success"),
         Some(0.0),
         "{m}"
     );
@@ -86,9 +69,9 @@ async fn broken_file_keeps_the_last_good_configuration() {
     // Fixing the file recovers.
     h.write_config_text(&good);
     h.reload().await.expect("reload of the fixed file");
-    let m = metrics_text(&h).await;
+    let m = h.metrics_text().await;
     assert_eq!(
-        metric(&m, "certgate_config_last_reload_success"),
+        sample(&m, "certgate_config_last_reload_success"),
         Some(1.0),
         "{m}"
     );
@@ -150,8 +133,8 @@ async fn rotated_server_certificate_is_picked_up_and_open_connections_survive() 
     // The file watcher reloads on its own.
     let deadline = tokio::time::Instant::now() + STEP;
     loop {
-        let m = metrics_text(&h).await;
-        if metric(&m, "certgate_config_reloads_total{result=\"success\"}").unwrap_or(0.0) >= 1.0 {
+        let m = h.metrics_text().await;
+        if sample(&m, "certgate_config_reloads_total{result=\"success\"}").unwrap_or(0.0) >= 1.0 {
             break;
         }
         assert!(

@@ -291,21 +291,6 @@ pub fn pem_to_der(pem: &str) -> Vec<u8> {
 
 /// The value of one counter sample in Prometheus text, e.g.
 /// `certgate_enrollments_total{result="success"}`; 0 when absent.
-pub async fn metric(h: &Harness, sample: &str) -> f64 {
-    let text = within(
-        "GET /metrics",
-        reqwest::Client::new()
-            .get(format!("http://{}/metrics", h.metrics_addr()))
-            .send(),
-    )
-    .await
-    .expect("metrics")
-    .text()
-    .await
-    .expect("metrics body");
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample).map(|v| v.trim().to_string()))
-        .and_then(|v| v.split_whitespace().next().map(str::to_string))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+pub async fn metric(h: &Harness, name: &str) -> f64 {
+    super::sample(&h.metrics_text().await, name).unwrap_or(0.0)
 }

@@ -356,6 +356,17 @@ impl Harness {
         write(&self.prepared.dir.path().join(rel), contents, mode);
     }
 
+    /// The gateway's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let url = format!("http://{}/metrics", self.metrics_addr());
+        let r = within("GET /metrics", reqwest::Client::new().get(url).send())
+            .await
+            .expect("metrics");
+        within("metrics body", r.text())
+            .await
+            .expect("metrics body")
+    }
+
     /// Reloads the configuration now (what SIGHUP does).
     pub async fn reload(&self) -> Result<(), certgate::app::ReloadError> {
         within("reload", self.gateway().reloader.reload()).await

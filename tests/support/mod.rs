@@ -47,3 +47,12 @@ pub async fn wait_until_past(t: time::OffsetDateTime) {
         tokio::time::sleep(left).await;
     }
 }
+
+/// The value of one sample in Prometheus text, e.g.
+/// `certgate_enrollments_total{result="success"}`; `None` when absent.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
