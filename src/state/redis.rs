@@ -1176,6 +1176,25 @@ impl RedisStore {
     }
 
     /// Runs single-key commands; one pipeline outside Cluster, one by one in Cluster.
+    /// `HGETALL` of `key(id)` for every id, in order (one key per call, so it works on
+    /// Cluster whatever slots the keys hash to).
+    async fn hashes(
+        &self,
+        ids: &[String],
+        key: impl Fn(&str) -> String,
+        what: &str,
+    ) -> Result<Vec<Fields>, StoreError> {
+        let reads = ids
+            .iter()
+            .map(|id| {
+                let mut c = redis::cmd("HGETALL");
+                c.arg(key(id));
+                c
+            })
+            .collect();
+        self.each(reads, what).await
+    }
+
     async fn each<T: redis::FromRedisValue>(
         &self,
         cmds: Vec<Cmd>,
@@ -1416,15 +1435,9 @@ impl RedisStore {
             .query_async::<Vec<String>>(&mut conn)
             .await;
         let serials = self.check(id, r, "list revocations")?;
-        let reads = serials
-            .iter()
-            .map(|s| {
-                let mut c = redis::cmd("HGETALL");
-                c.arg(self.keys.revoked(s));
-                c
-            })
-            .collect();
-        let records: Vec<Fields> = self.each(reads, "list revocations").await?;
+        let records = self
+            .hashes(&serials, |s| self.keys.revoked(s), "list revocations")
+            .await?;
         let mut out = Vec::new();
         for (serial, fields) in serials.iter().zip(records) {
             // Gone by EXPIREAT, not yet swept from the index.
@@ -1495,15 +1508,9 @@ impl RedisStore {
             .query_async::<Vec<String>>(&mut conn)
             .await;
         let serials = self.check(id, r, "list certificates")?;
-        let reads = serials
-            .iter()
-            .map(|s| {
-                let mut c = redis::cmd("HGETALL");
-                c.arg(self.keys.cert(s));
-                c
-            })
-            .collect();
-        let records: Vec<Fields> = self.each(reads, "list certificates").await?;
+        let records = self
+            .hashes(&serials, |s| self.keys.cert(s), "list certificates")
+            .await?;
         let mut out = Vec::new();
         for (serial, fields) in serials.iter().zip(records) {
             if fields.is_empty() {
