@@ -1,6 +1,6 @@
-//! Real `redis-server` processes for the tests: standalone servers, replicas and sentinels
-//! (`redis-server --sentinel`), each on a free loopback port in its own temporary folder,
-//! killed when dropped.
+//! Real `redis-server` processes for the tests: standalone servers, replicas, sentinels
+//! (`redis-server --sentinel`) and clusters (with or without replicas), each server on a
+//! free loopback port in its own temporary folder, killed when dropped.
 //!
 //! The machine may run its own Redis (port 6379): nothing here uses or depends on it. Where
 //! `redis-server` is not installed the tests that need it are skipped with a loud message,
@@ -285,6 +285,16 @@ impl RedisServer {
             .collect()
     }
 
+    /// One `name:value` line of `INFO <section>`.
+    pub fn info_field(&self, section: &str, name: &str) -> Option<String> {
+        let info: String = self.cmd(&["INFO", section]);
+        info.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+        })
+    }
+
     /// Total commands executed so far (all kinds).
     pub fn total_calls(&self) -> u64 {
         self.command_calls().iter().map(|(_, n)| n).sum()
@@ -507,15 +517,22 @@ impl TestTls {
     }
 }
 
-/// A Redis Cluster of three masters (no replicas), each a `redis-server` of its own, formed
-/// with `redis-cli --cluster create`. Killed on drop.
+/// A Redis Cluster of three masters (optionally with replicas), each a `redis-server` of
+/// its own, formed with `redis-cli --cluster create`. Killed on drop.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
-    /// `None` when redis-server or redis-cli is missing (skip; a panic under `CI=true`).
+    /// Three masters, no replicas. `None` when redis-server or redis-cli is missing (skip;
+    /// a panic under `CI=true`).
     pub fn start() -> Option<RedisCluster> {
+        Self::start_with_replicas(0)
+    }
+
+    /// Three masters with `replicas` replicas each (`--cluster-replicas`), returned once
+    /// every node says `cluster_state:ok` and every replica is in sync with its master.
+    pub fn start_with_replicas(replicas: usize) -> Option<RedisCluster> {
         if !available() || !cli_available() {
             return None;
         }
@@ -523,7 +540,7 @@ impl RedisCluster {
             cluster: true,
             ..ServerSpec::default()
         };
-        let nodes = (0..3)
+        let nodes = (0..3 * (1 + replicas))
             .map(|_| RedisServer::start_with(spec.clone()).expect("cluster node"))
             .collect::<Vec<_>>();
         let mut create = Command::new("redis-cli");
@@ -532,7 +549,7 @@ impl RedisCluster {
             create.arg(format!("127.0.0.1:{}", n.port));
         }
         create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -557,17 +574,31 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stderr)
         );
         let cluster = RedisCluster { nodes };
+        cluster.wait_ok();
         for n in &cluster.nodes {
+            if n.info_field("replication", "role").as_deref() == Some("slave") {
+                wait_until(
+                    &format!("replica 127.0.0.1:{} in sync", n.port),
+                    READY,
+                    || n.info_field("replication", "master_link_status").as_deref() == Some("up"),
+                );
+            }
+        }
+        Some(cluster)
+    }
+
+    /// Waits until every running node says `cluster_state:ok`.
+    pub fn wait_ok(&self) {
+        for n in self.nodes.iter().filter(|n| n.is_running()) {
             wait_until(
                 &format!("cluster_state:ok on 127.0.0.1:{}", n.port),
                 READY,
                 || {
-                    let info: String = n.cmd(&["CLUSTER", "INFO"]);
-                    info.contains("cluster_state:ok")
+                    n.cmd::<String>(&["CLUSTER", "INFO"])
+                        .contains("cluster_state:ok")
                 },
             );
         }
-        Some(cluster)
     }
 
     /// The seed URLs (every node).
@@ -578,10 +609,19 @@ impl RedisCluster {
             .collect()
     }
 
-    /// The node that serves `key`'s slot.
+    /// A node that runs (to ask about the cluster).
+    fn any_running(&self) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|n| n.is_running())
+            .expect("a running cluster node")
+    }
+
+    /// The master that serves `key`'s slot, as the cluster sees it now.
     pub fn node_for(&self, key: &str) -> &RedisServer {
-        let slot: i64 = self.nodes[0].cmd(&["CLUSTER", "KEYSLOT", key]);
-        let ranges: Vec<redis::Value> = self.nodes[0].cmd(&["CLUSTER", "SLOTS"]);
+        let asked = self.any_running();
+        let slot: i64 = asked.cmd(&["CLUSTER", "KEYSLOT", key]);
+        let ranges: Vec<redis::Value> = asked.cmd(&["CLUSTER", "SLOTS"]);
         let int = |v: &redis::Value| match v {
             redis::Value::Int(i) => *i,
             _ => -1,
@@ -604,6 +644,47 @@ impl RedisCluster {
             .iter()
             .find(|n| i64::from(n.port) == port)
             .expect("the serving node is one of ours")
+    }
+
+    /// The running replica of the master on `master_port`.
+    pub fn replica_of(&self, master_port: u16) -> &RedisServer {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .find(|n| {
+                n.info_field("replication", "role").as_deref() == Some("slave")
+                    && n.info_field("replication", "master_port") == Some(master_port.to_string())
+            })
+            .unwrap_or_else(|| panic!("no replica of 127.0.0.1:{master_port}"))
+    }
+
+    /// Waits until every replica of `master` has acknowledged all of its writes so far
+    /// (each replica's offset in `INFO replication` reaches the master's).
+    pub fn wait_replicated(&self, master: &RedisServer) {
+        let target: u64 = master
+            .info_field("replication", "master_repl_offset")
+            .and_then(|o| o.parse().ok())
+            .expect("master_repl_offset");
+        wait_until(
+            &format!(
+                "the replicas of 127.0.0.1:{} at offset {target}",
+                master.port
+            ),
+            READY,
+            || {
+                let info: String = master.cmd(&["INFO", "replication"]);
+                let offsets: Vec<u64> = info
+                    .lines()
+                    .filter(|l| l.starts_with("slave"))
+                    .filter_map(|l| {
+                        l.split(',')
+                            .find_map(|kv| kv.strip_prefix("offset="))
+                            .and_then(|o| o.parse().ok())
+                    })
+                    .collect();
+                !offsets.is_empty() && offsets.iter().all(|&o| o >= target)
+            },
+        );
     }
 }
 
