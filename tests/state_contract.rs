@@ -463,7 +463,12 @@ struct ClusterFactory {
 
 impl ClusterFactory {
     fn start() -> Option<Self> {
-        let cluster = redis_server::RedisCluster::start()?;
+        Self::with_replicas(0)
+    }
+
+    /// Three masters with `replicas` replicas each.
+    fn with_replicas(replicas: usize) -> Option<Self> {
+        let cluster = redis_server::RedisCluster::start_with_replicas(replicas)?;
         let config = RedisConfig {
             mode: RedisMode::Cluster,
             url: String::new(),
@@ -666,42 +671,86 @@ async fn redis_cluster_never_crosses_slots() {
     assert_eq!(cross_slot(&f).len(), 1);
 }
 
-/// Cluster: the master holding `meta` restarts empty (no persistence); the data-loss guard
-/// refuses lookups instead of trusting the cluster.
+/// Cluster: the markers of every slot carry the store id (the first contact claims the
+/// writing and does it in the background). Waits for `meta` to say so.
+async fn wait_for_slot_markers(f: &ClusterFactory) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let marked: i64 = f.cluster.node_for("certgate:meta").cmd(&[
+            "HEXISTS",
+            "certgate:meta",
+            "slots_marked_at",
+        ]);
+        if marked == 1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot markers were not all written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The first serial (`00`, `01`, …) that `pick` accepts, given the port of the master that
+/// serves its `revoked:` record.
+fn serial_where(f: &ClusterFactory, pick: impl Fn(&str, u16) -> bool) -> String {
+    (0..=255u32)
+        .map(|i| format!("{i:02x}"))
+        .find(|s| pick(s, f.cluster.node_for(&format!("certgate:revoked:{s}")).port))
+        .expect("some serial lives on the wanted master")
+}
+
+/// Restarts the node on `port` empty (no persistence); its `nodes.conf` stays, so it
+/// rejoins with its slots. Returns once the cluster is whole again.
+fn restart_empty(f: &mut ClusterFactory, port: u16) {
+    let node = f
+        .cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.port == port)
+        .expect("the node");
+    node.restart();
+    assert_eq!(node.cmd::<i64>(&["DBSIZE"]), 0, "the node kept data");
+    f.cluster.wait_ok();
+}
+
+/// A revoked certificate's lookup: refused, or answered as revoked; never "not revoked".
+fn never_unrevoked(serial: &str, r: &Result<Option<Revocation>, StoreError>) {
+    assert!(
+        !matches!(r, Ok(None)),
+        "revoked certificate {serial} reported as not revoked"
+    );
+}
+
+/// Cluster: the master holding `meta` restarts empty (no persistence). A lookup that
+/// reaches it (its slot marker is gone) trips the guard, which then refuses every key. A
+/// lookup on another master reads that master's data, which is intact, and is answered
+/// (correctly) until then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_cluster_meta_node_restarted_empty_trips_the_guard() {
     let Some(mut f) = ClusterFactory::start() else {
         return;
     };
     let store = RedisStore::open(&f.config).expect("open");
-    let r = revocation("0a", RevocationReason::KeyCompromise, now(), None);
-    store.revoke(r.clone()).await.unwrap();
-    assert_eq!(store.revocation("0a").await.unwrap(), Some(r));
-
-    let port = f.cluster.node_for("certgate:meta").port;
-    let node = f
-        .cluster
-        .nodes
-        .iter_mut()
-        .find(|n| n.port == port)
-        .expect("meta node");
-    node.restart();
-    for n in &f.cluster.nodes {
-        redis_server::wait_until(
-            "cluster_state:ok after the restart",
-            Duration::from_secs(15),
-            || {
-                n.cmd::<String>(&["CLUSTER", "INFO"])
-                    .contains("cluster_state:ok")
-            },
-        );
+    store.ping().await.unwrap();
+    wait_for_slot_markers(&f).await;
+    let meta_port = f.cluster.node_for("certgate:meta").port;
+    let lost = serial_where(&f, |_, port| port == meta_port);
+    let kept = serial_where(&f, |_, port| port != meta_port);
+    for serial in [&lost, &kept] {
+        let r = revocation(serial, RevocationReason::KeyCompromise, now(), None);
+        store.revoke(r.clone()).await.unwrap();
+        assert_eq!(store.revocation(serial).await.unwrap(), Some(r));
     }
+
+    restart_empty(&mut f, meta_port);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = store.revocation("0a").await;
+        let r = store.revocation(&lost).await;
         assert!(
             r.is_err(),
-            "a lookup was answered after the data loss: {r:?}"
+            "a lookup on the emptied master was answered: {r:?}"
         );
         if !store.trusted() {
             break;
@@ -710,6 +759,235 @@ async fn redis_cluster_meta_node_restarted_empty_trips_the_guard() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(store.data_lost());
+    let r = store.revocation(&kept).await;
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+
+    // Another instance's probe reads the marked `meta` and stops too.
+    let other = RedisStore::open(&f.config).expect("open");
+    assert!(other.ping().await.is_err());
+    assert!(other.data_lost());
+}
+
+/// Cluster: a master that does NOT hold `meta` restarts empty, without a replica to fail
+/// over to. `meta` is intact, so only the slot markers can tell: the first lookup that
+/// reaches that master finds its slot's marker missing and trips the guard, which then
+/// refuses every key, on this instance and (through `meta`) on the others. After the
+/// documented recovery (re-apply the revocation, acknowledge) lookups work again, and at no
+/// point is the revoked certificate reported as not revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_master_restarted_empty_trips_the_guard() {
+    let Some(mut f) = ClusterFactory::start() else {
+        return;
+    };
+    let store = RedisStore::open(&f.config).expect("open");
+    let other = RedisStore::open(&f.config).expect("open a second instance");
+    store.ping().await.unwrap();
+    wait_for_slot_markers(&f).await;
+    let meta_port = f.cluster.node_for("certgate:meta").port;
+    let serial = serial_where(&f, |_, port| port != meta_port);
+    let lost_port = f
+        .cluster
+        .node_for(&format!("certgate:revoked:{serial}"))
+        .port;
+    let kept = serial_where(&f, |_, port| port == meta_port);
+    let r = revocation(&serial, RevocationReason::KeyCompromise, now(), None);
+    let k = revocation(&kept, RevocationReason::Superseded, now(), None);
+    store.revoke(r.clone()).await.unwrap();
+    store.revoke(k.clone()).await.unwrap();
+    assert_eq!(store.revocation(&serial).await.unwrap(), Some(r.clone()));
+    assert_eq!(other.revocation(&serial).await.unwrap(), Some(r.clone()));
+
+    restart_empty(&mut f, lost_port);
+    let meta_fields: std::collections::HashMap<String, String> = f
+        .cluster
+        .node_for("certgate:meta")
+        .cmd(&["HGETALL", "certgate:meta"]);
+    assert!(
+        !meta_fields.contains_key("data_lost_at"),
+        "meta is intact: {meta_fields:?}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = store.revocation(&serial).await;
+        never_unrevoked(&serial, &got);
+        assert!(
+            matches!(got, Err(StoreError::Unavailable(_))),
+            "a lookup on the emptied master was answered: {got:?}"
+        );
+        if !store.trusted() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the guard did not trip: {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(store.data_lost());
+    // Every key is refused now, including those on intact masters.
+    let got = store.revocation(&kept).await;
+    assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+    let got = store.account("alice").await;
+    assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+    let marked: i64 =
+        f.cluster
+            .node_for("certgate:meta")
+            .cmd(&["HEXISTS", "certgate:meta", "data_lost_at"]);
+    assert_eq!(marked, 1, "meta was not marked");
+    // The second instance: a lookup on the emptied master trips it by itself; its probe
+    // reads the marked `meta`. A third one, started now, refuses from the start.
+    let got = other.revocation(&serial).await;
+    never_unrevoked(&serial, &got);
+    assert!(got.is_err(), "{got:?}");
+    assert!(other.ping().await.is_err());
+    assert!(other.data_lost());
+    let third = RedisStore::open(&f.config).expect("open a third instance");
+    let got = third.revocation(&kept).await;
+    assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+
+    // Recovery: re-apply the revocation (writes are accepted while lookups are refused),
+    // then acknowledge.
+    store.revoke(r.clone()).await.unwrap();
+    let got = store.revocation(&serial).await;
+    assert!(got.is_err(), "{got:?}");
+    let started = Instant::now();
+    store.acknowledge_data_loss().await.unwrap();
+    println!(
+        "acknowledge_data_loss (meta, CRL number, 16384 slot markers) took {:?}",
+        started.elapsed()
+    );
+    assert!(store.trusted());
+    assert_eq!(store.revocation(&serial).await.unwrap(), Some(r.clone()));
+    assert_eq!(store.revocation(&kept).await.unwrap(), Some(k.clone()));
+    assert!(store.account("alice").await.unwrap().is_none());
+    // Every marker carries the new id, the emptied master's too.
+    let new_id: String =
+        f.cluster
+            .node_for("certgate:meta")
+            .cmd(&["HGET", "certgate:meta", "store_id"]);
+    let marker = store
+        .keys()
+        .marker_for(&format!("certgate:revoked:{serial}"));
+    let on_lost: Option<String> = f.cluster.node_for(&marker).cmd(&["GET", &marker]);
+    assert_eq!(on_lost.as_deref(), Some(new_id.as_str()));
+    // The other instances adopt the acknowledgement on their next probe.
+    other.ping().await.unwrap();
+    assert_eq!(other.revocation(&serial).await.unwrap(), Some(r.clone()));
+    third.ping().await.unwrap();
+    assert_eq!(third.revocation(&kept).await.unwrap(), Some(k));
+}
+
+/// Cluster: the decisions on a slot marker that is not the known store id, on an intact
+/// cluster. Another id (an acknowledgement being rolled out) is rewritten and the lookup
+/// answered; a deleted marker (what a master restarted empty looks like) trips the guard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_slot_marker_decisions() {
+    let Some(f) = ClusterFactory::start() else {
+        return;
+    };
+    let store = RedisStore::open(&f.config).expect("open");
+    store.ping().await.unwrap();
+    wait_for_slot_markers(&f).await;
+    let id: String =
+        f.cluster
+            .node_for("certgate:meta")
+            .cmd(&["HGET", "certgate:meta", "store_id"]);
+    let r = revocation("0a", RevocationReason::KeyCompromise, now(), None);
+    store.revoke(r.clone()).await.unwrap();
+    let marker = store.keys().marker_for("certgate:revoked:0a");
+    let node = f.cluster.node_for(&marker);
+    assert_eq!(
+        node.cmd::<Option<String>>(&["GET", &marker]),
+        Some(id.clone())
+    );
+
+    let _: () = node.cmd(&["SET", &marker, "another-id"]);
+    assert_eq!(store.revocation("0a").await.unwrap(), Some(r.clone()));
+    assert!(store.trusted());
+    assert_eq!(node.cmd::<Option<String>>(&["GET", &marker]), Some(id));
+
+    let _: i64 = node.cmd(&["DEL", &marker]);
+    let got = store.revocation("0a").await;
+    assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+    assert!(store.data_lost());
+}
+
+/// Cluster with a replica per master: the master holding a revocation dies, its replica
+/// is promoted, and the store keeps answering (same instance, never re-created): the
+/// revocation still holds, the guard does not trip (the replica has the slot markers),
+/// and new writes land on the promoted replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_failover_keeps_the_store_trusted() {
+    let Some(mut f) = ClusterFactory::with_replicas(1) else {
+        return;
+    };
+    let store = RedisStore::open(&f.config).expect("open");
+    store.ping().await.unwrap();
+    wait_for_slot_markers(&f).await;
+    let meta_port = f.cluster.node_for("certgate:meta").port;
+    let serial = serial_where(&f, |_, port| port != meta_port);
+    let key = format!("certgate:revoked:{serial}");
+    let master_port = f.cluster.node_for(&key).port;
+    let r = revocation(&serial, RevocationReason::KeyCompromise, now(), None);
+    store.revoke(r.clone()).await.unwrap();
+    assert_eq!(store.revocation(&serial).await.unwrap(), Some(r.clone()));
+    let replica_port = f.cluster.replica_of(master_port).port;
+    f.cluster.wait_replicated(f.cluster.node_for(&key));
+
+    f.cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.port == master_port)
+        .expect("the master")
+        .kill();
+    redis_server::wait_until(
+        "the replica promoted and serving the slot",
+        Duration::from_secs(30),
+        || {
+            let replica = f
+                .cluster
+                .nodes
+                .iter()
+                .find(|n| n.port == replica_port)
+                .expect("the replica");
+            replica.info_field("replication", "role").as_deref() == Some("master")
+                && f.cluster.nodes.iter().filter(|n| n.is_running()).all(|n| {
+                    n.cmd::<String>(&["CLUSTER", "INFO"])
+                        .contains("cluster_state:ok")
+                })
+                && f.cluster.node_for(&key).port == replica_port
+        },
+    );
+
+    // The store finds the new master by itself; until then lookups may fail, never
+    // answer "not revoked", and never trip the guard.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = store.revocation(&serial).await;
+        never_unrevoked(&serial, &got);
+        assert!(store.trusted(), "the guard tripped on a failover: {got:?}");
+        if let Ok(answer) = got {
+            assert_eq!(answer, Some(r.clone()));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store did not follow the failover: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // New writes, on the promoted replica's slots and elsewhere.
+    let moved = serial_where(&f, |s, port| port == replica_port && s != serial);
+    let n = revocation(&moved, RevocationReason::Superseded, now(), None);
+    store.revoke(n.clone()).await.unwrap();
+    assert_eq!(store.revocation(&moved).await.unwrap(), Some(n));
+    store.enable_two_factor("alice", now()).await.unwrap();
+    assert!(store.account("alice").await.unwrap().is_some());
+    store.ping().await.unwrap();
+    assert!(store.trusted());
+    let marked: i64 =
+        f.cluster
+            .node_for("certgate:meta")
+            .cmd(&["HEXISTS", "certgate:meta", "data_lost_at"]);
+    assert_eq!(marked, 0, "meta was marked lost");
 }
 
 // ---------------------------------------------------------------------------------------

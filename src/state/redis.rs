@@ -27,7 +27,11 @@
 //!   `sweep`.
 //! - `{p}crl_number`: the CRL number counter (`INCR`).
 //! - `{p}meta` hash: `store_id`, `created_at`, and `data_lost_at` / `acknowledged_at` (the
-//!   data-loss guard below).
+//!   data-loss guard below); in Cluster also `slots_marking` (when an instance claimed the
+//!   writing of the slot markers) and `slots_marked_at` (when they were all written).
+//! - `{p}slot:{<tag>}` (Cluster only): one marker per cluster slot, 16384 in all, holding
+//!   the `store_id`. `<tag>` is the shortest decimal string whose hash is that slot, so
+//!   the marker lives in the slot it guards (see `slot_tags`).
 //!
 //! Atomicity and Cluster. Every script touches one key or one slot, so the same code runs
 //! on a standalone server, behind Sentinel and on a Cluster. A write that spans slots is a
@@ -64,16 +68,47 @@
 //! drops every entry after a disconnect or a (re)subscription (events may have been lost).
 //!
 //! Data-loss guard. On first contact the store writes `{p}meta` with a random `store_id`
-//! (or, when `meta` is missing but data exists, marks the store as having lost data). Every
-//! read also fetches `meta` in the same round trip. If `meta` disappears, changes its id
-//! without an operator's acknowledgement, or carries `data_lost_at`, this instance refuses
-//! every call with [`StoreError::Unavailable`] (protected traffic gets 503: a Redis that
-//! restarted empty would otherwise forget every revocation) and marks `meta` so the other
-//! instances stop too, until [`RedisStore::acknowledge_data_loss`] is called.
+//! (or, when `meta` is missing but data exists, marks the store as having lost data). If
+//! `meta` disappears, changes its id without an operator's acknowledgement, or carries
+//! `data_lost_at`, this instance refuses every call with [`StoreError::Unavailable`]
+//! (protected traffic gets 503: a Redis that restarted empty would otherwise forget every
+//! revocation) and marks `meta` so the other instances stop too, until
+//! [`RedisStore::acknowledge_data_loss`] is called. `meta` is checked on first contact, by
+//! every probe ([`PROBE_INTERVAL`]), and with lookups:
+//! - Standalone and Sentinel: the account and revocation lookups read `meta` in the same
+//!   pipeline (one round trip).
+//! - Cluster: `meta` lives in one slot, so it only tells about the master serving that
+//!   slot; any other master restarting empty without a replica would bring its
+//!   revocations back silently. So each slot has its own marker (`{p}slot:{<tag>}`), and
+//!   every lookup (account, revocation, ticket peek and consume, the CRL's reads, the CRL
+//!   number) runs as one script on its key and the marker of the key's slot (`MARKED`):
+//!   one round trip, and a master that lost its data cannot answer without the marker
+//!   being missing. The script does its work only when the marker is the known id;
+//!   otherwise the slow path (`check_slot`) runs under the guard lock: `meta`
+//!   first (adopts an acknowledged id, or trips), then the marker again. Missing: the
+//!   slot lost its data, so `meta` is marked and the guard trips. Another id, while
+//!   `meta` is fine: the slot kept its data (an acknowledgement is being rolled out), so
+//!   the marker is rewritten to the known id. The lookup then runs again.
+//! - Cluster with a hash tag in the prefix (the configuration refuses braces; a hand-built
+//!   config only): every key, `meta` included, lives in one slot, so lookups read `meta` in
+//!   the same pipeline as outside Cluster, and there are no markers.
 //!
-//! Cluster limit: `meta` lives in one slot, so the guard sees the loss of the master that
-//! serves it (tested), not of another master restarting empty without a replica to fail
-//! over to. Run Cluster masters with replicas and `appendonly yes`.
+//! The markers are written when `meta` has none for its id (first initialisation, a store
+//! from before the markers, after an acknowledgement): one instance claims the writing in
+//! `meta` ([`MARKING_LEASE`]) and writes them in the background as single-key `SET`s over
+//! the cluster connection, then sets `slots_marked_at`; about 0.3 s for all 16384 on a
+//! three-master loopback test cluster. Until then a missing marker is written (`SET NX`)
+//! rather than reported, so a master that restarts empty during those moments goes
+//! unnoticed. [`RedisStore::acknowledge_data_loss`] rewrites every marker with the new id
+//! itself, before it returns.
+//!
+//! Cluster limits: another instance learns of a trip through `meta` on its next probe, or
+//! by itself when a lookup reaches the emptied master (lookups on intact masters are
+//! answered correctly meanwhile). A master that fails over to its replica keeps its markers
+//! (they are replicated like any key), so a failover does not trip the guard, but writes
+//! the old master acknowledged and the replica never received are lost without notice
+//! (Redis's asynchronous replication). Run Cluster masters with replicas and
+//! `appendonly yes`.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -112,6 +147,17 @@ pub const REPLICA_WAIT: Duration = Duration::from_millis(500);
 /// How often the Redis backend probes the server in the background: the bound on how long
 /// `certgate_state_store_up` and a Sentinel failover go unnoticed without traffic.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Cluster: how long one instance's claim on writing the slot markers holds (and the bound
+/// on the writing itself); an expired claim is taken over by another instance.
+pub const MARKING_LEASE: Duration = Duration::from_secs(60);
+
+/// Cluster: how many marker writes are in flight at once on the (multiplexed) connection.
+const MARKER_WRITERS: usize = 64;
+
+/// Cluster: how often a lookup runs again after the slow path repaired its slot marker
+/// before it gives up (the marker changing under it means an acknowledgement is racing).
+const MARKED_ATTEMPTS: usize = 3;
 
 type Fields = HashMap<String, String>;
 
@@ -206,12 +252,71 @@ redis.call('HSETNX', KEYS[1], 'data_lost_at', ARGV[2])
 return redis.call('HGETALL', KEYS[1])
 ";
 
-/// KEYS: meta, crl_number. ARGV: new id, now. The operator's acknowledgement: a fresh
-/// `meta`, and a CRL number that jumps past any number issued before the loss (those were
-/// small counters; unix time is larger), so CRL numbers keep growing.
+/// KEYS: meta. ARGV: new id, now, '1' when the caller rewrites the slot markers itself
+/// (Cluster). The operator's acknowledgement: a fresh `meta` (the caller then moves the CRL
+/// number past any number issued before the loss). With '1' the marker rewrite is claimed
+/// in the same step, so no other instance starts a second one.
 const ACKNOWLEDGE: &str = r"
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'store_id', ARGV[1], 'created_at', ARGV[2], 'acknowledged_at', ARGV[2])
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[1], 'slots_marking', ARGV[2])
+end
+return 1
+";
+
+/// Cluster lookups. KEYS: the slot marker of the key, the key (one slot). ARGV: the known
+/// store id, the operation: 'read' (HGETALL), 'list' (ZRANGE 0 -1), 'consume' (HGETALL then
+/// DEL) or 'incr' (INCR). Returns {marker ('' when missing), result}; the operation runs only
+/// when the marker is the known id, otherwise the result is empty and nothing changes.
+const MARKED: &str = r"
+local marker = redis.call('GET', KEYS[1]) or ''
+if marker ~= ARGV[1] then
+  return {marker, {}}
+end
+local op = ARGV[2]
+if op == 'read' then
+  return {marker, redis.call('HGETALL', KEYS[2])}
+elseif op == 'list' then
+  return {marker, redis.call('ZRANGE', KEYS[2], 0, -1)}
+elseif op == 'consume' then
+  local t = redis.call('HGETALL', KEYS[2])
+  if #t > 0 then
+    redis.call('DEL', KEYS[2])
+  end
+  return {marker, t}
+elseif op == 'incr' then
+  return {marker, {tostring(redis.call('INCR', KEYS[2]))}}
+end
+return redis.error_reply('certgate: unknown marked operation ' .. op)
+";
+
+/// KEYS: meta. ARGV: store id, now, lease seconds. Claims the writing of every slot marker
+/// for `store_id`: 'claimed', or 'done' (already written), 'busy' (another instance claimed
+/// it less than a lease ago), 'other' (`meta` carries another id now).
+const CLAIM_MARKING: &str = r"
+if redis.call('HGET', KEYS[1], 'store_id') ~= ARGV[1] then
+  return 'other'
+end
+if redis.call('HEXISTS', KEYS[1], 'slots_marked_at') == 1 then
+  return 'done'
+end
+local since = tonumber(redis.call('HGET', KEYS[1], 'slots_marking') or '')
+if since and tonumber(ARGV[2]) - since < tonumber(ARGV[3]) then
+  return 'busy'
+end
+redis.call('HSET', KEYS[1], 'slots_marking', ARGV[2])
+return 'claimed'
+";
+
+/// KEYS: meta. ARGV: store id, now. Records that every slot marker carries `store_id`
+/// (only if `meta` still carries that id). Returns 1 when recorded.
+const SLOTS_MARKED: &str = r"
+if redis.call('HGET', KEYS[1], 'store_id') ~= ARGV[1] then
+  return 0
+end
+redis.call('HDEL', KEYS[1], 'slots_marking')
+redis.call('HSET', KEYS[1], 'slots_marked_at', ARGV[2])
 return 1
 ";
 
@@ -225,6 +330,9 @@ struct Scripts {
     init_meta: Script,
     mark_lost: Script,
     acknowledge: Script,
+    marked: Script,
+    claim_marking: Script,
+    slots_marked: Script,
 }
 
 impl Scripts {
@@ -239,6 +347,9 @@ impl Scripts {
             init_meta: Script::new(INIT_META),
             mark_lost: Script::new(MARK_LOST),
             acknowledge: Script::new(ACKNOWLEDGE),
+            marked: Script::new(MARKED),
+            claim_marking: Script::new(CLAIM_MARKING),
+            slots_marked: Script::new(SLOTS_MARKED),
         }
     }
 }
@@ -250,26 +361,55 @@ impl Scripts {
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+    /// The prefix holds a complete hash tag: every key is in that tag's slot.
+    one_slot: bool,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
         Keys {
             prefix: prefix.to_string(),
+            one_slot: hash_tag(prefix.as_bytes()).is_some(),
         }
+    }
+
+    /// True when every key lives in one Cluster slot (the prefix holds a hash tag, e.g.
+    /// `{gw}:`; the configuration refuses braces, so only a hand-built prefix does). Then
+    /// `meta` shares the slot with every key and the slot markers are not needed.
+    pub fn one_slot(&self) -> bool {
+        self.one_slot
+    }
+
+    /// The data-loss marker of Cluster slot `slot` (`0..SLOTS`): `{p}slot:{<tag>}`, whose
+    /// hash tag hashes to that slot. Meaningful only for a prefix without `{`.
+    pub fn slot_marker(&self, slot: usize) -> String {
+        let tag = slot_tags().get(slot).map(String::as_str).unwrap_or("");
+        format!("{}slot:{{{tag}}}", self.prefix)
+    }
+
+    /// The marker of the slot that `key` lives in.
+    pub fn marker_for(&self, key: &str) -> String {
+        self.slot_marker(usize::from(key_slot(key.as_bytes())))
     }
 
     pub fn account(&self, account: &str) -> String {
         format!("{}acct:{account}", self.prefix)
     }
 
-    /// Same slot as [`Keys::account`]: the hash tag is the account key itself.
+    /// Same slot as [`Keys::account`]: the hash tag is the account key itself (or, with a
+    /// hash tag in the prefix, the prefix's tag, like every key).
     pub fn account_tickets(&self, account: &str) -> String {
+        if self.one_slot {
+            return format!("{}acct:{account}:tickets", self.prefix);
+        }
         format!("{{{}acct:{account}}}:tickets", self.prefix)
     }
 
     /// Same slot as [`Keys::account`].
     pub fn account_certs(&self, account: &str) -> String {
+        if self.one_slot {
+            return format!("{}acct:{account}:certs", self.prefix);
+        }
         format!("{{{}acct:{account}}}:certs", self.prefix)
     }
 
@@ -317,6 +457,64 @@ impl Keys {
         p.push('*');
         p
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Cluster slots.
+
+/// The number of Redis Cluster slots.
+pub const SLOTS: usize = 16384;
+
+/// The hash tag Redis hashes for `key`: the bytes between the first `{` and the first `}`
+/// after it, when not empty.
+fn hash_tag(key: &[u8]) -> Option<&[u8]> {
+    let open = key.iter().position(|&b| b == b'{')?;
+    let rest = &key[open + 1..];
+    let close = rest.iter().position(|&b| b == b'}')?;
+    (close > 0).then(|| &rest[..close])
+}
+
+/// CRC16-XMODEM (polynomial 0x1021, initial value 0), the checksum Redis Cluster uses.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The Cluster slot of `key`, as Redis computes it.
+fn key_slot(key: &[u8]) -> u16 {
+    crc16(hash_tag(key).unwrap_or(key)) % SLOTS as u16
+}
+
+/// For every slot, the shortest decimal string (the first found counting up from "0") that
+/// hashes to it: the hash tags of the slot markers. Built once; about 110,000 tries cover
+/// all 16384 slots (the unit tests check that every slot is covered).
+fn slot_tags() -> &'static [String] {
+    static TAGS: OnceLock<Vec<String>> = OnceLock::new();
+    TAGS.get_or_init(|| {
+        let mut tags = vec![String::new(); SLOTS];
+        let mut missing = SLOTS;
+        let mut n: u64 = 0;
+        while missing > 0 {
+            let tag = n.to_string();
+            let slot = usize::from(key_slot(tag.as_bytes()));
+            if tags[slot].is_empty() {
+                tags[slot] = tag;
+                missing -= 1;
+            }
+            n += 1;
+        }
+        tags
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -571,6 +769,15 @@ impl Link {
     }
 }
 
+/// What every call gets while the data-loss guard refuses.
+fn lost_error() -> StoreError {
+    StoreError::Unavailable(
+        "redis appears to have lost its data (certgate's meta record or a cluster slot \
+         marker is missing, or meta was replaced); refusing until an operator acknowledges it"
+            .into(),
+    )
+}
+
 fn unavailable(what: &str, e: &RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {what}: {e}"))
 }
@@ -595,6 +802,30 @@ struct GuardState {
     known_id: Option<String>,
     /// Set once the persistence settings were checked.
     persistence_checked: bool,
+}
+
+/// A Cluster lookup's operation, run beside its slot marker (the `MARKED` script).
+#[derive(Clone, Copy)]
+enum Marked {
+    /// `HGETALL`.
+    Read,
+    /// `ZRANGE 0 -1`.
+    List,
+    /// `HGETALL`, then `DEL`.
+    Consume,
+    /// `INCR`.
+    Incr,
+}
+
+impl Marked {
+    fn name(self) -> &'static str {
+        match self {
+            Marked::Read => "read",
+            Marked::List => "list",
+            Marked::Consume => "consume",
+            Marked::Incr => "incr",
+        }
+    }
 }
 
 /// `meta` as read with each lookup.
@@ -727,6 +958,14 @@ impl RedisStore {
             }
         };
         let keys = Keys::new(&cfg.key_prefix);
+        // A `{` outside a complete hash tag would make the slot markers hash elsewhere than
+        // their slot (the configuration refuses braces; this guards hand-built configs).
+        if cfg.key_prefix.contains('{') && !keys.one_slot() {
+            return Err(StoreError::Unavailable(format!(
+                "redis configuration: key prefix {:?} has a '{{' that is not a hash tag",
+                cfg.key_prefix
+            )));
+        }
         Ok(RedisStore {
             link: Link {
                 target,
@@ -757,6 +996,12 @@ impl RedisStore {
     /// True while the data-loss guard refuses every call.
     pub fn data_lost(&self) -> bool {
         self.lost.load(Ordering::Acquire)
+    }
+
+    /// Cluster with keys spread over the slots: the data-loss guard reads a per-slot marker
+    /// with each lookup (see the module header) instead of `meta`.
+    fn per_slot(&self) -> bool {
+        self.link.is_cluster() && !self.keys.one_slot()
     }
 
     /// Starts the listener that turns `{p}events` into cache invalidations, and clears the
@@ -873,11 +1118,7 @@ impl RedisStore {
 
     fn refuse_if_lost(&self) -> Result<(), StoreError> {
         if self.data_lost() {
-            return Err(StoreError::Unavailable(
-                "redis appears to have lost its data (certgate's meta record is missing or \
-                 was replaced); refusing until an operator acknowledges it"
-                    .into(),
-            ));
+            return Err(lost_error());
         }
         Ok(())
     }
@@ -896,6 +1137,12 @@ impl RedisStore {
     /// The data-loss guard's decision, from a fresh read of `meta` (see the module header).
     async fn verify_meta(&self) -> Result<(), StoreError> {
         let mut guard = self.guard.lock().await;
+        self.verify_meta_locked(&mut guard).await.map(drop)
+    }
+
+    /// [`RedisStore::verify_meta`] under the guard lock; returns `meta` as read when the
+    /// store is trusted.
+    async fn verify_meta_locked(&self, guard: &mut GuardState) -> Result<Fields, StoreError> {
         let (id, mut conn) = self.link.conn().await?;
         let meta_key = self.keys.meta();
         let r = redis::cmd("HGETALL")
@@ -932,8 +1179,7 @@ impl RedisStore {
         }
         let store_id = meta.get("store_id").cloned();
         if meta.contains_key("data_lost_at") {
-            drop(guard);
-            return self.enter_lost("certgate's meta record says the data was lost");
+            return Err(self.enter_lost("certgate's meta record says the data was lost"));
         }
         let Some(store_id) = store_id else {
             return Err(StoreError::Corrupt("meta has no store_id".into()));
@@ -954,41 +1200,169 @@ impl RedisStore {
                     guard.known_id = Some(store_id.clone());
                     self.clear_cache();
                 } else {
-                    let r = self
-                        .scripts
-                        .mark_lost
-                        .key(&meta_key)
-                        .arg(new_store_id())
-                        .arg(&now)
-                        .invoke_async::<Vec<String>>(&mut conn)
-                        .await;
-                    self.check(id, r, "mark meta")?;
-                    drop(guard);
-                    return self.enter_lost(
+                    self.mark_meta_lost(&mut conn, id).await?;
+                    return Err(self.enter_lost(
                         "certgate's meta record was replaced (redis restarted empty and another \
                          instance initialised it)",
-                    );
+                    ));
                 }
             }
         }
-        *lock(&self.known_id) = Some(store_id);
+        *lock(&self.known_id) = Some(store_id.clone());
         if !guard.persistence_checked {
             guard.persistence_checked = true;
             self.check_persistence(&mut conn).await;
         }
-        drop(guard);
+        if self.per_slot() && !meta.contains_key("slots_marked_at") {
+            self.claim_marking(&mut conn, id, &store_id, &now).await?;
+        }
         self.leave_lost();
+        Ok(meta)
+    }
+
+    /// Sets `data_lost_at` in `meta` (creating it if missing), so every instance refuses.
+    async fn mark_meta_lost(&self, conn: &mut Conn, id: u64) -> Result<(), StoreError> {
+        let r = self
+            .scripts
+            .mark_lost
+            .key(self.keys.meta())
+            .arg(new_store_id())
+            .arg(super::now())
+            .invoke_async::<Vec<String>>(conn)
+            .await;
+        self.check(id, r, "mark meta").map(drop)
+    }
+
+    /// Cluster: the slot markers of `store_id` are not all written yet (a new `meta`, an
+    /// acknowledgement, or a store from before the markers). Claims the writing in `meta`
+    /// and, when this instance got it, writes them in the background: the first lookups
+    /// need not wait, and a writer that dies leaves a claim that expires after
+    /// [`MARKING_LEASE`], when another instance (its probe, at the latest) takes over.
+    async fn claim_marking(
+        &self,
+        conn: &mut Conn,
+        id: u64,
+        store_id: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        let r = self
+            .scripts
+            .claim_marking
+            .key(self.keys.meta())
+            .arg(store_id)
+            .arg(now)
+            .arg(MARKING_LEASE.as_secs())
+            .invoke_async::<String>(conn)
+            .await;
+        if self.check(id, r, "claim the slot markers")? != "claimed" {
+            return Ok(());
+        }
+        let (conn, keys, script) = (
+            conn.clone(),
+            self.keys.clone(),
+            self.scripts.slots_marked.clone(),
+        );
+        let (store_id, description) = (store_id.to_string(), self.description.clone());
+        tokio::spawn(async move {
+            let written = tokio::time::timeout(
+                MARKING_LEASE,
+                write_slot_markers(&conn, &keys, &script, &store_id),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "not done within {MARKING_LEASE:?}"
+                )))
+            });
+            match written {
+                Ok(took) => tracing::info!(
+                    store = %description,
+                    took_ms = took.as_millis() as u64,
+                    "redis cluster slot markers written"
+                ),
+                Err(e) => tracing::warn!(
+                    store = %description,
+                    error = %e,
+                    "writing the redis cluster slot markers failed; another attempt follows \
+                     once the claim expires"
+                ),
+            }
+        });
         Ok(())
     }
 
+    /// Cluster: the slow path of a lookup whose slot marker `marker` was not the known
+    /// store id. Under the guard lock, `meta` first (adopts an acknowledged id, or trips on
+    /// a replaced or lost `meta`), then the marker again:
+    /// - the known id: fine (another instance repaired it, or this one adopted a new id);
+    /// - another id: the slot kept its data (an acknowledgement is being rolled out), so
+    ///   the marker is rewritten to the known id;
+    /// - missing, while the markers of this id are not all written yet: written now;
+    /// - missing otherwise: the master serving the slot lost its data. `meta` is marked
+    ///   and every call is refused until an operator acknowledges.
+    async fn check_slot(&self, marker: &str) -> Result<(), StoreError> {
+        let mut guard = self.guard.lock().await;
+        let meta = self.verify_meta_locked(&mut guard).await?;
+        let Some(known) = guard.known_id.clone() else {
+            return Err(StoreError::Unavailable("redis: no store id yet".into()));
+        };
+        let (id, mut conn) = self.link.conn().await?;
+        let r = redis::cmd("GET")
+            .arg(marker)
+            .query_async::<Option<String>>(&mut conn)
+            .await;
+        match self.check(id, r, "read a slot marker")? {
+            Some(seen) if seen == known => Ok(()),
+            Some(seen) => {
+                tracing::debug!(
+                    marker,
+                    previous = seen,
+                    "slot marker rewritten to the store id"
+                );
+                let r = redis::cmd("SET")
+                    .arg(marker)
+                    .arg(&known)
+                    .query_async::<()>(&mut conn)
+                    .await;
+                self.check(id, r, "rewrite a slot marker")
+            }
+            None if !meta.contains_key("slots_marked_at") => {
+                let r = redis::cmd("SET")
+                    .arg(marker)
+                    .arg(&known)
+                    .arg("NX")
+                    .query_async::<Option<String>>(&mut conn)
+                    .await;
+                self.check(id, r, "write a slot marker").map(drop)
+            }
+            None => {
+                self.mark_meta_lost(&mut conn, id).await?;
+                Err(self.enter_lost(&format!(
+                    "redis cluster slot {} lost its data (its marker {marker} is missing: the \
+                     master serving it restarted empty)",
+                    key_slot(marker.as_bytes())
+                )))
+            }
+        }
+    }
+
     /// Whether any certgate data exists (used only when `meta` is missing). Cluster: the
-    /// fixed keys only (a full scan would have to visit every node).
+    /// fixed keys and the markers of 16 slots spread over the range (a full scan would have
+    /// to visit every node; markers exist only once `meta` did).
     async fn any_data(&self, conn: &mut Conn, id: u64) -> Result<bool, StoreError> {
-        for key in [
+        let mut probes = vec![
             self.keys.revoked_index(),
             self.keys.tickets_index(),
             self.keys.crl_number(),
-        ] {
+        ];
+        if self.per_slot() {
+            probes.extend(
+                (0..SLOTS)
+                    .step_by(SLOTS / 16)
+                    .map(|s| self.keys.slot_marker(s)),
+            );
+        }
+        for key in probes {
             let r = redis::cmd("EXISTS")
                 .arg(&key)
                 .query_async::<i64>(conn)
@@ -1059,7 +1433,8 @@ impl RedisStore {
         }
     }
 
-    fn enter_lost(&self, why: &str) -> Result<(), StoreError> {
+    /// Trips the guard (once: log, metrics) and returns the error every call gets now.
+    fn enter_lost(&self, why: &str) -> StoreError {
         if !self.lost.swap(true, Ordering::AcqRel) {
             tracing::error!(
                 store = %self.description,
@@ -1072,7 +1447,7 @@ impl RedisStore {
                 m.state_store_data_loss_events.inc();
             }
         }
-        self.refuse_if_lost()
+        lost_error()
     }
 
     fn leave_lost(&self) {
@@ -1093,10 +1468,12 @@ impl RedisStore {
 
     /// The operator's answer to a suspected data loss: accept the store as it is now.
     /// Writes a fresh `{p}meta` (new `store_id`, `acknowledged_at`), moves the CRL number past
-    /// any issued before, and lets every instance (they adopt an acknowledged `meta` on
-    /// their next lookup or probe) serve again. Re-apply revocations and resets made before
-    /// the loss first: this call cannot know them.
+    /// any issued before, in Cluster rewrites every slot marker with the new id, and lets
+    /// every instance (they adopt an acknowledged `meta` on their next lookup or probe)
+    /// serve again. Re-apply revocations and resets made before the loss first: this call
+    /// cannot know them.
     pub async fn acknowledge_data_loss(&self) -> Result<(), StoreError> {
+        let store_id = new_store_id();
         self.timed(async {
             let (id, mut conn) = self.link.conn().await?;
             let now = super::now();
@@ -1104,12 +1481,14 @@ impl RedisStore {
                 .scripts
                 .acknowledge
                 .key(self.keys.meta())
-                .arg(new_store_id())
+                .arg(&store_id)
                 .arg(now)
+                .arg(if self.per_slot() { "1" } else { "0" })
                 .invoke_async::<i64>(&mut conn)
                 .await;
             self.check(id, r, "acknowledge")?;
-            // CRL numbers must keep growing: jump past any small counter issued before.
+            // CRL numbers must keep growing: jump past any number issued before the loss
+            // (those were small counters; unix time is larger).
             let r = redis::cmd("SET")
                 .arg(self.keys.crl_number())
                 .arg(now)
@@ -1134,15 +1513,49 @@ impl RedisStore {
                 self.check(id, r, "crl number")?;
             }
             tracing::warn!(store = %self.description, "redis data loss acknowledged by the operator");
-            self.verify_meta().await
+            Ok(())
         })
-        .await
+        .await?;
+        if self.per_slot() {
+            // Claimed by the acknowledgement itself; written here, not in the background,
+            // so that `certgate admin acknowledge-data-loss` finishes it before it exits.
+            // Bounded by the claim, not by CALL_TIMEOUT.
+            let (_, conn) = self.timed(self.link.conn()).await?;
+            let script = &self.scripts.slots_marked;
+            let took = tokio::time::timeout(
+                MARKING_LEASE,
+                write_slot_markers(&conn, &self.keys, script, &store_id),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "not done within {MARKING_LEASE:?}"
+                )))
+            })
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "the loss is acknowledged, but the cluster slot markers were not all \
+                     rewritten ({e}); the gateways finish them within {MARKING_LEASE:?}, or run \
+                     the acknowledgement again"
+                ))
+            })?;
+            tracing::info!(
+                store = %self.description,
+                took_ms = took.as_millis() as u64,
+                "redis cluster slot markers rewritten"
+            );
+        }
+        self.timed(self.verify_meta()).await
     }
 
-    /// Reads `meta` and the hash at `key` in one round trip (two in Cluster, where they live
-    /// in different slots), and applies the data-loss guard to `meta`.
+    /// Reads the hash at `key` under the data-loss guard, in one round trip: with `meta`
+    /// (one pipeline; standalone, Sentinel, and a Cluster whose keys share one slot), or,
+    /// in Cluster, with the marker of `key`'s slot in one script.
     async fn guarded_hash(&self, key: String) -> Result<Fields, StoreError> {
         self.admitted().await?;
+        if self.per_slot() {
+            return self.marked(Marked::Read, &key).await.map(pairs);
+        }
         let (id, mut conn) = self.link.conn().await?;
         let mut meta_cmd = redis::cmd("HMGET");
         meta_cmd
@@ -1151,21 +1564,12 @@ impl RedisStore {
             .arg("data_lost_at");
         let mut read = redis::cmd("HGETALL");
         read.arg(&key);
-        let (meta, fields): (Vec<Option<String>>, Fields) = if self.link.is_cluster() {
-            let mut c2 = conn.clone();
-            let (m, f) = tokio::join!(
-                meta_cmd.query_async::<Vec<Option<String>>>(&mut conn),
-                read.query_async::<Fields>(&mut c2)
-            );
-            (self.check(id, m, "read")?, self.check(id, f, "read")?)
-        } else {
-            let r = redis::pipe()
-                .add_command(meta_cmd)
-                .add_command(read)
-                .query_async(&mut conn)
-                .await;
-            self.check(id, r, "read")?
-        };
+        let r = redis::pipe()
+            .add_command(meta_cmd)
+            .add_command(read)
+            .query_async(&mut conn)
+            .await;
+        let (meta, fields): (Vec<Option<String>>, Fields) = self.check(id, r, "read")?;
         let mut meta = meta.into_iter();
         self.check_meta(MetaView {
             store_id: meta.next().flatten(),
@@ -1173,6 +1577,41 @@ impl RedisStore {
         })
         .await?;
         Ok(fields)
+    }
+
+    /// Cluster: runs `op` on `key` in one script with the marker of `key`'s slot (the
+    /// `MARKED` script: the operation runs only beside the known store id). A marker that
+    /// is not the known id takes the slow path (`check_slot`), which trips
+    /// the guard or repairs the marker, and the operation runs again.
+    async fn marked(&self, op: Marked, key: &str) -> Result<Vec<String>, StoreError> {
+        let marker = self.keys.marker_for(key);
+        for _ in 0..MARKED_ATTEMPTS {
+            self.refuse_if_lost()?;
+            let Some(known) = lock(&self.known_id).clone() else {
+                // No store id yet (never the case after `admitted`): learn it first.
+                self.verify_meta().await?;
+                continue;
+            };
+            let (id, mut conn) = self.link.conn().await?;
+            let r = self
+                .scripts
+                .marked
+                .key(&marker)
+                .key(key)
+                .arg(&known)
+                .arg(op.name())
+                .invoke_async::<(String, Vec<String>)>(&mut conn)
+                .await;
+            let (seen, out) = self.check(id, r, op.name())?;
+            if seen == known {
+                return Ok(out);
+            }
+            self.check_slot(&marker).await?;
+        }
+        Err(StoreError::Unavailable(format!(
+            "redis: the slot marker {marker} kept changing (an acknowledgement in progress?); \
+             try again"
+        )))
     }
 
     /// Runs single-key commands; one pipeline outside Cluster, one by one in Cluster.
@@ -1427,17 +1866,33 @@ impl RedisStore {
 
     async fn revocations_inner(&self) -> Result<Vec<Revocation>, StoreError> {
         self.admitted().await?;
-        let (id, mut conn) = self.link.conn().await?;
-        let r = redis::cmd("ZRANGE")
-            .arg(self.keys.revoked_index())
-            .arg(0)
-            .arg(-1)
-            .query_async::<Vec<String>>(&mut conn)
-            .await;
-        let serials = self.check(id, r, "list revocations")?;
-        let records = self
-            .hashes(&serials, |s| self.keys.revoked(s), "list revocations")
-            .await?;
+        let (serials, records) = if self.per_slot() {
+            // The CRL reads revocations too: each read beside its slot marker.
+            let serials = self
+                .marked(Marked::List, &self.keys.revoked_index())
+                .await?;
+            let mut records = Vec::with_capacity(serials.len());
+            for serial in &serials {
+                let fields = self
+                    .marked(Marked::Read, &self.keys.revoked(serial))
+                    .await?;
+                records.push(pairs(fields));
+            }
+            (serials, records)
+        } else {
+            let (id, mut conn) = self.link.conn().await?;
+            let r = redis::cmd("ZRANGE")
+                .arg(self.keys.revoked_index())
+                .arg(0)
+                .arg(-1)
+                .query_async::<Vec<String>>(&mut conn)
+                .await;
+            let serials = self.check(id, r, "list revocations")?;
+            let records = self
+                .hashes(&serials, |s| self.keys.revoked(s), "list revocations")
+                .await?;
+            (serials, records)
+        };
         let mut out = Vec::new();
         for (serial, fields) in serials.iter().zip(records) {
             // Gone by EXPIREAT, not yet swept from the index.
@@ -1564,12 +2019,16 @@ impl RedisStore {
         now: UnixTime,
     ) -> Result<Option<TicketRecord>, StoreError> {
         self.admitted().await?;
-        let (id, mut conn) = self.link.conn().await?;
-        let r = redis::cmd("HGETALL")
-            .arg(self.keys.ticket(hash))
-            .query_async::<Fields>(&mut conn)
-            .await;
-        let fields = self.check(id, r, "read ticket")?;
+        let fields = if self.per_slot() {
+            pairs(self.marked(Marked::Read, &self.keys.ticket(hash)).await?)
+        } else {
+            let (id, mut conn) = self.link.conn().await?;
+            let r = redis::cmd("HGETALL")
+                .arg(self.keys.ticket(hash))
+                .query_async::<Fields>(&mut conn)
+                .await;
+            self.check(id, r, "read ticket")?
+        };
         if fields.is_empty() {
             return Ok(None);
         }
@@ -1583,15 +2042,23 @@ impl RedisStore {
         now: UnixTime,
     ) -> Result<Option<TicketRecord>, StoreError> {
         self.admitted().await?;
-        let (id, mut conn) = self.link.conn().await?;
-        let r = self
-            .scripts
-            .consume_ticket
-            .key(self.keys.ticket(hash))
-            .invoke_async::<Vec<String>>(&mut conn)
-            .await;
-        let fields = pairs(self.check(id, r, "consume ticket")?);
-        self.replicated(id, &mut conn).await?;
+        let fields = if self.per_slot() {
+            pairs(
+                self.marked(Marked::Consume, &self.keys.ticket(hash))
+                    .await?,
+            )
+        } else {
+            let (id, mut conn) = self.link.conn().await?;
+            let r = self
+                .scripts
+                .consume_ticket
+                .key(self.keys.ticket(hash))
+                .invoke_async::<Vec<String>>(&mut conn)
+                .await;
+            let fields = pairs(self.check(id, r, "consume ticket")?);
+            self.replicated(id, &mut conn).await?;
+            fields
+        };
         if fields.is_empty() {
             return Ok(None);
         }
@@ -1615,6 +2082,13 @@ impl RedisStore {
 
     async fn next_crl_number_inner(&self) -> Result<u64, StoreError> {
         self.admitted().await?;
+        if self.per_slot() {
+            let out = self.marked(Marked::Incr, &self.keys.crl_number()).await?;
+            return out
+                .first()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| StoreError::Corrupt(format!("crl number: INCR said {out:?}")));
+        }
         let (id, mut conn) = self.link.conn().await?;
         let r = redis::cmd("INCR")
             .arg(self.keys.crl_number())
@@ -1691,6 +2165,53 @@ impl RedisStore {
         }
         Ok(removed)
     }
+}
+
+/// Cluster: writes every slot marker with `store_id` (single-key `SET`s, [`MARKER_WRITERS`]
+/// in flight, so each node gets its share pipelined), then records in `meta` that they are
+/// all written (`slots_marked` script, only if `meta` still carries `store_id`). Returns
+/// how long the markers took.
+async fn write_slot_markers(
+    conn: &Conn,
+    keys: &Keys,
+    slots_marked: &Script,
+    store_id: &str,
+) -> Result<Duration, StoreError> {
+    let started = std::time::Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writers = tokio::task::JoinSet::<Result<(), StoreError>>::new();
+    for _ in 0..MARKER_WRITERS {
+        let (mut conn, keys, next) = (conn.clone(), keys.clone(), next.clone());
+        let store_id = store_id.to_string();
+        writers.spawn(async move {
+            loop {
+                let slot = next.fetch_add(1, Ordering::Relaxed);
+                if slot >= SLOTS {
+                    return Ok(());
+                }
+                redis::cmd("SET")
+                    .arg(keys.slot_marker(slot))
+                    .arg(&store_id)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| unavailable("write a slot marker", &e))?;
+            }
+        });
+    }
+    // The first failure ends the writing (dropping the set aborts the other writers).
+    while let Some(done) = writers.join_next().await {
+        done.map_err(|e| StoreError::Unavailable(format!("slot marker writer: {e}")))??;
+    }
+    let took = started.elapsed();
+    let mut conn = conn.clone();
+    slots_marked
+        .key(keys.meta())
+        .arg(store_id)
+        .arg(super::now())
+        .invoke_async::<i64>(&mut conn)
+        .await
+        .map_err(|e| unavailable("record the slot markers", &e))?;
+    Ok(took)
 }
 
 /// DER certificates as the PEM text the Redis client reads.
@@ -1918,6 +2439,78 @@ mod tests {
         assert_eq!(k.revoked("0a"), "certgate:revoked:0a");
         assert_eq!(k.ticket("ff"), "certgate:ticket:ff");
         assert_eq!(k.events(), "certgate:events");
+    }
+
+    #[test]
+    fn slots_are_computed_as_redis_does() {
+        // The reference value from the Redis Cluster specification.
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        for key in [
+            "certgate:meta",
+            "certgate:revoked:0a",
+            "{certgate:acct:alice}:tickets",
+            "a{}b",
+            "a{b}c{d}",
+            "{",
+            "}{x}",
+            "",
+        ] {
+            assert_eq!(
+                Some(redis::cluster_routing::Slot::for_key(key)),
+                redis::cluster_routing::Slot::new(key_slot(key.as_bytes())),
+                "{key:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_slot_has_a_marker_in_that_slot() {
+        let k = Keys::new("certgate:");
+        assert!(!k.one_slot());
+        assert_eq!(slot_tags().len(), SLOTS);
+        let mut seen = std::collections::HashSet::new();
+        for slot in 0..SLOTS {
+            let marker = k.slot_marker(slot);
+            assert_eq!(usize::from(key_slot(marker.as_bytes())), slot, "{marker}");
+            assert!(marker.starts_with("certgate:slot:{"), "{marker}");
+            assert!(seen.insert(marker));
+        }
+        assert_eq!(k.slot_marker(0), "certgate:slot:{3560}");
+        // A key's marker shares its slot, so one script may read both.
+        for key in [
+            k.revoked("0a"),
+            k.account("alice"),
+            k.ticket("ff"),
+            k.meta(),
+        ] {
+            assert_eq!(
+                key_slot(k.marker_for(&key).as_bytes()),
+                key_slot(key.as_bytes()),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hash_tag_prefix_puts_every_key_in_one_slot() {
+        assert!(Keys::new("{gw}:").one_slot());
+        assert!(Keys::new("x{gw}y:").one_slot());
+        // Empty or unclosed braces are no hash tag.
+        assert!(!Keys::new("a{}b:").one_slot());
+        assert!(!Keys::new("a{b:").one_slot());
+        let k = Keys::new("{gw}:");
+        let slot = key_slot(b"gw");
+        for key in [
+            k.meta(),
+            k.revoked("0a"),
+            k.account("alice"),
+            k.account_tickets("alice"),
+            k.account_certs("alice"),
+            k.crl_number(),
+            k.slot_marker(7),
+        ] {
+            assert_eq!(key_slot(key.as_bytes()), slot, "{key}");
+        }
     }
 
     #[test]
