@@ -7,6 +7,7 @@
 //! - [`gate`]: the pure per-request decision.
 //! - [`state`]: the `StateStore` trait, backends and the read-through cache.
 //! - [`tls`]: rustls server config, client verifier, accept loop.
+//! - [`verifier`]: the client-certificate verifier that remembers accepted chains.
 //! - [`pages`]: refusal pages (HTML for browsers, JSON otherwise).
 //! - [`proxy_protocol`]: PROXY v1/v2 headers from an L4 load balancer.
 //! - [`proxy`]: per-request handling and forwarding upstream.
@@ -40,3 +41,4 @@ pub mod reload;
 pub mod state;
 pub mod ticket;
 pub mod tls;
+pub mod verifier;

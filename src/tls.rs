@@ -5,6 +5,9 @@
 //! Neighbours: `config` supplies validated PEM material, `identity` parses the leaf once per
 //! connection, `proxy` decides every request of the connection, `app` owns the accept loop.
 //!
+//! The verifier is webpki's, wrapped by [`crate::verifier::RememberingVerifier`] so that a
+//! chain accepted once is not validated again on every full handshake of the same client.
+//!
 //! Session resumption stays on (TLS 1.3 tickets from a rotating ticketer, TLS 1.2 session
 //! ids): it is most of the handshake speed. A resumed session skips the verifier and the
 //! CRL check, which would delay a revocation by the session lifetime — that is safe here
@@ -27,6 +30,7 @@ use tokio_rustls::server::TlsStream;
 use crate::config::{ClientAuthMode, Config, TlsMinVersion};
 use crate::identity::{self, ClientIdentity, IdentityOptions};
 use crate::metrics::{HandshakeLabels, HandshakeResult, Metrics, Resumed};
+use crate::verifier::RememberingVerifier;
 
 /// Sessions kept for TLS 1.2 resumption by session id (TLS 1.3 uses stateless tickets).
 const SESSION_CACHE_SIZE: usize = 20_000;
@@ -163,7 +167,7 @@ pub fn build_server_config(cfg: &Config) -> Result<Arc<ServerConfig>, TlsError> 
         // A CA without a CRL (e.g. the enrollment CA, whose revocations live in the state
         // store) must not be refused for lacking one; an expired CRL fails closed.
         vb = vb
-            .with_crls(crls)
+            .with_crls(crls.clone())
             .only_check_end_entity_revocation()
             .allow_unknown_revocation_status()
             .enforce_revocation_expiration();
@@ -172,6 +176,7 @@ pub fn build_server_config(cfg: &Config) -> Result<Arc<ServerConfig>, TlsError> 
         vb = vb.allow_unauthenticated();
     }
     let verifier = vb.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = Arc::new(RememberingVerifier::new(verifier, &crls));
 
     let versions: &[&'static rustls::SupportedProtocolVersion] = match cfg.tls.min_version {
         TlsMinVersion::Tls12 => &[&TLS13, &TLS12],
