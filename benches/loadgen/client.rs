@@ -29,6 +29,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::hist::Hist;
 use crate::procfs;
+use crate::syscalls;
 
 /// Longest a single run may last (warm-up included).
 const MAX_RUN: Duration = Duration::from_secs(600);
@@ -113,6 +114,10 @@ pub struct RunArgs {
     /// The upstream's process, read the same way.
     #[arg(long)]
     pub upstream_pid: Option<u32>,
+    /// Also count the server processes' system calls over the measured window with this
+    /// perf binary (`perf stat -e raw_syscalls:sys_enter`).
+    #[arg(long)]
+    pub perf: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -569,6 +574,13 @@ pub fn run(a: RunArgs) -> Result<Value, BoxError> {
             errors_shown: Cell::new(0),
             negotiated: RefCell::new(None),
         });
+        // perf attaches during the warm-up, counting nothing until the window opens.
+        let mut counter = a.perf.as_ref().and_then(|perf| {
+            let limit = total + Duration::from_secs(2);
+            syscalls::Counter::start(perf, &a.server_pid, limit)
+                .inspect_err(|e| eprintln!("loadgen: system calls not counted: {e}"))
+                .ok()
+        });
         let mut workers = Vec::with_capacity(a.conns);
         for _ in 0..a.conns {
             let c = ctx.clone();
@@ -581,17 +593,26 @@ pub fn run(a: RunArgs) -> Result<Value, BoxError> {
         }
 
         tokio::time::sleep_until(measure_from.into()).await;
+        // A perf that has not attached by now counts nothing (its count is not used).
+        if let Some(c) = counter.as_mut()
+            && c.ready(Duration::ZERO)
+        {
+            c.enable();
+        }
         let t0 = Instant::now();
         let cores0 = procfs::core_ticks();
-        let server0 = procfs::cpu_seconds_all(&a.server_pid);
-        let up0 = a.upstream_pid.and_then(procfs::cpu_seconds);
+        let server0 = procfs::cpu_all(&a.server_pid);
+        let up0 = a.upstream_pid.and_then(procfs::cpu);
         let self0 = procfs::self_cpu_seconds();
         tokio::time::sleep_until(stop_at.into()).await;
         let t1 = Instant::now();
         let cores1 = procfs::core_ticks();
-        let server1 = procfs::cpu_seconds_all(&a.server_pid);
-        let up1 = a.upstream_pid.and_then(procfs::cpu_seconds);
+        let server1 = procfs::cpu_all(&a.server_pid);
+        let up1 = a.upstream_pid.and_then(procfs::cpu);
         let self1 = procfs::self_cpu_seconds();
+        if let Some(c) = counter.as_mut() {
+            c.disable();
+        }
 
         let mut st = Stats::default();
         let grace = tokio::time::Instant::now() + STEP_TIMEOUT + Duration::from_secs(2);
@@ -601,9 +622,19 @@ pub fn run(a: RunArgs) -> Result<Value, BoxError> {
                 _ => st.errors += 1,
             }
         }
+        // After the workers: perf takes a moment to print and exit.
+        let syscalls = counter.map(|c| {
+            c.finish()
+                .inspect_err(|e| eprintln!("loadgen: system calls not counted: {e}"))
+                .ok()
+        });
         let wall = t1.duration_since(t0).as_secs_f64();
         let n = st.hist.count();
-        let server_cpu = server1 - server0;
+        let server = server1.since(server0);
+        let server_cpu = server.total();
+        let upstream = up0.zip(up1).map(|(a, b)| b.since(a));
+        let syscalls = syscalls.flatten();
+        let per_req = |x: f64| if n == 0 { 0.0 } else { x / n as f64 };
         let per_req_us = |cpu: f64| {
             if n == 0 {
                 Value::Null
@@ -613,14 +644,19 @@ pub fn run(a: RunArgs) -> Result<Value, BoxError> {
         };
         let mut out = tags(&a.tls);
         eprintln!(
-            "    {:<14} {:<13} {:>9.0} /s  p50 {:>7.3} ms  p99 {:>7.3} ms  server CPU {:>6.1} µs/req ({:.2} cores)  client {:.2} cores  errors {}  non-2xx {}",
+            "    {:<14} {:<13} {:>9.0} /s  p50 {:>7.3} ms  p99 {:>7.3} ms  server CPU {:>6.1} µs/req = {:.1} user + {:.1} kernel ({:.2} cores){}  client {:.2} cores  errors {}  non-2xx {}",
             a.tls.tags.iter().find_map(|t| t.strip_prefix("server=")).unwrap_or("-"),
             a.tls.tags.iter().find_map(|t| t.strip_prefix("case=")).unwrap_or("-"),
             n as f64 / wall,
             ms(st.hist.quantile(0.5)),
             ms(st.hist.quantile(0.99)),
-            if n == 0 { 0.0 } else { server_cpu * 1e6 / n as f64 },
+            per_req(server_cpu * 1e6),
+            per_req(server.user * 1e6),
+            per_req(server.sys * 1e6),
             server_cpu / wall,
+            syscalls
+                .map(|c| format!("  {:.1} syscalls/req", per_req(c as f64)))
+                .unwrap_or_default(),
             (self1 - self0) / wall,
             st.errors,
             st.non_2xx,
@@ -646,7 +682,15 @@ pub fn run(a: RunArgs) -> Result<Value, BoxError> {
             "server_cpu_s": server_cpu,
             "server_cpu_util": server_cpu / wall,
             "server_cpu_us_per_req": per_req_us(server_cpu),
-            "upstream_cpu_s": match (up0, up1) { (Some(a), Some(b)) => json!(b - a), _ => Value::Null },
+            "server_user_s": server.user,
+            "server_sys_s": server.sys,
+            "server_user_us_per_req": per_req_us(server.user),
+            "server_sys_us_per_req": per_req_us(server.sys),
+            "server_syscalls": syscalls,
+            "server_syscalls_per_req": match syscalls { Some(c) if n > 0 => json!(c as f64 / n as f64), _ => Value::Null },
+            "upstream_cpu_s": upstream.map(procfs::Cpu::total),
+            "upstream_user_us_per_req": upstream.map_or(Value::Null, |u| per_req_us(u.user)),
+            "upstream_sys_us_per_req": upstream.map_or(Value::Null, |u| per_req_us(u.sys)),
             "client_cpu_s": self1 - self0,
             "client_cpu_util": (self1 - self0) / wall,
             "core_busy": procfs::core_busy(&cores0, &cores1),

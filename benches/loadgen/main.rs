@@ -4,12 +4,15 @@
 //! - `run`: drives a TLS server with client-certificate requests (keep-alive, a full
 //!   handshake per request, or a resumed session per request) and prints one JSON line with
 //!   req/s, latency percentiles, handshake kinds and the CPU time the server processes
-//!   used in the measured window;
+//!   used in the measured window, split into user and kernel time, and with `--perf`
+//!   their system calls in the same window;
 //! - `idle`: opens many connections, holds them idle, prints the server's memory;
 //! - `upstream`: the fast HTTP/1.1 upstream on loopback that every gateway forwards to;
 //! - `pki`: the test PKI (certgate's dev PKI plus ECDSA and RSA-2048 client certificates);
 //! - `probe`: one request, printing the response (what a gateway forwarded);
 //! - `speed`: aws-lc's ECDSA/ECDH rates on this core;
+//! - `syscalls`: counts a process's system calls for a moment with perf (whether perf
+//!   works here);
 //! - `report`: turns the JSON lines into `benches/RESULTS.md`'s tables.
 //!
 //! Loopback only; every command ends by itself. Built by `cargo bench --bench loadgen
@@ -21,6 +24,7 @@ mod pki;
 mod procfs;
 mod report;
 mod speed;
+mod syscalls;
 mod upstream;
 
 use std::process::ExitCode;
@@ -63,6 +67,8 @@ enum Cmd {
     },
     /// Render the results as Markdown.
     Report(report::ReportArgs),
+    /// Count processes' system calls for a moment with perf, as JSON.
+    Syscalls(syscalls::SyscallsArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +97,9 @@ fn main() -> ExitCode {
         Cmd::Ports { count } => ports(count),
         Cmd::Speed { seconds } => speed::run(seconds.clamp(0.1, 10.0)).map(|v| println!("{v}")),
         Cmd::Report(a) => report::run(a),
+        Cmd::Syscalls(a) => syscalls::run(a)
+            .map(|v| println!("{v}"))
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

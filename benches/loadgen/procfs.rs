@@ -6,8 +6,29 @@ use std::fs;
 /// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ, 100 on every Linux x86_64/arm64).
 const TICKS: f64 = 100.0;
 
-/// User + system CPU seconds of a process (all its threads, living and exited).
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
+/// CPU seconds of a process (all its threads, living and exited): user and kernel (system)
+/// time, utime and stime of `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Cpu {
+    pub user: f64,
+    pub sys: f64,
+}
+
+impl Cpu {
+    pub fn total(self) -> f64 {
+        self.user + self.sys
+    }
+
+    /// The CPU used between two readings.
+    pub fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            user: self.user - before.user,
+            sys: self.sys - before.sys,
+        }
+    }
+}
+
+pub fn cpu(pid: u32) -> Option<Cpu> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may hold spaces: split after the last ')'.
     let rest = &s[s.rfind(')')? + 2..];
@@ -15,12 +36,25 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     // Fields 14 and 15 of stat(5); `rest` starts at field 3.
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / TICKS)
+    Some(Cpu {
+        user: utime as f64 / TICKS,
+        sys: stime as f64 / TICKS,
+    })
 }
 
-/// Sum of [`cpu_seconds`] over `pids` (a missing process counts 0).
-pub fn cpu_seconds_all(pids: &[u32]) -> f64 {
-    pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
+/// User + system CPU seconds of a process.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    cpu(pid).map(Cpu::total)
+}
+
+/// Sum of [`cpu`] over `pids` (a missing process counts 0).
+pub fn cpu_all(pids: &[u32]) -> Cpu {
+    pids.iter()
+        .filter_map(|p| cpu(*p))
+        .fold(Cpu::default(), |a, b| Cpu {
+            user: a.user + b.user,
+            sys: a.sys + b.sys,
+        })
 }
 
 pub fn self_cpu_seconds() -> f64 {
