@@ -5,7 +5,9 @@
 #   benches/compare.sh --quick    # short smoke run, writes nothing into the repository
 #
 # What it does:
-#   1. installs nginx and HAProxy from Debian when missing;
+#   1. installs nginx and HAProxy from Debian when missing, and tries to install perf
+#      (linux-perf; optional: without it, or without permission to use it, system calls are
+#      not counted and the report says why);
 #   2. builds certgate (release), the benchmark-only certgate that skips the per-request
 #      revocation/reset check (feature bench-skip-state-check, used for nothing else), and
 #      the load generator (benches/loadgen, a `cargo bench` target);
@@ -18,16 +20,22 @@
 #   5. measures keep-alive (c=50 and c=1), a full handshake per request and a resumed
 #      session per request, in TLS 1.3 and 1.2, plus 10,000 idle connections, the cost of
 #      the state check, the per-request decision (criterion) and the crypto ceiling
-#      (openssl speed, aws-lc);
-#   6. prints the tables and writes them, with machine, versions, load average and the
-#      exact configurations, to benches/RESULTS.md.
+#      (openssl speed, aws-lc); in every load run the server's CPU time is read from
+#      /proc/<pid>/stat as user and kernel time, and, when perf works here (checked once),
+#      its system calls are counted over the same window (`perf stat -e
+#      raw_syscalls:sys_enter`, which adds a few tens of ns to each of its system calls);
+#   6. prints the tables (side by side, targets, where the CPU goes: user and kernel µs and
+#      system calls per request with what the targets leave for user space, crypto ceiling,
+#      state check cost, load generator check) and writes them, with machine, versions,
+#      load average and the exact configurations, to benches/RESULTS.md.
 #
 # Everything runs on 127.0.0.1, every run is bounded in time, and all generated files live
 # in a temporary folder that is removed at the end (KEEP_TMP=1 keeps it).
 #
 # Environment knobs: DURATION (measured seconds per run, 8), WARMUP (2), ROUNDS (1; the
 # median round is reported), STATE_ROUNDS (3), IDLE_CONNS (10000), SERVER_CORE (0),
-# CLIENT_CORE (1), RESULTS (output file), SERVERS ("certgate nginx haproxy").
+# CLIENT_CORE (1), RESULTS (output file), SERVERS ("certgate nginx haproxy"),
+# COUNT_SYSCALLS (1; 0 leaves perf out).
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +46,7 @@ for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
     -h | --help)
-      sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -65,6 +73,7 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
 SERVERS=${SERVERS:-certgate nginx haproxy}
+COUNT_SYSCALLS=${COUNT_SYSCALLS:-1}
 if [ "$QUICK" = 1 ]; then
   RESULTS=${RESULTS:-}
 else
@@ -86,16 +95,31 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+UPDATED=0
 if [ "${#need[@]}" -gt 0 ]; then
   say "installing ${need[*]} from Debian"
-  SUDO=""
-  [ "$(id -u)" = 0 ] || SUDO=sudo
-  export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
+  UPDATED=1
   # policy-rc.d keeps the packages from starting their own daemons on ports 80/443.
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 PATH=$PATH:/usr/sbin
+# perf is optional: a failed install (no apt, no password-less sudo, no package) only means
+# that system calls are not counted.
+if [ "$COUNT_SYSCALLS" = 1 ] && ! command -v perf >/dev/null 2>&1; then
+  say "installing linux-perf from Debian (optional, to count system calls)"
+  SUDO_N=""
+  [ -z "$SUDO" ] || SUDO_N="sudo -n"
+  if { [ "$UPDATED" = 1 ] || $SUDO_N apt-get update -qq; } >/dev/null 2>&1 &&
+    $SUDO_N apt-get install -y -qq --no-install-recommends linux-perf >/dev/null 2>&1; then
+    :
+  else
+    echo "    could not install linux-perf: system calls will not be counted" >&2
+  fi
+fi
 NGINX=$(command -v nginx)
 HAPROXY=$(command -v haproxy)
 
@@ -158,6 +182,24 @@ UP_PID=$!
 PIDS+=("$UP_PID")
 for _ in $(seq 100); do [ -s "$TMP/upstream.port" ] && break || sleep 0.1; done
 UP_PORT=$(cat "$TMP/upstream.port")
+
+# System calls per request: perf is checked once, on the upstream's process; when it does
+# not work here the load runs go without it and the report says why.
+PERF_ARGS=()
+SYSCALLS_NOTE=""
+if [ "$COUNT_SYSCALLS" != 1 ]; then
+  SYSCALLS_NOTE="COUNT_SYSCALLS=$COUNT_SYSCALLS"
+elif ! PERF=$(command -v perf 2>/dev/null); then
+  SYSCALLS_NOTE="perf is not installed (Debian package linux-perf)"
+elif perf_err=$("$LG" syscalls --perf "$PERF" --pid "$UP_PID" --seconds 0.1 2>&1 >/dev/null |
+  tr -s '\n\t' '  ' | sed 's/ *$//' | cut -c1-240); then
+  PERF_ARGS=(--perf "$PERF")
+else
+  SYSCALLS_NOTE="\`perf stat -e raw_syscalls:sys_enter -p <pid>\` does not work here (${perf_err#loadgen: })"
+fi
+if [ -n "$SYSCALLS_NOTE" ]; then
+  echo "    system calls will not be counted: $SYSCALLS_NOTE" >&2
+fi
 
 mapfile -t PORTS < <("$LG" ports 8)
 P_CG=${PORTS[0]} P_CG_ADMIN=${PORTS[1]} P_CG_MET=${PORTS[2]}
@@ -380,7 +422,7 @@ run_case() { # server case mode tls conns key [more loadgen args]
   local cmd=(run --addr "127.0.0.1:${S_PORT[$server]}" "${TLS_ARGS[@]}" --cert "$C/client-$key.pem"
     --key "$C/client-$key.key" --tls "$tls" --mode "$mode" --conns "$conns"
     --duration "$DURATION" --warmup "$WARMUP" --server-pid "${S_PIDS[$server]}"
-    --upstream-pid "$UP_PID" --tag "server=$server" --tag "case=$case" "$@")
+    --upstream-pid "$UP_PID" "${PERF_ARGS[@]}" --tag "server=$server" --tag "case=$case" "$@")
   echo "taskset -c $CLIENT_CORE loadgen ${cmd[*]}" >>"$OUT/commands.txt"
   on_client "$LG" "${cmd[@]}" >>"$JSONL" || die "load generator failed ($server $case)"
 }
@@ -459,8 +501,10 @@ on_server "$LG" speed --seconds "$OPENSSL_SECONDS" >"$OUT/awslc-speed.json"
 loadavg "end"
 
 # --- 6. report --------------------------------------------------------------------------
+REPORT_ARGS=()
+[ -z "$SYSCALLS_NOTE" ] || REPORT_ARGS+=(--syscalls-note "$SYSCALLS_NOTE")
 "$LG" report --results "$JSONL" --openssl "$OUT/openssl-speed.txt" \
-  --awslc "$OUT/awslc-speed.json" --criterion "$OUT/criterion.txt" >"$OUT/tables.md"
+  --awslc "$OUT/awslc-speed.json" --criterion "$OUT/criterion.txt" "${REPORT_ARGS[@]}" >"$OUT/tables.md"
 cat "$OUT/tables.md"
 
 [ -n "$RESULTS" ] || exit 0

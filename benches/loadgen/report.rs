@@ -1,6 +1,8 @@
 //! Renders the JSON result lines of one `compare.sh` run as the Markdown tables of
 //! `benches/RESULTS.md`: the side-by-side table with certgate ÷ peer ratios, the targets,
-//! the bottleneck check, the state-check cost, and the crypto ceiling.
+//! where the server CPU goes (user and kernel time, system calls, and what the targets
+//! leave for user space), the bottleneck check, the state-check cost, and the crypto
+//! ceiling.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,9 +27,17 @@ pub struct ReportArgs {
     /// Output of `cargo bench --bench hot_path`.
     #[arg(long)]
     pub criterion: Option<PathBuf>,
+    /// Why system calls were not counted (printed under the CPU split).
+    #[arg(long)]
+    pub syscalls_note: Option<String>,
 }
 
 const PEERS: [&str; 2] = ["nginx", "haproxy"];
+const SERVERS: [(&str, &str); 3] = [
+    ("certgate", "certgate"),
+    ("nginx", "nginx"),
+    ("haproxy", "HAProxy"),
+];
 
 /// Runs by (server, case); a case measured several times keeps its median run.
 struct Runs(BTreeMap<(String, String), Vec<Value>>);
@@ -406,9 +416,16 @@ fn targets(runs: &Runs, decision_ns: Option<f64>, out: &mut String) {
             }
             _ => ("–".into(), None),
         };
+        let floor = match (ok, keepalive_floor(runs, case)) {
+            (Some(false), Some(f)) => format!(
+                " (needs ≤ {:.1} µs/req of server CPU; kernel alone {:.1})",
+                f.budget, f.kernel
+            ),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "| keep-alive c=50 (TLS {tls}) req/s ≥ 1.25× the better peer, p99 no worse | {text} | {} |",
+            "| keep-alive c=50 (TLS {tls}) req/s ≥ 1.25× the better peer, p99 no worse | {text} | {}{floor} |",
             verdict(ok)
         );
     }
@@ -451,9 +468,16 @@ fn targets(runs: &Runs, decision_ns: Option<f64>, out: &mut String) {
             }
             _ => ("–".into(), None),
         };
+        let floor = match (ok, resumed_floor(runs, v)) {
+            (Some(false), Some(f)) => format!(
+                " (needs ≤ {:.0} µs of server CPU per resumed connection; kernel alone {:.0})",
+                f.budget, f.kernel
+            ),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "| TLS {v} resumed handshakes/s ≥ 3× certgate's full | {text} | {} |",
+            "| TLS {v} resumed handshakes/s ≥ 3× certgate's full | {text} | {}{floor} |",
             verdict(ok)
         );
     }
@@ -508,6 +532,175 @@ fn targets(runs: &Runs, decision_ns: Option<f64>, out: &mut String) {
         },
         verdict(cpu_cost.map(|c| c < 0.03))
     );
+}
+
+/// What a CPU target leaves certgate, from figures of the same run: the server CPU per
+/// request (or connection) the target allows, and what certgate spends of it in the kernel
+/// and in user space today.
+struct Floor {
+    /// The figure the target is derived from (the better peer's, or certgate's full
+    /// handshake), and who it belongs to.
+    from: f64,
+    from_who: &'static str,
+    budget: f64,
+    kernel: f64,
+    user: f64,
+    syscalls: Option<f64>,
+}
+
+impl Floor {
+    fn certgate(
+        runs: &Runs,
+        case: &str,
+        from: f64,
+        from_who: &'static str,
+        budget: f64,
+    ) -> Option<Self> {
+        Some(Floor {
+            from,
+            from_who,
+            budget,
+            kernel: runs.num("certgate", case, "server_sys_us_per_req")?,
+            user: runs.num("certgate", case, "server_user_us_per_req")?,
+            syscalls: runs.num("certgate", case, "server_syscalls_per_req"),
+        })
+    }
+
+    /// "…, leaving ≤ N µs for user space (now M)".
+    fn rest(&self, unit: &str) -> String {
+        let left = self.budget - self.kernel;
+        let calls = self
+            .syscalls
+            .map(|c| format!(" ({c:.1} system calls)"))
+            .unwrap_or_default();
+        if left > 0.0 {
+            format!(
+                "{calls}, leaving ≤ {left:.1} {unit} for user space (now {:.1})",
+                self.user
+            )
+        } else {
+            format!(
+                "{calls}, more than the whole budget before any user space (now {:.1})",
+                self.user
+            )
+        }
+    }
+}
+
+/// Keep-alive req/s ≥ 1.25× the better peer: certgate's server CPU per request must be
+/// ≤ the better peer's ÷ 1.25 (a server-bound run's throughput is 1 / CPU per request).
+fn keepalive_floor(runs: &Runs, case: &str) -> Option<Floor> {
+    let (peer, p) = best_peer(runs, case, "server_cpu_us_per_req", Lower)?;
+    let name = SERVERS.iter().find(|s| s.0 == peer).map_or(peer, |s| s.1);
+    Floor::certgate(runs, case, p, name, p / 1.25)
+}
+
+/// Resumed handshakes/s ≥ 3× certgate's full: a resumed connection must cost ≤ a third of
+/// certgate's own full handshake.
+fn resumed_floor(runs: &Runs, v: &str) -> Option<Floor> {
+    let full = runs.num("certgate", &format!("full-{v}"), "server_cpu_us_per_req")?;
+    Floor::certgate(runs, &format!("resume-{v}"), full, "certgate", full / 3.0)
+}
+
+const SPLIT_CASES: [(&str, &str); 6] = [
+    ("ka50-1.3", "TLS 1.3 keep-alive c=50"),
+    ("ka50-1.2", "TLS 1.2 keep-alive c=50"),
+    ("resume-1.3", "TLS 1.3 resumed"),
+    ("resume-1.2", "TLS 1.2 resumed"),
+    ("full-1.3", "TLS 1.3 full handshake"),
+    ("full-1.2", "TLS 1.2 full handshake"),
+];
+
+fn cpu_split(runs: &Runs, syscalls_note: Option<&str>, out: &mut String) {
+    let counted = SPLIT_CASES.iter().any(|(case, _)| {
+        SERVERS
+            .iter()
+            .any(|(s, _)| runs.num(s, case, "server_syscalls_per_req").is_some())
+    });
+    out.push_str(
+        "Server CPU per request in user space and in the kernel (utime and stime of \
+         `/proc/<pid>/stat` over the measured window; in the resumed and full-handshake \
+         cases every connection carries one request, so per request is per connection)",
+    );
+    if counted {
+        out.push_str(
+            ", and the server's system calls per request in the same window \
+             (`perf stat -e raw_syscalls:sys_enter`, which adds a few tens of ns of kernel \
+             time to each of them)",
+        );
+    }
+    out.push_str(
+        ".\n\n| case | server | user µs/req | kernel µs/req | total µs/req | kernel share |",
+    );
+    if counted {
+        out.push_str(" system calls/req |");
+    }
+    out.push_str("\n|---|---|---:|---:|---:|---:|");
+    if counted {
+        out.push_str("---:|");
+    }
+    out.push('\n');
+    for (case, label) in SPLIT_CASES {
+        for (server, name) in SERVERS {
+            let user = runs.num(server, case, "server_user_us_per_req");
+            let sys = runs.num(server, case, "server_sys_us_per_req");
+            let total = user.zip(sys).map(|(u, k)| u + k);
+            let share = ratio(sys, total).map(|r| format!("{:.0}%", r * 100.0));
+            let _ = write!(
+                out,
+                "| {label} | {name} | {} | {} | {} | {} |",
+                fmt(user, 1),
+                fmt(sys, 1),
+                fmt(total, 1),
+                share.unwrap_or_else(|| "–".into()),
+            );
+            if counted {
+                let _ = write!(
+                    out,
+                    " {} |",
+                    fmt(runs.num(server, case, "server_syscalls_per_req"), 1)
+                );
+            }
+            out.push('\n');
+        }
+    }
+    if !counted {
+        let _ = writeln!(
+            out,
+            "\nSystem calls were not counted: {}.",
+            syscalls_note.unwrap_or("perf (`perf stat -e raw_syscalls:sys_enter`) was not used")
+        );
+    }
+    out.push('\n');
+    for (case, tls) in [("ka50-1.3", "1.3"), ("ka50-1.2", "1.2")] {
+        let line = match keepalive_floor(runs, case) {
+            Some(f) => format!(
+                "1.25× the better peer ({}, {:.1} µs/req) needs certgate at ≤ {:.1} µs/req in \
+                 total; its kernel share alone is {:.1} µs/req{}.",
+                f.from_who,
+                f.from,
+                f.budget,
+                f.kernel,
+                f.rest("µs/req")
+            ),
+            None => "not measured.".into(),
+        };
+        let _ = writeln!(out, "- Keep-alive c=50, TLS {tls}: {line}");
+    }
+    for v in ["1.3", "1.2"] {
+        let line = match resumed_floor(runs, v) {
+            Some(f) => format!(
+                "3× certgate's own full handshake ({:.0} µs) needs a resumed connection at \
+                 ≤ {:.1} µs; certgate's kernel share of a resumed connection alone is {:.1} µs{}.",
+                f.from,
+                f.budget,
+                f.kernel,
+                f.rest("µs")
+            ),
+            None => "not measured.".into(),
+        };
+        let _ = writeln!(out, "- Resumed, TLS {v}: {line}");
+    }
 }
 
 fn bottleneck(runs: &Runs, out: &mut String) {
@@ -698,6 +891,8 @@ pub fn run(a: ReportArgs) -> Result<(), BoxError> {
     side_by_side(&runs, &mut out);
     out.push_str("\n### Targets\n\n");
     targets(&runs, decision_ns, &mut out);
+    out.push_str("\n### Where the CPU goes\n\n");
+    cpu_split(&runs, a.syscalls_note.as_deref(), &mut out);
     out.push_str("\n### Crypto ceiling per core\n\n");
     crypto(openssl.as_deref(), awslc.as_ref(), &mut out);
     out.push_str("\n### Revocation and reset check cost\n\n");
