@@ -990,6 +990,105 @@ async fn redis_cluster_failover_keeps_the_store_trusted() {
     assert_eq!(marked, 0, "meta was marked lost");
 }
 
+/// The `revoked:` record of `serial` as the replica of its master holds it, read from the
+/// replica itself (`READONLY`), once, without waiting.
+fn on_replica(f: &ClusterFactory, serial: &str) -> Vec<(String, String)> {
+    let key = format!("certgate:revoked:{serial}");
+    let replica = f.cluster.replica_of(f.cluster.node_for(&key).port);
+    let mut c = replica.client();
+    ::redis::cmd("READONLY")
+        .query::<()>(&mut c)
+        .expect("READONLY on the replica");
+    ::redis::cmd("HGETALL")
+        .arg(&key)
+        .query(&mut c)
+        .expect("HGETALL on the replica")
+}
+
+/// Cluster with a replica per master: a write returns only once the replica of the master
+/// serving its key has it (`WAIT 1` routed to that master), so a failover right after the
+/// call cannot lose it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_write_is_on_the_replica_when_it_returns() {
+    let Some(f) = ClusterFactory::with_replicas(1) else {
+        return;
+    };
+    let store = RedisStore::open(&f.config).expect("open");
+    store.ping().await.unwrap();
+    wait_for_slot_markers(&f).await;
+    for serial in ["01", "02", "03", "04", "05", "06"] {
+        let r = revocation(serial, RevocationReason::KeyCompromise, now(), None);
+        store.revoke(r.clone()).await.unwrap();
+        let fields = on_replica(&f, serial);
+        assert!(
+            fields
+                .iter()
+                .any(|(k, v)| k == "reason" && v == "keyCompromise"),
+            "revocation {serial} not on the replica when revoke returned: {fields:?}"
+        );
+    }
+}
+
+/// Cluster with a replica per master: the replica of the master serving a revocation's
+/// slot hangs (SIGSTOP). The revocation is reported as failed within a few seconds (no
+/// replica confirmed it, the master still counts one), while writes on other masters
+/// succeed; once the replica runs again, the repeated revocation succeeds and the record
+/// is on the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_cluster_write_fails_when_the_replica_does_not_confirm() {
+    let Some(f) = ClusterFactory::with_replicas(1) else {
+        return;
+    };
+    let store = RedisStore::open(&f.config).expect("open");
+    store.ping().await.unwrap();
+    wait_for_slot_markers(&f).await;
+    let serial = serial_where(&f, |_, _| true);
+    let master_port = f
+        .cluster
+        .node_for(&format!("certgate:revoked:{serial}"))
+        .port;
+    let elsewhere = serial_where(&f, |_, port| port != master_port);
+    let replica = f.cluster.replica_of(master_port);
+    replica.pause();
+
+    let r = revocation(&serial, RevocationReason::KeyCompromise, now(), None);
+    let started = Instant::now();
+    let got = store.revoke(r.clone()).await;
+    let took = started.elapsed();
+    let failed =
+        matches!(&got, Err(StoreError::Unavailable(m)) if m.contains("no replica confirmed"));
+    // Resumed before asserting, so a failure does not leave a frozen process behind.
+    let other = revocation(&elsewhere, RevocationReason::Superseded, now(), None);
+    let other_got = store.revoke(other.clone()).await;
+    replica.resume();
+    assert!(failed, "revoke with a frozen replica: {got:?}");
+    assert!(took < Duration::from_secs(3), "the failure took {took:?}");
+    assert_eq!(other_got.unwrap(), other, "a write on another master");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.revoke(r.clone()).await {
+            Ok(stored) => {
+                assert_eq!(stored, r);
+                break;
+            }
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the repeated revocation kept failing after the replica resumed: {e:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fields = on_replica(&f, &serial);
+    assert!(
+        fields
+            .iter()
+            .any(|(k, v)| k == "reason" && v == "keyCompromise"),
+        "revocation not on the replica: {fields:?}"
+    );
+    assert_eq!(store.revocation(&serial).await.unwrap(), Some(r));
+}
+
 // ---------------------------------------------------------------------------------------
 // The cache.
 

@@ -51,9 +51,16 @@
 //! - `consume_ticket`: `HGETALL` + `DEL` in one script on the ticket key: of two racing
 //!   uses, exactly one gets the ticket.
 //!
-//! Events are published after the write's reply (Redis acknowledged it), never before. In
-//! Sentinel mode a write also waits for one replica (`WAIT 1`, [`REPLICA_WAIT`]): a write
-//! only the old master saw is lost in a failover, so it is reported as failed instead.
+//! Events are published after the write's reply (Redis acknowledged it), never before. A
+//! write also waits for one replica (`WAIT 1`, [`REPLICA_WAIT`]) after the step that must
+//! survive a failover (the `revoked:` record, the account, the certificate record, the
+//! ticket, the CRL number): a write only the old master saw is lost in a failover, so it is
+//! reported as failed instead. Sentinel mode: on the master, which must still be the one
+//! the sentinels name. Cluster mode: on the master serving the written key's slot (routed
+//! to it explicitly), after asking that master how many replicas it has (`INFO
+//! replication`); a master without replicas has nothing to wait for and the write is
+//! accepted (losing that master is the data-loss guard's case). Standalone: no wait. The
+//! later steps of a multi-step write (indexes, sets) are not waited for.
 //!
 //! Connections. Standalone: a RESP3 [`ConnectionManager`] (reconnects by itself). Sentinel:
 //! the master is resolved through the sentinels and a connection manager built for it; a
@@ -105,10 +112,13 @@
 //! Cluster limits: another instance learns of a trip through `meta` on its next probe, or
 //! by itself when a lookup reaches the emptied master (lookups on intact masters are
 //! answered correctly meanwhile). A master that fails over to its replica keeps its markers
-//! (they are replicated like any key), so a failover does not trip the guard, but writes
-//! the old master acknowledged and the replica never received are lost without notice
-//! (Redis's asynchronous replication). Run Cluster masters with replicas and
-//! `appendonly yes`.
+//! (they are replicated like any key), so a failover does not trip the guard; a write is
+//! only reported done once a replica of its master confirmed it (see above), so a failover
+//! right after it does not lose it. What remains is Redis's own window: with several
+//! replicas per master, the one promoted may not be the one that confirmed; the index and
+//! set steps are not waited for (a repeated revocation restores the CRL's index); and a
+//! write to a master without a replica is accepted unconfirmed. Run Cluster masters with
+//! replicas and `appendonly yes`.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -119,6 +129,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
     Cmd, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisError, RedisFuture, Script,
@@ -141,7 +152,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(2500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Sentinel mode: how long a write waits for a replica to confirm it.
+/// Sentinel and Cluster mode: how long a write waits for a replica to confirm it.
 pub const REPLICA_WAIT: Duration = Duration::from_millis(500);
 
 /// How often the Redis backend probes the server in the background: the bound on how long
@@ -767,6 +778,13 @@ impl Link {
     fn is_sentinel(&self) -> bool {
         matches!(self.target, Target::Sentinel { .. })
     }
+}
+
+/// `connected_slaves:<n>` of an `INFO replication` reply.
+fn connected_replicas(info: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_slaves:"))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 /// What every call gets while the data-loss guard refuses.
@@ -1677,15 +1695,23 @@ impl RedisStore {
         }
     }
 
-    /// Sentinel mode: a write counts only once a replica has it too (`WAIT 1`) and the
-    /// sentinels still name the node it went to as the master. A write only the old master
-    /// saw is lost when that master is demoted and resynchronised, and during a failover the
-    /// old master (and replicas still following it) accept and confirm writes for a few
-    /// seconds. Otherwise the write is reported as failed (the caller retries; every write
-    /// here is idempotent) and the master is resolved again. What remains is Redis's own
-    /// window: a write confirmed by a replica other than the one being promoted, in the
-    /// instant before the sentinels switch (see README, Redis).
-    async fn replicated(&self, id: u64, conn: &mut Conn) -> Result<(), StoreError> {
+    /// After a write whose critical step touched `key`: the write counts only once a
+    /// replica has it too.
+    ///
+    /// Sentinel mode: `WAIT 1` on the master, and the sentinels must still name the node the
+    /// write went to as the master. A write only the old master saw is lost when that master
+    /// is demoted and resynchronised, and during a failover the old master (and replicas
+    /// still following it) accept and confirm writes for a few seconds. Otherwise the write
+    /// is reported as failed (the caller retries; every write here is idempotent) and the
+    /// master is resolved again. What remains is Redis's own window: a write confirmed by a
+    /// replica other than the one being promoted, in the instant before the sentinels switch
+    /// (see README, Redis).
+    ///
+    /// Cluster mode: see [`RedisStore::cluster_replicated`]. Standalone: nothing to wait for.
+    async fn replicated(&self, id: u64, conn: &mut Conn, key: &str) -> Result<(), StoreError> {
+        if let Conn::Cluster(c) = conn {
+            return self.cluster_replicated(id, c, key).await;
+        }
         if !self.link.is_sentinel() {
             return Ok(());
         }
@@ -1710,6 +1736,59 @@ impl RedisStore {
                  counted as done"
                     .into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Cluster mode: the master serving `key`'s slot is asked how many replicas it has
+    /// (`INFO replication`, routed to it explicitly). None: there is nothing to wait for and
+    /// the write is accepted (a master without a replica that restarts empty is the
+    /// data-loss guard's case). One or more: `WAIT 1` on that master (routed the same way;
+    /// the cluster connection holds one connection per node, so the `WAIT` follows the
+    /// write on the connection that carried it), and a write no replica confirmed within
+    /// [`REPLICA_WAIT`] is reported as failed, as in Sentinel mode, since a failover to
+    /// that replica would lose it. The replicas are counted first because `WAIT` on a
+    /// master without any blocks for the whole timeout, and with it the node's connection,
+    /// which every call to that node shares.
+    async fn cluster_replicated(
+        &self,
+        id: u64,
+        conn: &mut ClusterConnection,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        let slot = key_slot(key.as_bytes());
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+            slot,
+            SlotAddr::Master,
+        )));
+        let mut info = redis::cmd("INFO");
+        info.arg("replication");
+        let r = conn
+            .route_command(info, route.clone())
+            .await
+            .and_then(|v| Ok(redis::from_redis_value::<String>(v)?));
+        let info = self.check(id, r, "ask the master about its replicas")?;
+        let replicas = match connected_replicas(&info) {
+            Some(0) => return Ok(()),
+            Some(n) => n,
+            None => {
+                return Err(StoreError::Unavailable(format!(
+                    "redis: the master serving slot {slot} did not say how many replicas it \
+                     has (INFO replication); the write is not counted as done"
+                )));
+            }
+        };
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(1).arg(REPLICA_WAIT.as_millis() as u64);
+        let r = conn
+            .route_command(wait, route)
+            .await
+            .and_then(|v| Ok(redis::from_redis_value::<i64>(v)?));
+        if self.check(id, r, "wait for a replica")? < 1 {
+            return Err(StoreError::Unavailable(format!(
+                "redis: no replica confirmed the write within {REPLICA_WAIT:?} (the master \
+                 serving slot {slot} has {replicas} replica(s)); not counted as done"
+            )));
         }
         Ok(())
     }
@@ -1760,7 +1839,8 @@ impl RedisStore {
             .invoke_async::<Vec<String>>(&mut conn)
             .await;
         let fields = pairs(self.check(id, r, "enable two-factor")?);
-        self.replicated(id, &mut conn).await?;
+        self.replicated(id, &mut conn, &self.keys.account(account))
+            .await?;
         let state = decode_account(account, &fields)?;
         self.publish(format!("account {account}")).await;
         Ok(state)
@@ -1782,7 +1862,8 @@ impl RedisStore {
             .invoke_async::<(Vec<String>, Vec<String>)>(&mut conn)
             .await;
         let (fields, tickets) = self.check(id, r, "reset")?;
-        self.replicated(id, &mut conn).await?;
+        self.replicated(id, &mut conn, &self.keys.account(account))
+            .await?;
         let state = decode_account(account, &pairs(fields))?;
         // The generation is bumped: old certificates are refused from here on. Tell every
         // instance before the (slower, cross-slot) ticket cleanup.
@@ -1842,7 +1923,8 @@ impl RedisStore {
             .invoke_async::<(i64, Vec<String>)>(&mut conn)
             .await;
         let (written, existing) = self.check(id, r, "revoke")?;
-        self.replicated(id, &mut conn).await?;
+        self.replicated(id, &mut conn, &self.keys.revoked(&serial))
+            .await?;
         let stored = if written == 1 {
             revocation
         } else {
@@ -1922,7 +2004,8 @@ impl RedisStore {
             .invoke_async::<String>(&mut conn)
             .await;
         let previous = self.check(id, r, "record certificate")?;
-        self.replicated(id, &mut conn).await?;
+        self.replicated(id, &mut conn, &self.keys.cert(&cert.serial))
+            .await?;
         let mut cmds = Vec::new();
         let mut sadd = redis::cmd("SADD");
         sadd.arg(self.keys.account_certs(&cert.account))
@@ -2003,7 +2086,8 @@ impl RedisStore {
             .invoke_async::<String>(&mut conn)
             .await;
         let previous = self.check(id, r, "put ticket")?;
-        self.replicated(id, &mut conn).await?;
+        self.replicated(id, &mut conn, &self.keys.ticket(&ticket.hash))
+            .await?;
         if !previous.is_empty() && previous != ticket.account {
             let mut srem = redis::cmd("SREM");
             srem.arg(self.keys.account_tickets(&previous))
@@ -2043,10 +2127,14 @@ impl RedisStore {
     ) -> Result<Option<TicketRecord>, StoreError> {
         self.admitted().await?;
         let fields = if self.per_slot() {
-            pairs(
+            let fields = pairs(
                 self.marked(Marked::Consume, &self.keys.ticket(hash))
                     .await?,
-            )
+            );
+            let (id, mut conn) = self.link.conn().await?;
+            self.replicated(id, &mut conn, &self.keys.ticket(hash))
+                .await?;
+            fields
         } else {
             let (id, mut conn) = self.link.conn().await?;
             let r = self
@@ -2056,7 +2144,8 @@ impl RedisStore {
                 .invoke_async::<Vec<String>>(&mut conn)
                 .await;
             let fields = pairs(self.check(id, r, "consume ticket")?);
-            self.replicated(id, &mut conn).await?;
+            self.replicated(id, &mut conn, &self.keys.ticket(hash))
+                .await?;
             fields
         };
         if fields.is_empty() {
@@ -2084,6 +2173,9 @@ impl RedisStore {
         self.admitted().await?;
         if self.per_slot() {
             let out = self.marked(Marked::Incr, &self.keys.crl_number()).await?;
+            let (id, mut conn) = self.link.conn().await?;
+            self.replicated(id, &mut conn, &self.keys.crl_number())
+                .await?;
             return out
                 .first()
                 .and_then(|n| n.parse().ok())
@@ -2095,7 +2187,8 @@ impl RedisStore {
             .query_async::<u64>(&mut conn)
             .await;
         let n = self.check(id, r, "crl number")?;
-        self.replicated(id, &mut conn).await?;
+        self.replicated(id, &mut conn, &self.keys.crl_number())
+            .await?;
         Ok(n)
     }
 
