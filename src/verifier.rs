@@ -44,7 +44,8 @@ struct Window {
 /// Wraps a chain-validating verifier (webpki's) and remembers the chains it accepted.
 pub struct RememberingVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    accepted: moka::sync::Cache<[u8; 32], Window>,
+    /// `None` when a configured CRL could not be read here: then nothing is remembered.
+    accepted: Option<moka::sync::Cache<[u8; 32], Window>>,
     /// The earliest `nextUpdate` of the configured CRLs, when there are CRLs.
     crl_deadline: Option<u64>,
 }
@@ -53,7 +54,10 @@ impl std::fmt::Debug for RememberingVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RememberingVerifier")
             .field("inner", &self.inner)
-            .field("remembered", &self.accepted.entry_count())
+            .field(
+                "remembered",
+                &self.accepted.as_ref().map(|a| a.entry_count()),
+            )
             .field("crl_deadline", &self.crl_deadline)
             .finish()
     }
@@ -80,21 +84,26 @@ impl RememberingVerifier {
                 Err(_) => remember = false,
             }
         }
-        let capacity = if remember { CAPACITY } else { 0 };
+        let accepted = remember.then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_live(REMEMBER_FOR)
+                .build()
+        });
         RememberingVerifier {
             inner,
-            accepted: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(REMEMBER_FOR)
-                .build(),
+            accepted,
             crl_deadline,
         }
     }
 
     /// How many accepted chains are remembered now (for tests and diagnostics).
     pub fn remembered(&self) -> u64 {
-        self.accepted.run_pending_tasks();
-        self.accepted.entry_count()
+        let Some(accepted) = &self.accepted else {
+            return 0;
+        };
+        accepted.run_pending_tasks();
+        accepted.entry_count()
     }
 
     /// The window in which the chain's acceptance holds, from the certificates' validity
@@ -144,15 +153,20 @@ impl ClientCertVerifier for RememberingVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
+        let Some(accepted) = &self.accepted else {
+            return self
+                .inner
+                .verify_client_cert(end_entity, intermediates, now);
+        };
         let key = chain_key(end_entity, intermediates);
         let t = now.as_secs();
-        if let Some(w) = self.accepted.get(&key) {
+        if let Some(w) = accepted.get(&key) {
             // webpki accepts a certificate at `notBefore` and at `notAfter` inclusive; the
             // window is kept half-open and so errs on the side of checking again.
             if w.from <= t && t < w.until {
                 return Ok(ClientCertVerified::assertion());
             }
-            self.accepted.invalidate(&key);
+            accepted.invalidate(&key);
         }
         let verified = self
             .inner
@@ -164,7 +178,7 @@ impl ClientCertVerifier for RememberingVerifier {
             && w.from <= t
             && t < w.until
         {
-            self.accepted.insert(key, w);
+            accepted.insert(key, w);
         }
         Ok(verified)
     }
@@ -413,6 +427,20 @@ mod tests {
         for _ in 0..2 {
             assert!(v.verify_client_cert(&leaf, &[], at(T0)).is_err());
         }
+        assert_eq!(v.remembered(), 0);
+    }
+
+    #[test]
+    fn an_unreadable_crl_turns_remembering_off() {
+        let ca = ca("test CA");
+        let leaf = client(&ca, "alice", T0 - 100, T0 + 1000);
+        let (_, inner) = verifier(&ca, vec![]);
+        let garbage = CertificateRevocationListDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
+        let v = RememberingVerifier::new(inner.clone(), &[garbage]);
+        for _ in 0..3 {
+            v.verify_client_cert(&leaf, &[], at(T0)).unwrap();
+        }
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
         assert_eq!(v.remembered(), 0);
     }
 
