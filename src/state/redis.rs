@@ -96,9 +96,8 @@
 //!   slot lost its data, so `meta` is marked and the guard trips. Another id, while
 //!   `meta` is fine: the slot kept its data (an acknowledgement is being rolled out), so
 //!   the marker is rewritten to the known id. The lookup then runs again.
-//! - Cluster with a hash tag in the prefix (the configuration refuses braces; a hand-built
-//!   config only): every key, `meta` included, lives in one slot, so lookups read `meta` in
-//!   the same pipeline as outside Cluster, and there are no markers.
+//! - The key prefix never holds a brace (the configuration and [`RedisStore::open`] refuse
+//!   one), so no prefix can turn into a hash tag that moves keys or markers.
 //!
 //! The markers are written when `meta` has none for its id (first initialisation, a store
 //! from before the markers, after an acknowledgement): one instance claims the writing in
@@ -372,27 +371,17 @@ impl Scripts {
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
-    /// The prefix holds a complete hash tag: every key is in that tag's slot.
-    one_slot: bool,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
         Keys {
             prefix: prefix.to_string(),
-            one_slot: hash_tag(prefix.as_bytes()).is_some(),
         }
     }
 
-    /// True when every key lives in one Cluster slot (the prefix holds a hash tag, e.g.
-    /// `{gw}:`; the configuration refuses braces, so only a hand-built prefix does). Then
-    /// `meta` shares the slot with every key and the slot markers are not needed.
-    pub fn one_slot(&self) -> bool {
-        self.one_slot
-    }
-
     /// The data-loss marker of Cluster slot `slot` (`0..SLOTS`): `{p}slot:{<tag>}`, whose
-    /// hash tag hashes to that slot. Meaningful only for a prefix without `{`.
+    /// hash tag hashes to that slot (the prefix has no braces: [`check_prefix`]).
     pub fn slot_marker(&self, slot: usize) -> String {
         let tag = slot_tags().get(slot).map(String::as_str).unwrap_or("");
         format!("{}slot:{{{tag}}}", self.prefix)
@@ -407,20 +396,13 @@ impl Keys {
         format!("{}acct:{account}", self.prefix)
     }
 
-    /// Same slot as [`Keys::account`]: the hash tag is the account key itself (or, with a
-    /// hash tag in the prefix, the prefix's tag, like every key).
+    /// Same slot as [`Keys::account`]: the hash tag is the account key itself.
     pub fn account_tickets(&self, account: &str) -> String {
-        if self.one_slot {
-            return format!("{}acct:{account}:tickets", self.prefix);
-        }
         format!("{{{}acct:{account}}}:tickets", self.prefix)
     }
 
     /// Same slot as [`Keys::account`].
     pub fn account_certs(&self, account: &str) -> String {
-        if self.one_slot {
-            return format!("{}acct:{account}:certs", self.prefix);
-        }
         format!("{{{}acct:{account}}}:certs", self.prefix)
     }
 
@@ -475,6 +457,19 @@ impl Keys {
 
 /// The number of Redis Cluster slots.
 pub const SLOTS: usize = 16384;
+
+/// The key prefix is literal: a brace in it would be a Redis Cluster hash tag, putting
+/// every key (slot markers included) in one slot or the markers outside the slots they
+/// guard. The configuration refuses braces too; this keeps hand-built configurations out.
+fn check_prefix(prefix: &str) -> Result<(), StoreError> {
+    if prefix.contains(['{', '}']) {
+        return Err(StoreError::Unavailable(format!(
+            "redis configuration: key prefix {prefix:?} must not contain '{{' or '}}' \
+             (it would be a cluster hash tag)"
+        )));
+    }
+    Ok(())
+}
 
 /// The hash tag Redis hashes for `key`: the bytes between the first `{` and the first `}`
 /// after it, when not empty.
@@ -975,15 +970,8 @@ impl RedisStore {
                 Target::Cluster(b.build().map_err(bad)?)
             }
         };
+        check_prefix(&cfg.key_prefix)?;
         let keys = Keys::new(&cfg.key_prefix);
-        // A `{` outside a complete hash tag would make the slot markers hash elsewhere than
-        // their slot (the configuration refuses braces; this guards hand-built configs).
-        if cfg.key_prefix.contains('{') && !keys.one_slot() {
-            return Err(StoreError::Unavailable(format!(
-                "redis configuration: key prefix {:?} has a '{{' that is not a hash tag",
-                cfg.key_prefix
-            )));
-        }
         Ok(RedisStore {
             link: Link {
                 target,
@@ -1016,10 +1004,10 @@ impl RedisStore {
         self.lost.load(Ordering::Acquire)
     }
 
-    /// Cluster with keys spread over the slots: the data-loss guard reads a per-slot marker
-    /// with each lookup (see the module header) instead of `meta`.
+    /// Cluster: the data-loss guard reads a per-slot marker with each lookup (see the
+    /// module header) instead of `meta`.
     fn per_slot(&self) -> bool {
-        self.link.is_cluster() && !self.keys.one_slot()
+        self.link.is_cluster()
     }
 
     /// Starts the listener that turns `{p}events` into cache invalidations, and clears the
@@ -2559,7 +2547,6 @@ mod tests {
     #[test]
     fn every_slot_has_a_marker_in_that_slot() {
         let k = Keys::new("certgate:");
-        assert!(!k.one_slot());
         assert_eq!(slot_tags().len(), SLOTS);
         let mut seen = std::collections::HashSet::new();
         for slot in 0..SLOTS {
@@ -2585,25 +2572,22 @@ mod tests {
     }
 
     #[test]
-    fn a_hash_tag_prefix_puts_every_key_in_one_slot() {
-        assert!(Keys::new("{gw}:").one_slot());
-        assert!(Keys::new("x{gw}y:").one_slot());
+    fn hash_tags_are_found_as_redis_finds_them() {
+        assert_eq!(hash_tag(b"{gw}:"), Some(&b"gw"[..]));
+        assert_eq!(hash_tag(b"x{gw}y:"), Some(&b"gw"[..]));
         // Empty or unclosed braces are no hash tag.
-        assert!(!Keys::new("a{}b:").one_slot());
-        assert!(!Keys::new("a{b:").one_slot());
-        let k = Keys::new("{gw}:");
-        let slot = key_slot(b"gw");
-        for key in [
-            k.meta(),
-            k.revoked("0a"),
-            k.account("alice"),
-            k.account_tickets("alice"),
-            k.account_certs("alice"),
-            k.crl_number(),
-            k.slot_marker(7),
-        ] {
-            assert_eq!(key_slot(key.as_bytes()), slot, "{key}");
+        assert_eq!(hash_tag(b"a{}b:"), None);
+        assert_eq!(hash_tag(b"a{b:"), None);
+    }
+
+    #[test]
+    fn a_prefix_with_braces_is_refused() {
+        for prefix in ["{gw}:", "x{gw}y:", "a{}b:", "a{b:", "a}b:"] {
+            let e = check_prefix(prefix).expect_err(prefix);
+            assert!(e.to_string().contains("must not contain"), "{e}");
         }
+        check_prefix("certgate:").unwrap();
+        check_prefix("gw1:").unwrap();
     }
 
     #[test]
