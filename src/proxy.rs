@@ -22,7 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::config::Config;
+use crate::config::{Config, Underscores};
 use crate::enroll::Enrollment;
 use crate::gate::{self, Decision, Facts, Route};
 use crate::identity::ClientIdentity;
@@ -119,6 +119,7 @@ pub struct Proxy {
     public: Vec<String>,
     check_host: bool,
     xfcc: bool,
+    underscores: Underscores,
     log_access: bool,
     cache: Arc<StateCache>,
     material: Arc<TlsMaterial>,
@@ -150,30 +151,64 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Whether a client-sent header is one of the identity headers certgate owns: these are
-/// removed from every request, on every route, before anything else looks at it.
-fn is_identity_header(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    n.starts_with("x-client-")
-        || n.starts_with("x-forwarded-")
-        || n == "client-cert"
-        || n == "client-cert-chain"
-        || n == "forwarded"
+/// `a` equals `b` when `_` and `-` count as the same byte. CGI-style applications
+/// (PHP-FPM, WSGI, many frameworks) map both to `_` in a variable name, so to them
+/// `X_Client_Account` *is* `X-Client-Account`. Header names are lower case already.
+fn same_spelling(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(&x, &y)| {
+            let x = if x == b'_' { b'-' } else { x };
+            x == y
+        })
 }
 
-/// Removes every client-sent identity header. Allocation-free unless one is present.
-pub fn strip_identity_headers(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_identity_header) {
-        return;
+/// Whether a client-sent header is one of the identity headers certgate owns, in any
+/// spelling (`_` for `-`): these are removed from every request, on every route, before
+/// anything else looks at it.
+fn is_identity_header(name: &HeaderName) -> bool {
+    let n = name.as_str().as_bytes();
+    // Most names (accept, host, user-agent, …) are settled by their first byte.
+    if !matches!(n.first(), Some(b'x' | b'c' | b'f')) {
+        return false;
     }
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_identity_header(n))
-        .cloned()
-        .collect();
+    const PREFIXES: [&[u8]; 2] = [b"x-client-", b"x-forwarded-"];
+    const NAMES: [&[u8]; 3] = [b"client-cert", b"client-cert-chain", b"forwarded"];
+    PREFIXES
+        .iter()
+        .any(|p| n.len() >= p.len() && same_spelling(&n[..p.len()], p))
+        || NAMES.iter().any(|w| same_spelling(n, w))
+}
+
+/// A client header name with `_` that `headers.underscores: reject` refuses.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnderscoreInName(pub HeaderName);
+
+/// Removes every client-sent identity header, in any spelling, and applies the
+/// `headers.underscores` policy to the other names with `_`. Allocation-free unless a
+/// header is removed.
+pub fn strip_identity_headers(
+    headers: &mut HeaderMap,
+    underscores: Underscores,
+) -> Result<(), UnderscoreInName> {
+    let doomed = |n: &HeaderName| {
+        is_identity_header(n)
+            || (underscores == Underscores::Drop && n.as_str().as_bytes().contains(&b'_'))
+    };
+    if underscores == Underscores::Reject
+        && let Some(n) = headers
+            .keys()
+            .find(|n| n.as_str().as_bytes().contains(&b'_'))
+    {
+        return Err(UnderscoreInName(n.clone()));
+    }
+    if !headers.keys().any(doomed) {
+        return Ok(());
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
     for n in names {
         headers.remove(&n);
     }
+    Ok(())
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -278,6 +313,7 @@ impl Proxy {
             public: cfg.routes.public.clone(),
             check_host: !cfg.server_names.is_empty(),
             xfcc: cfg.headers.xfcc,
+            underscores: cfg.headers.underscores,
             log_access: cfg.log.access,
             cache,
             material,
@@ -294,8 +330,13 @@ impl Proxy {
     /// Handles one request of connection `conn`. Never fails: every outcome is a response.
     pub async fn handle(&self, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<RespBody> {
         let start = Instant::now();
-        strip_identity_headers(req.headers_mut());
-        let (decision, resp) = self.route(conn, req).await;
+        let (decision, resp) = match strip_identity_headers(req.headers_mut(), self.underscores) {
+            Ok(()) => self.route(conn, req).await,
+            Err(UnderscoreInName(name)) => {
+                tracing::debug!(header = %name, "refusing a header name with '_' (headers.underscores: reject)");
+                refuse(Decision::BadRequest, req.headers())
+            }
+        };
         let elapsed = start.elapsed();
         self.metrics.count_decision(label(decision));
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
@@ -614,10 +655,92 @@ mod tests {
                 HeaderValue::from_static(v),
             );
         }
-        strip_identity_headers(&mut h);
+        strip_identity_headers(&mut h, Underscores::Allow).unwrap();
         let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
         left.sort();
         assert_eq!(left, vec!["accept", "x-clientele"]);
+    }
+
+    fn map(names: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for n in names {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<String> {
+        let mut v: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// Spellings a CGI-style app reads as an identity header (`_` and `-` are one byte to it).
+    const UNDERSCORED_IDENTITY: [&str; 9] = [
+        "X_Client_Account",
+        "x-client_account",
+        "x_client-cert-serial",
+        "Client_Cert",
+        "client-cert_chain",
+        "X_Forwarded_For",
+        "x_forwarded_client_cert",
+        "X_Client_Cert_Serial",
+        "x_forwarded-host",
+    ];
+
+    #[test]
+    fn identity_headers_spelled_with_underscores_are_stripped_under_every_policy() {
+        for policy in [Underscores::Allow, Underscores::Drop] {
+            let mut h = map(&UNDERSCORED_IDENTITY);
+            h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+            assert_eq!(strip_identity_headers(&mut h, policy), Ok(()), "{policy:?}");
+            assert_eq!(names(&h), vec!["accept"], "{policy:?}");
+        }
+        for name in UNDERSCORED_IDENTITY {
+            let mut h = map(&[name]);
+            assert!(
+                strip_identity_headers(&mut h, Underscores::Reject).is_err(),
+                "{name} passed headers.underscores: reject"
+            );
+        }
+    }
+
+    #[test]
+    fn underscore_policy_decides_the_other_names() {
+        let base = ["accept", "x-app_token", "x-app-token", "x-clientele"];
+        let mut h = map(&base);
+        strip_identity_headers(&mut h, Underscores::Allow).unwrap();
+        assert_eq!(
+            names(&h),
+            vec!["accept", "x-app-token", "x-app_token", "x-clientele"]
+        );
+
+        let mut h = map(&base);
+        strip_identity_headers(&mut h, Underscores::Drop).unwrap();
+        assert_eq!(names(&h), vec!["accept", "x-app-token", "x-clientele"]);
+
+        let mut h = map(&base);
+        assert_eq!(
+            strip_identity_headers(&mut h, Underscores::Reject),
+            Err(UnderscoreInName(HeaderName::from_static("x-app_token")))
+        );
+        // Without any `_` name, reject lets the request through (identity headers go).
+        let mut h = map(&["accept", "x-client-account"]);
+        assert_eq!(strip_identity_headers(&mut h, Underscores::Reject), Ok(()));
+        assert_eq!(names(&h), vec!["accept"]);
+    }
+
+    #[test]
+    fn same_spelling_treats_only_underscore_and_dash_alike() {
+        assert!(same_spelling(b"x_client_account", b"x-client-account"));
+        assert!(same_spelling(b"forwarded", b"forwarded"));
+        assert!(!same_spelling(b"x.client.account", b"x-client-account"));
+        assert!(!same_spelling(b"x-client-accoun", b"x-client-account"));
+        // Only the client's side maps `_`: a pattern never contains one.
+        assert!(!same_spelling(b"x-client-account", b"x_client_account"));
     }
 
     #[test]

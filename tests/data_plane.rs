@@ -9,18 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use rustls::{AlertDescription, HandshakeKind};
 use support::client::{End, RawResponse};
-use support::{Echo, Harness, LeafSpec, Options, Prepared, Resp, STEP, within};
-
-async fn get(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut req = client.get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = within(&format!("GET {url}"), req.send())
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e:?}"));
-    Resp::from_reqwest(resp).await
-}
+use support::{Echo, Harness, LeafSpec, Options, Prepared, Resp, STEP, get, within};
 
 /// Asserts a JSON refusal: status, `error` token and a non-empty `message`.
 fn assert_refused(r: &Resp, status: u16, token: &str) {

@@ -35,7 +35,7 @@ use super::{
     AccountSource, AdminConfig, CacheConfig, ClientAuthConfig, ClientAuthMode, Config, ConfigError,
     Crl, EnrollmentConfig, HeadersConfig, IdentityConfig, LimitsConfig, LogConfig, LogFormat,
     MetricsConfig, OnError, PemCerts, RedisConfig, RedisMode, RoutesConfig, Secret, SecretKey,
-    StateBackend, StateConfig, TlsConfig, TlsMinVersion, UpstreamConfig,
+    StateBackend, StateConfig, TlsConfig, TlsMinVersion, Underscores, UpstreamConfig,
 };
 
 /// A scalar (or list item) together with where it was written.
@@ -109,6 +109,7 @@ pub struct RoutesFile {
 #[serde(deny_unknown_fields)]
 pub struct HeadersFile {
     pub xfcc: Option<S<bool>>,
+    pub underscores: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -820,8 +821,19 @@ impl Ctx<'_> {
         let identity = self.identity(f.identity.unwrap_or_default())?;
         let upstream = self.upstream(f.upstream)?;
         let routes = self.routes(f.routes.unwrap_or_default())?;
+        let headers_file = f.headers.unwrap_or_default();
         let headers = HeadersConfig {
-            xfcc: self.bool(&f.headers.unwrap_or_default().xfcc, false),
+            xfcc: self.bool(&headers_file.xfcc, false),
+            underscores: self.choice(
+                "headers.underscores",
+                &headers_file.underscores,
+                Underscores::Drop,
+                &[
+                    ("drop", Underscores::Drop),
+                    ("reject", Underscores::Reject),
+                    ("allow", Underscores::Allow),
+                ],
+            )?,
         };
         let state = self.state(f.state.unwrap_or_default())?;
         let enrollment_file = f.enrollment.unwrap_or_default();

@@ -169,6 +169,21 @@ pub struct RoutesConfig {
 #[derive(Debug, Clone)]
 pub struct HeadersConfig {
     pub xfcc: bool,
+    pub underscores: Underscores,
+}
+
+/// `headers.underscores`: what happens to a client header whose name contains `_`.
+/// Identity headers are removed in every spelling whatever this says; the policy is about
+/// the other names, because applications that map `_` and `-` to one variable (CGI, WSGI,
+/// PHP-FPM) let `X_Foo` shadow or join the `X-Foo` a front proxy vouches for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underscores {
+    /// Removed before forwarding (default; nginx's `underscores_in_headers off`).
+    Drop,
+    /// A request with any such name is refused with 400 `bad_request`.
+    Reject,
+    /// Forwarded unchanged.
+    Allow,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -28,6 +28,8 @@ pub struct Options {
     pub server_names: Vec<String>,
     pub public: Vec<String>,
     pub xfcc: bool,
+    /// `headers.underscores`; `None` leaves the default.
+    pub underscores: Option<&'static str>,
     /// `upstream.url`; `None` = the test upstream.
     pub upstream_url: Option<String>,
     pub connect_timeout: &'static str,
@@ -55,6 +57,7 @@ impl Default for Options {
             server_names: Vec::new(),
             public: vec!["/public".into()],
             xfcc: false,
+            underscores: None,
             upstream_url: None,
             connect_timeout: "2s",
             response_timeout: "10s",
@@ -174,6 +177,9 @@ impl Prepared {
         let _ = writeln!(y, "  public: {}", yaml_list(&o.public));
         let _ = writeln!(y, "headers:");
         let _ = writeln!(y, "  xfcc: {}", o.xfcc);
+        if let Some(u) = o.underscores {
+            let _ = writeln!(y, "  underscores: {u}");
+        }
         let _ = writeln!(y, "state:");
         match &o.redis_url {
             None => {

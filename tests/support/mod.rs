@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod pki;
 pub mod redis;
 pub mod upstream;
+pub mod wsgi;
 
 use std::future::Future;
 use std::time::Duration;
@@ -33,6 +34,18 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
         Ok(v) => v,
         Err(_) => panic!("timed out after {STEP:?}: {what}"),
     }
+}
+
+/// `GET url` with extra request headers, bounded by [`STEP`].
+pub async fn get(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut req = client.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = within(&format!("GET {url}"), req.send())
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e:?}"));
+    Resp::from_reqwest(resp).await
 }
 
 /// Waits until the wall clock is past `t` (a certificate's `notAfter` or `notBefore`).

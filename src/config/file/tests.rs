@@ -202,6 +202,7 @@ routes:
   public: [\"/login\", \"/static/\", \"/\"]
 headers:
   xfcc: true
+  underscores: reject
 state:
   backend: embedded
   path: /var/lib/certgate/state.db
@@ -273,6 +274,7 @@ log:
     assert_eq!(c.upstream.pool_max_idle_per_host, 0);
     assert_eq!(c.routes.public, ["/login", "/static", "/"]);
     assert!(c.headers.xfcc);
+    assert_eq!(c.headers.underscores, Underscores::Reject);
     let StateBackend::Embedded { path } = &c.state.backend else {
         panic!("expected the embedded backend")
     };
@@ -333,6 +335,7 @@ fn defaults_are_applied() {
     assert_eq!(c.upstream.pool_max_idle_per_host, 512);
     assert!(c.routes.public.is_empty());
     assert!(!c.headers.xfcc);
+    assert_eq!(c.headers.underscores, Underscores::Drop);
     let StateBackend::Embedded { path } = &c.state.backend else {
         panic!("expected the embedded backend")
     };
@@ -485,6 +488,20 @@ fn duplicate_key_is_an_error() {
     let yaml = "tls:\n  cert: certs/server.pem\n  cert: certs/server.pem\n";
     let err = pki.error(yaml);
     assert_error(&pki, &err, Some(3), "tls.cert", &["duplicate"]);
+}
+
+#[test]
+fn underscores_policy_is_one_of_three_words() {
+    let pki = Pki::new();
+    let yaml = with("headers:\n  underscores: strip\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "underscores")),
+        "headers.underscores",
+        &["\"strip\" is not one of: drop, reject, allow"],
+    );
 }
 
 #[test]

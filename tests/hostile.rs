@@ -1,0 +1,145 @@
+//! Hostile input against the data plane, with real clients over real TLS: what an attacker
+//! sends that the gateway must neutralise before the app sees it.
+
+mod support;
+
+use std::collections::HashMap;
+
+use support::wsgi::Wsgi;
+use support::{Harness, Options, Resp, get};
+
+/// Identity headers as a CGI-style app reads them once `_` and `-` are one character,
+/// plus a harmless custom header spelled with `_`.
+const UNDERSCORED: &[(&str, &str)] = &[
+    ("X_Client_Account", "mallory"),
+    ("x-client_account", "mallory"),
+    ("X_Client_Cert_Serial", "00"),
+    ("x_client-cert-fingerprint", "00"),
+    ("Client_Cert", ":AAAA:"),
+    ("Client_Cert_Chain", ":AAAA:"),
+    ("X_Forwarded_For", "6.6.6.6"),
+    ("X_Forwarded_Host", "evil.example"),
+    ("x_forwarded_client_cert", "Hash=00"),
+    ("X_App_Token", "t"),
+];
+
+/// The app's `HTTP_*` variables from its answer.
+fn environ(r: &Resp, what: &str) -> HashMap<String, String> {
+    assert_eq!(r.status, 200, "{what}: body {}", r.text());
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{what}: {e}: {}", r.text()))
+}
+
+async fn behind_wsgi(underscores: Option<&'static str>) -> Option<(Harness, Wsgi)> {
+    let app = Wsgi::start()?;
+    let h = Harness::with(Options {
+        upstream_url: Some(app.url()),
+        underscores,
+        ..Options::default()
+    })
+    .await;
+    Some((h, app))
+}
+
+#[tokio::test]
+async fn identity_headers_spelled_with_underscores_never_reach_a_wsgi_app() {
+    let Some((h, _app)) = behind_wsgi(None).await else {
+        return;
+    };
+    let alice = h.pki.client("alice");
+    for (proto, with_cert, anonymous) in [
+        ("h1", h.client_h1(Some(&alice)), h.client_h1(None)),
+        ("h2", h.client(Some(&alice)), h.client(None)),
+    ] {
+        // A public route, no certificate at all: the app must see no account.
+        let env = environ(
+            &get(&anonymous, &h.url("/public/login"), UNDERSCORED).await,
+            proto,
+        );
+        for var in [
+            "HTTP_X_CLIENT_ACCOUNT",
+            "HTTP_X_CLIENT_CERT_SERIAL",
+            "HTTP_X_CLIENT_CERT_FINGERPRINT",
+            "HTTP_CLIENT_CERT",
+            "HTTP_CLIENT_CERT_CHAIN",
+            "HTTP_X_FORWARDED_CLIENT_CERT",
+        ] {
+            assert!(
+                !env.contains_key(var),
+                "{proto}: public route without a certificate: the app saw {var}={:?}",
+                env.get(var)
+            );
+        }
+        assert_eq!(env["HTTP_X_FORWARDED_FOR"], "127.0.0.1", "{proto}");
+        assert!(
+            !env["HTTP_X_FORWARDED_HOST"].contains("evil"),
+            "{proto}: {env:?}"
+        );
+        // headers.underscores defaults to drop.
+        assert!(!env.contains_key("HTTP_X_APP_TOKEN"), "{proto}: {env:?}");
+
+        // A protected route with alice's certificate: exactly alice, nothing joined to it.
+        let env = environ(&get(&with_cert, &h.url("/app"), UNDERSCORED).await, proto);
+        assert_eq!(env["HTTP_X_CLIENT_ACCOUNT"], "alice", "{proto}");
+        assert_eq!(env["HTTP_X_CLIENT_CERT_SERIAL"], alice.serial, "{proto}");
+        assert_eq!(
+            env["HTTP_X_CLIENT_CERT_FINGERPRINT"], alice.fingerprint,
+            "{proto}"
+        );
+        assert_eq!(
+            env["HTTP_CLIENT_CERT"],
+            alice.client_cert_header(),
+            "{proto}"
+        );
+        assert_eq!(env["HTTP_X_FORWARDED_FOR"], "127.0.0.1", "{proto}");
+        assert!(!env.contains_key("HTTP_CLIENT_CERT_CHAIN"), "{proto}");
+        assert!(!env.contains_key("HTTP_X_FORWARDED_CLIENT_CERT"), "{proto}");
+        assert!(!env.contains_key("HTTP_X_APP_TOKEN"), "{proto}: {env:?}");
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn underscores_allow_forwards_other_names_but_never_identity_spellings() {
+    let Some((h, _app)) = behind_wsgi(Some("allow")).await else {
+        return;
+    };
+    let alice = h.pki.client("alice");
+    for (proto, client) in [
+        ("h1", h.client_h1(Some(&alice))),
+        ("h2", h.client(Some(&alice))),
+    ] {
+        let env = environ(&get(&client, &h.url("/app"), UNDERSCORED).await, proto);
+        assert_eq!(env["HTTP_X_APP_TOKEN"], "t", "{proto}");
+        assert_eq!(env["HTTP_X_CLIENT_ACCOUNT"], "alice", "{proto}");
+        assert_eq!(env["HTTP_X_CLIENT_CERT_SERIAL"], alice.serial, "{proto}");
+        assert_eq!(env["HTTP_X_FORWARDED_FOR"], "127.0.0.1", "{proto}");
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn underscores_reject_refuses_any_name_with_an_underscore() {
+    let Some((h, _app)) = behind_wsgi(Some("reject")).await else {
+        return;
+    };
+    let alice = h.pki.client("alice");
+    for (proto, client) in [
+        ("h1", h.client_h1(Some(&alice))),
+        ("h2", h.client(Some(&alice))),
+    ] {
+        for spoof in [("X_App_Token", "t"), ("X_Client_Account", "mallory")] {
+            let r = get(&client, &h.url("/app"), &[spoof]).await;
+            assert_eq!(r.status, 400, "{proto} {spoof:?}: {}", r.text());
+            assert_eq!(r.json()["error"], "bad_request", "{proto} {spoof:?}");
+            let r = get(&client, &h.url("/public/login"), &[spoof]).await;
+            assert_eq!(r.status, 400, "{proto} public {spoof:?}: {}", r.text());
+        }
+        let env = environ(
+            &get(&client, &h.url("/app"), &[("X-App-Token", "t")]).await,
+            proto,
+        );
+        assert_eq!(env["HTTP_X_APP_TOKEN"], "t", "{proto}");
+        assert_eq!(env["HTTP_X_CLIENT_ACCOUNT"], "alice", "{proto}");
+    }
+    h.shutdown().await;
+}
