@@ -6,6 +6,10 @@
 #     -v $PWD/tls:/etc/certgate/tls:ro -v $PWD/ca:/etc/certgate/ca:ro \
 #     -v $PWD/secrets:/etc/certgate/secrets:ro -v certgate-state:/var/lib/certgate certgate
 #
+# The state volume must hold a store: append
+# `run --config /etc/certgate/certgate.yaml --create-store` on the first start only (a
+# missing store file is refused, so that a lost volume never forgets revocations).
+#
 # Mount your own /etc/certgate/certgate.yaml to change anything; the built-in one is
 # config/docker.yaml from this repository.
 

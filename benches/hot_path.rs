@@ -75,7 +75,7 @@ fn bench_decision(c: &mut Criterion) {
         .expect("rt");
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn StateStore> =
-        Arc::new(EmbeddedStore::open(&dir.path().join("bench.db")).expect("store"));
+        Arc::new(EmbeddedStore::open_or_create(&dir.path().join("bench.db")).expect("store"));
     let cfg = StateConfig {
         backend: StateBackend::Embedded {
             path: dir.path().join("bench.db"),

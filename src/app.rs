@@ -118,6 +118,19 @@ pub fn open_store(cfg: &Config) -> Result<Arc<dyn StateStore>, AppError> {
     }
 }
 
+/// Creates the embedded store file when it is missing (`certgate run --create-store`,
+/// `certgate init`, the demo). Returns `Ok(false)` for the Redis backend, which has no file.
+/// An existing store is left as it is; an empty (0-byte) file is refused.
+pub fn create_store_if_missing(cfg: &Config) -> Result<bool, AppError> {
+    match &cfg.state.backend {
+        StateBackend::Embedded { path } => {
+            EmbeddedStore::open_or_create(path)?;
+            Ok(true)
+        }
+        StateBackend::Redis(_) => Ok(false),
+    }
+}
+
 /// Builds everything from `config`, binds the three listeners (port 0 allowed: the real
 /// ports are in the returned [`Gateway`]) and starts serving.
 pub async fn start(config: Config) -> Result<Gateway, AppError> {

@@ -36,7 +36,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway.
-    Run,
+    Run {
+        /// Create the embedded state store (state.path) if it does not exist. Needed on the
+        /// first start only: without it a missing store file stops certgate, so that a lost
+        /// file never silently forgets every revocation and reset.
+        #[arg(long)]
+        create_store: bool,
+    },
     /// Validate the configuration (files, keys, addresses) without binding anything.
     CheckConfig,
     /// Write a development PKI (server certificate for localhost, enrollment CA), an admin
@@ -122,7 +128,7 @@ pub fn run() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
         Command::CheckConfig => check_config(&cli.config),
-        Command::Run => run_gateway(&cli.config),
+        Command::Run { create_store } => run_gateway(&cli.config, create_store),
         Command::Init { ref dir, force } => init(dir, force),
         Command::Demo { ref dir } => run_demo(dir),
         Command::Admin(ref args) => admin(&cli.config, args),
@@ -187,12 +193,28 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn run_gateway(path: &Path) -> ExitCode {
+fn run_gateway(path: &Path, create_store: bool) -> ExitCode {
     let cfg = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
     init_tracing(&cfg.log);
+    if create_store {
+        match app::create_store_if_missing(&cfg) {
+            Ok(true) => {}
+            Ok(false) => {
+                eprintln!(
+                    "certgate: --create-store is for the embedded store; state.backend in {} is redis",
+                    path.display()
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+            Err(e) => {
+                eprintln!("certgate: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        }
+    }
     let rt = match runtime() {
         Ok(r) => r,
         Err(code) => return code,
@@ -269,6 +291,18 @@ fn init(dir: &Path, force: bool) -> ExitCode {
             for p in &pki.written {
                 println!("wrote {}", p.display());
             }
+            // The store the config's state.path names (../data/certgate.db from config/).
+            let store = dir.join(demo::STORE_REL);
+            let existed = store.exists();
+            if let Err(e) = crate::state::embedded::EmbeddedStore::open_or_create(&store) {
+                eprintln!("certgate: state store: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+            if existed {
+                println!("kept  {} (existing state store)", store.display());
+            } else {
+                println!("wrote {} (empty state store)", store.display());
+            }
             if config_same {
                 println!("kept  {} (already the default)", config_path.display());
             } else {
@@ -318,6 +352,7 @@ async fn demo_main(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error + S
         Err(code) => return Ok(code),
     };
     init_tracing(&cfg.log);
+    app::create_store_if_missing(&cfg)?;
     let enroll = cfg
         .enrollment
         .clone()

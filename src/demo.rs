@@ -21,6 +21,10 @@ use crate::ticket;
 /// The config file `init` writes, relative to the init folder.
 pub const CONFIG_REL: &str = "config/certgate.yaml";
 
+/// The embedded store `init` creates, relative to the init folder: where the example
+/// configuration's `state.path` points.
+pub const STORE_REL: &str = "data/certgate.db";
+
 /// The documented example configuration; `init` writes exactly this text.
 pub const CONFIG_TEMPLATE: &str = include_str!("../config/certgate.yaml");
 
@@ -137,5 +141,21 @@ mod tests {
             "upstream replaced"
         );
         assert!(!text.contains("0.0.0.0:8443"));
+    }
+
+    #[test]
+    fn the_store_init_creates_is_the_one_the_template_names() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure_initialised(dir.path()).unwrap();
+        let cfg = crate::config::Config::load(&dir.path().join(CONFIG_REL)).unwrap();
+        let crate::config::StateBackend::Embedded { path } = &cfg.state.backend else {
+            panic!("the template uses the embedded store");
+        };
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let canon = |p: &Path| {
+            let folder = p.parent().unwrap().canonicalize().unwrap();
+            folder.join(p.file_name().unwrap())
+        };
+        assert_eq!(canon(path), canon(&dir.path().join(STORE_REL)));
     }
 }

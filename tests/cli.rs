@@ -307,3 +307,140 @@ fn unknown_command_is_a_usage_error() {
     let out = certgate(&["frobnicate"], &[]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }
+
+/// Spawns `certgate --config <path> run [extra]` and waits until it logs that it listens
+/// (returns the child, still running) or exits (returns its output).
+fn run_until_listening(path: &Path, extra: &[&str]) -> Result<std::process::Child, Output> {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_certgate"));
+    cmd.arg("--config")
+        .arg(path)
+        .arg("run")
+        .args(extra)
+        .env_remove("CERTGATE_CONFIG")
+        .env("CERTGATE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn certgate run");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("certgate listening") {
+                let _ = tx.send(Ok(()));
+                return;
+            }
+        }
+        let _ = tx.send(Err(seen));
+    });
+    match rx.recv_timeout(STEP) {
+        Ok(Ok(())) => Ok(child),
+        Ok(Err(stderr)) => {
+            let status = child.wait().expect("wait");
+            Err(Output {
+                status,
+                stdout: Vec::new(),
+                stderr: stderr.into_bytes(),
+            })
+        }
+        Err(_) => {
+            let _ = child.kill();
+            panic!("certgate run neither listened nor exited within {STEP:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn run_refuses_a_missing_or_empty_store_and_creates_one_only_when_asked() {
+    let p = Prepared::new(Options::default()).await;
+    let store = p.dir.path().join("data/certgate.db");
+    std::fs::remove_file(&store).expect("remove the harness's store");
+
+    // Missing: refused (exit 1), nothing created, and the message says how to proceed.
+    let out = run_until_listening(&p.config_path, &[]).expect_err("started without a store");
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&store.display().to_string())
+            && err.contains("does not exist")
+            && err.contains("--create-store"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!store.exists(), "a refused start created the store");
+
+    // Asked: created, private, and served.
+    let mut child = run_until_listening(&p.config_path, &["--create-store"])
+        .unwrap_or_else(|out| panic!("--create-store did not start: {}", describe(&out)));
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let meta = std::fs::metadata(&store).expect("store created");
+    assert!(meta.len() > 0);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    // From then on a plain run opens it.
+    let mut child = run_until_listening(&p.config_path, &[])
+        .unwrap_or_else(|out| panic!("run on the created store: {}", describe(&out)));
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+
+    // Truncated to 0 bytes: refused, with or without --create-store, and left alone.
+    std::fs::File::create(&store).expect("truncate");
+    for extra in [&[][..], &["--create-store"][..]] {
+        let out = run_until_listening(&p.config_path, extra).expect_err("started on 0 bytes");
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("empty (0 bytes)"),
+            "{extra:?}: {}",
+            describe(&out)
+        );
+    }
+    assert_eq!(std::fs::metadata(&store).expect("store").len(), 0);
+}
+
+#[tokio::test]
+async fn create_store_is_a_usage_error_for_redis() {
+    let p = Prepared::new(Options {
+        redis_url: Some("redis://127.0.0.1:1/0".into()),
+        ..Options::default()
+    })
+    .await;
+    let out = run_until_listening(&p.config_path, &["--create-store"]).expect_err("started");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("redis"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[tokio::test]
+async fn a_lost_store_file_never_lets_a_revoked_certificate_back_in() {
+    let mut h = support::Harness::start().await;
+    let alice = h.pki.client("alice");
+    let client = h.client(Some(&alice));
+    h.admin().revoke(&alice.serial).await;
+    let r = support::get(&client, &h.url("/app"), &[]).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    h.stop().await;
+
+    let store = h.dir.path().join("data/certgate.db");
+    std::fs::File::create(&store).expect("truncate");
+    let err = certgate::app::start(h.load_config())
+        .await
+        .err()
+        .expect("started on a 0-byte store");
+    assert!(err.to_string().contains("empty (0 bytes)"), "{err}");
+
+    std::fs::remove_file(&store).expect("remove");
+    let err = certgate::app::start(h.load_config())
+        .await
+        .err()
+        .expect("started without its store");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}

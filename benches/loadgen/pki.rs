@@ -35,7 +35,8 @@ pub fn run(a: PkiArgs) -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let store: Arc<dyn StateStore> = Arc::new(EmbeddedStore::open(&dir.join("state.db"))?);
+        let store: Arc<dyn StateStore> =
+            Arc::new(EmbeddedStore::open_or_create(&dir.join("state.db"))?);
         let acct = store
             .enable_two_factor(ACCOUNT, certgate::state::now())
             .await?;

@@ -162,16 +162,53 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens the store at `path`, creating it (and missing parent folders) if needed.
+    /// Opens the existing store at `path`. A missing or empty (0-byte) file is refused:
+    /// the store holds every revocation and reset, so a file that vanished (a bad volume
+    /// mount, an `rm`, a restore gone wrong) must stop the gateway rather than start it on
+    /// an empty store that lets revoked certificates in again. A new store is made only
+    /// when asked, by [`EmbeddedStore::open_or_create`] (`certgate init`, the demo,
+    /// `certgate run --create-store`).
+    ///
+    /// Fails with [`StoreError::Unavailable`] when the file is missing or empty or another
+    /// process holds it, and with [`StoreError::Corrupt`] when the file is not a valid store
+    /// (redb verifies every page checksum on open, so a damaged file is refused rather than
+    /// trusted).
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let shown = path.display();
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Unavailable(format!(
+                    "{shown} does not exist. It holds every revocation and reset, and certgate \
+                     does not start on a new, empty store in its place. If this is the first \
+                     start, create it once with `certgate run --create-store` (`certgate init` \
+                     creates it too); if the file should be there, restore it (check the volume \
+                     mount and state.path) before starting"
+                )));
+            }
+            Err(e) => {
+                return Err(StoreError::Unavailable(format!("cannot read {shown}: {e}")));
+            }
+            Ok(m) if m.len() == 0 => {
+                return Err(StoreError::Unavailable(format!(
+                    "{shown} is empty (0 bytes): it holds no store, and starting on it would \
+                     forget every revocation and reset. Restore it from a backup; if it was \
+                     never used (an interrupted first start), delete it and run `certgate run \
+                     --create-store`"
+                )));
+            }
+            Ok(_) => warn_if_shared(path),
+        }
+        Self::open_file(path)
+    }
+
+    /// Opens the store at `path`, first creating a new, empty one (and missing parent
+    /// folders) when there is no file. An existing file is opened as [`EmbeddedStore::open`]
+    /// does, and an empty (0-byte) one is refused the same way.
     ///
     /// New folders are created `0700` and a new file `0600`: the file names every account
     /// and holds the open enrollment tickets' hashes. An existing file keeps its mode (the
     /// operator may have set it on purpose); a group- or world-readable one is logged.
-    ///
-    /// Fails with [`StoreError::Unavailable`] when another process holds the file, and with
-    /// [`StoreError::Corrupt`] when the file is not a valid store (redb verifies every page
-    /// checksum on open, so a damaged file is refused rather than trusted).
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub fn open_or_create(path: &Path) -> Result<Self, StoreError> {
         let shown = path.display();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             let mut dirs = DirBuilder::new();
@@ -186,15 +223,26 @@ impl EmbeddedStore {
         create.write(true).create_new(true);
         private_file_mode(&mut create);
         match create.open(path) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => warn_if_shared(path),
-            Err(e) => {
-                return Err(StoreError::Unavailable(format!(
-                    "cannot create {shown}: {e}"
-                )));
+            Ok(_) => {
+                let store = Self::open_file(path);
+                if store.is_err() {
+                    // Leave no 0-byte file behind to be refused on the next start.
+                    let _ = std::fs::remove_file(path);
+                } else {
+                    tracing::warn!(path = %shown, "created a new, empty embedded state store");
+                }
+                store
             }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::open(path),
+            Err(e) => Err(StoreError::Unavailable(format!(
+                "cannot create {shown}: {e}"
+            ))),
         }
+    }
 
+    /// Opens (or, for a file just created, formats) the redb file at `path`.
+    fn open_file(path: &Path) -> Result<Self, StoreError> {
+        let shown = path.display();
         let db = Database::builder()
             .set_cache_size(PAGE_CACHE_BYTES)
             .set_check_integrity_on_open(true)
@@ -728,7 +776,7 @@ mod tests {
 
     fn temp_store() -> (tempfile::TempDir, EmbeddedStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(&dir.path().join("state/certgate.db")).unwrap();
+        let store = EmbeddedStore::open_or_create(&dir.path().join("state/certgate.db")).unwrap();
         (dir, store)
     }
 
@@ -787,11 +835,67 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/b/certgate.db");
-        let _store = EmbeddedStore::open(&path).unwrap();
+        let _store = EmbeddedStore::open_or_create(&path).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(&dir.path().join("a/b")), 0o700);
         assert_eq!(mode(&dir.path().join("a")), 0o700);
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_empty_file_is_refused_not_replaced_by_an_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data/certgate.db");
+        let unavailable = |r: Result<EmbeddedStore, StoreError>| match r {
+            Err(StoreError::Unavailable(m)) => m,
+            other => panic!("expected Unavailable, got {other:?}"),
+        };
+
+        let m = unavailable(EmbeddedStore::open(&path));
+        assert!(
+            m.contains("does not exist") && m.contains("--create-store"),
+            "{m}"
+        );
+        assert!(!path.exists(), "open must not create the file");
+        assert!(
+            !path.parent().unwrap().exists(),
+            "open must not create the folder"
+        );
+
+        // Made when asked; then a revocation is kept across reopening.
+        let store = EmbeddedStore::open_or_create(&path).unwrap();
+        store
+            .revoke(Revocation {
+                serial: "0a".into(),
+                reason: RevocationReason::KeyCompromise,
+                revoked_at: 1,
+                not_after: None,
+            })
+            .await
+            .unwrap();
+        drop(store);
+        let store = EmbeddedStore::open(&path).unwrap();
+        assert!(store.revocation("0a").await.unwrap().is_some());
+        drop(store);
+        // open_or_create opens an existing store as it is.
+        let store = EmbeddedStore::open_or_create(&path).unwrap();
+        assert!(store.revocation("0a").await.unwrap().is_some());
+        drop(store);
+
+        // Truncated to 0 bytes: refused by both, and left as it is for the operator.
+        std::fs::File::create(&path).unwrap();
+        for r in [
+            EmbeddedStore::open(&path),
+            EmbeddedStore::open_or_create(&path),
+        ] {
+            let m = unavailable(r);
+            assert!(m.contains("empty (0 bytes)"), "{m}");
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+
+        // Deleted: refused again.
+        std::fs::remove_file(&path).unwrap();
+        assert!(unavailable(EmbeddedStore::open(&path)).contains("does not exist"));
     }
 
     #[test]
@@ -806,7 +910,7 @@ mod tests {
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("certgate.db");
-        drop(EmbeddedStore::open(&path).unwrap());
+        drop(EmbeddedStore::open_or_create(&path).unwrap());
         {
             let db = Database::create(&path).unwrap();
             let tx = db.begin_write().unwrap();

@@ -130,6 +130,13 @@ impl Prepared {
         );
         write(&root.join("secrets/admin-token"), &token, 0o600);
         std::fs::create_dir_all(root.join("data")).expect("data folder");
+        if options.redis_url.is_none() {
+            // As `certgate init` does: the gateway never creates its store by itself.
+            certgate::state::embedded::EmbeddedStore::open_or_create(
+                &root.join("data/certgate.db"),
+            )
+            .expect("create the embedded store");
+        }
         if let Some(crl) = &options.crl {
             write(&root.join("pki/client-ca.crl.pem"), crl, 0o644);
         }
@@ -378,11 +385,16 @@ impl Harness {
         within("reload", self.gateway().reloader.reload()).await
     }
 
-    /// Stops the gateway and starts a new one from the same files (same store file).
-    pub async fn restart(&mut self) {
+    /// Stops the gateway, keeping its files (the store file among them).
+    pub async fn stop(&mut self) {
         if let Some(gw) = self.gateway.take() {
             within("Gateway::shutdown", gw.shutdown()).await;
         }
+    }
+
+    /// Stops the gateway and starts a new one from the same files (same store file).
+    pub async fn restart(&mut self) {
+        self.stop().await;
         let config = self.prepared.load_config();
         self.gateway = Some(start_gateway(config).await);
     }

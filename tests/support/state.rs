@@ -39,7 +39,7 @@ impl EmbeddedFactory {
 impl StoreFactory for EmbeddedFactory {
     fn open(&self) -> BoxFut<'_, Arc<dyn StateStore>> {
         Box::pin(async move {
-            Arc::new(EmbeddedStore::open(&self.path).expect("open embedded store"))
+            Arc::new(EmbeddedStore::open_or_create(&self.path).expect("open embedded store"))
                 as Arc<dyn StateStore>
         })
     }
