@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use certgate::config::{AccountSource, CacheConfig, OnError, StateBackend, StateConfig};
-use certgate::gate::{self, Facts};
-use certgate::identity::{self, IdentityOptions};
+use certgate::core::gate::{self, Facts};
 use certgate::metrics::Metrics;
 use certgate::state::cache::StateCache;
 use certgate::state::embedded::EmbeddedStore;
 use certgate::state::{Revocation, RevocationReason, StateStore};
+use certgate::tls::identity::{self, IdentityOptions};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 struct Fixture {
@@ -23,13 +23,13 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    certgate::ca::write_dev_pki(dir.path(), false).expect("dev pki");
-    let ca = certgate::ca::CaIssuer::from_files(
+    certgate::pki::ca::write_dev_pki(dir.path(), false).expect("dev pki");
+    let ca = certgate::pki::ca::CaIssuer::from_files(
         &dir.path().join("certs/enroll-ca.pem"),
         &dir.path().join("certs/enroll-ca.key"),
     )
     .expect("ca");
-    let key = certgate::ca::new_key().expect("key");
+    let key = certgate::pki::ca::new_key().expect("key");
     let issued = ca
         .issue_client(&key, "alice", 1, Duration::from_secs(86400))
         .expect("issue");

@@ -506,7 +506,7 @@ async fn serve_connection(
     if runtime.limits.proxy_protocol {
         let header = tokio::time::timeout(
             runtime.limits.handshake_timeout,
-            crate::proxy_protocol::read_header(&mut tcp),
+            crate::server::proxy_protocol::read_header(&mut tcp),
         )
         .await;
         match header {

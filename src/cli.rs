@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
-use crate::{app, ca, demo};
+use crate::pki::ca;
+use crate::{app, demo};
 
 /// Exit code for a runtime failure.
 pub const EXIT_RUNTIME: u8 = 1;
@@ -346,7 +347,7 @@ async fn demo_main(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error + S
     let fresh = demo::ensure_initialised(dir)?;
     let config_path = dir.join(demo::CONFIG_REL);
     let echo = demo::start_echo().await?;
-    crate::ca::write_file(&config_path, demo::demo_config(echo).as_bytes(), false)?;
+    crate::pki::ca::write_file(&config_path, demo::demo_config(echo).as_bytes(), false)?;
     let cfg = match load(&config_path) {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -433,7 +434,7 @@ async fn demo_main(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error + S
 }
 
 fn admin(config: &Path, args: &AdminArgs) -> ExitCode {
-    use crate::admin_client::{self as client, AdminCommand};
+    use crate::admin::client::{self as client, AdminCommand};
     let cmd = match &args.action {
         // Talks to Redis directly, not to the admin API.
         AdminAction::AcknowledgeDataLoss => return acknowledge_data_loss(config),

@@ -14,9 +14,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::ca;
+use crate::core::ticket;
+use crate::pki::ca;
 use crate::state::cache::StateCache;
-use crate::ticket;
 
 /// The config file `init` writes, relative to the init folder.
 pub const CONFIG_REL: &str = "config/certgate.yaml";

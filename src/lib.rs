@@ -23,22 +23,17 @@
 //! - [`cli`]: the `certgate` command line.
 
 pub mod admin;
-pub mod admin_client;
 pub mod app;
-pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod core;
 pub mod demo;
 pub mod enroll;
-pub mod gate;
-pub mod identity;
+pub mod http;
 pub mod metrics;
-pub mod p12;
-pub mod pages;
+pub mod pki;
 pub mod proxy;
-pub mod proxy_protocol;
 pub mod reload;
+pub mod server;
 pub mod state;
-pub mod ticket;
 pub mod tls;
-pub mod verifier;

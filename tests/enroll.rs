@@ -616,11 +616,11 @@ async fn unknown_expired_and_stale_tickets_are_refused() {
     let good = en::enable(&h, "dave").await;
     let now = certgate::state::now();
 
-    let unknown = certgate::ticket::generate();
-    let expired = certgate::ticket::generate();
+    let unknown = certgate::core::ticket::generate();
+    let expired = certgate::core::ticket::generate();
     store
         .put_ticket(certgate::state::TicketRecord {
-            hash: certgate::ticket::hash(&expired),
+            hash: certgate::core::ticket::hash(&expired),
             account: "dave".into(),
             generation: 1,
             expires_at: now - 1,
@@ -629,10 +629,10 @@ async fn unknown_expired_and_stale_tickets_are_refused() {
         .unwrap();
     // A ticket of generation 1 that survived a reset (as a racing issue would leave it).
     h.admin().reset("dave").await;
-    let stale = certgate::ticket::generate();
+    let stale = certgate::core::ticket::generate();
     store
         .put_ticket(certgate::state::TicketRecord {
-            hash: certgate::ticket::hash(&stale),
+            hash: certgate::core::ticket::hash(&stale),
             account: "dave".into(),
             generation: 1,
             expires_at: now + 3600,
@@ -726,7 +726,7 @@ async fn failed_ticket_attempts_are_rate_limited() {
     let h = Harness::start().await;
     let good = en::enable(&h, "frank").await;
     for i in 0..10 {
-        let r = en::pkcs12(&h, &certgate::ticket::generate(), PASS).await;
+        let r = en::pkcs12(&h, &certgate::core::ticket::generate(), PASS).await;
         assert_eq!(r.status, 403, "attempt {i}: {}", r.text());
     }
     let r = en::pkcs12(&h, &good, PASS).await;

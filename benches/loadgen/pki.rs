@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use certgate::ca::{self, CaIssuer};
+use certgate::pki::ca::{self, CaIssuer};
 use certgate::state::embedded::EmbeddedStore;
 use certgate::state::{CertRecord, StateStore};
 use clap::Args;

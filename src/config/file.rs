@@ -756,14 +756,19 @@ impl Ctx<'_> {
                 format!(
                     "the CRL in {} expired at {} (nextUpdate); install a fresh CRL from its CA",
                     path.display(),
-                    crate::identity::rfc3339(next)
+                    crate::tls::identity::rfc3339(next)
                 ),
             ));
         }
         let issuer = parsed.issuer().as_raw().to_vec();
         let revoked = parsed
             .iter_revoked_certificates()
-            .map(|r| (issuer.clone(), crate::identity::serial_hex(r.raw_serial())))
+            .map(|r| {
+                (
+                    issuer.clone(),
+                    crate::tls::identity::serial_hex(r.raw_serial()),
+                )
+            })
             .collect();
         Ok(Crl {
             path,
@@ -1050,7 +1055,7 @@ impl Ctx<'_> {
                         format!(
                             "the CRL in {} names the CA {} as issuer but its signature does not verify with that CA's key",
                             crl.path.display(),
-                            crate::identity::rfc4514(ca.subject())
+                            crate::tls::identity::rfc4514(ca.subject())
                         ),
                     ));
                 }
@@ -1443,7 +1448,7 @@ impl Ctx<'_> {
                 format!(
                     "{} ({}) is not a CA certificate (basicConstraints CA:true is missing)",
                     cert.certs.path.display(),
-                    crate::identity::rfc4514(parsed.subject())
+                    crate::tls::identity::rfc4514(parsed.subject())
                 ),
             ));
         }
@@ -1452,7 +1457,7 @@ impl Ctx<'_> {
         let ca_key = self.key_for("enrollment.ca_key", key_line, key_path.clone(), &cert, hint)?;
         // The issuing key must not be readable by other users (checked here so that
         // check-config catches it, not only start-up).
-        crate::ca::check_key_file_private(&key_path)
+        crate::pki::ca::check_key_file_private(&key_path)
             .map_err(|e| self.fail("enrollment.ca_key", key_line, e.to_string()))?;
         let (url_text, url_line) = self.string(&en.public_url, defaults::PUBLIC_URL);
         let url = http_url("enrollment.public_url", url_text)

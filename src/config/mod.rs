@@ -109,7 +109,7 @@ impl std::fmt::Debug for SecretKey {
 pub struct Crl {
     pub path: PathBuf,
     pub der: CertificateRevocationListDer<'static>,
-    /// Revoked serials (lowercase hex, see [`crate::identity::serial_hex`]) with the raw
+    /// Revoked serials (lowercase hex, see [`crate::tls::identity::serial_hex`]) with the raw
     /// issuer name they belong to, for the per-request check on resumed sessions.
     pub revoked: Vec<(Vec<u8>, String)>,
     /// `nextUpdate` as unix seconds, when present.

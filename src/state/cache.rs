@@ -54,8 +54,8 @@ pub struct SharedCertState {
 
 impl CertState {
     /// The borrowed form the gate decides on.
-    pub fn view(&self) -> crate::gate::StateView<'_> {
-        crate::gate::StateView {
+    pub fn view(&self) -> crate::core::gate::StateView<'_> {
+        crate::core::gate::StateView {
             revoked: self.revocation.is_some(),
             account: self.account.as_ref(),
         }
@@ -64,8 +64,8 @@ impl CertState {
 
 impl SharedCertState {
     /// The borrowed form the gate decides on.
-    pub fn view(&self) -> crate::gate::StateView<'_> {
-        crate::gate::StateView {
+    pub fn view(&self) -> crate::core::gate::StateView<'_> {
+        crate::core::gate::StateView {
             revoked: self.revocation.is_some(),
             account: self.account.as_deref(),
         }

@@ -21,7 +21,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::FromDer as _;
 
-use crate::identity::{self, GENERATION_URI_PREFIX};
+use crate::tls::identity::{self, GENERATION_URI_PREFIX};
 
 /// SAN URI prefix naming the account in issued certificates.
 pub const ACCOUNT_URI_PREFIX: &str = "urn:certgate:account:";
@@ -476,7 +476,7 @@ pub fn write_file(path: &Path, content: &[u8], secret: bool) -> Result<(), CaErr
 mod tests {
     use super::*;
     use crate::config::AccountSource;
-    use crate::identity::IdentityOptions;
+    use crate::tls::identity::IdentityOptions;
 
     #[test]
     fn issued_certificate_carries_account_and_generation() {

@@ -35,14 +35,14 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
-use crate::ca::{self, CaError, CaIssuer, CrlEntry, CsrError};
 use crate::config::Config;
-use crate::identity;
+use crate::core::ticket;
+use crate::http::pages::{self, escape_html};
 use crate::metrics::{Metrics, Outcome, OutcomeLabels};
-use crate::pages::{self, escape_html};
+use crate::pki::ca::{self, CaError, CaIssuer, CrlEntry, CsrError};
 use crate::state::cache::StateCache;
 use crate::state::{CertRecord, Revocation, RevocationReason, StoreError, TicketRecord, now};
-use crate::ticket;
+use crate::tls::identity;
 
 /// Largest accepted request body (CSR or form); larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -260,7 +260,7 @@ impl Enrollment {
                 .issue_client(&key, &account, generation, validity)
                 .map_err(|e| e.to_string())?;
             let friendly = format!("{account} (certgate)");
-            let p12 = crate::p12::bundle(
+            let p12 = crate::pki::p12::bundle(
                 &friendly,
                 &key.serialize_der(),
                 &[&issued.cert_der, &ca.cert_der],

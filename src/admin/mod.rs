@@ -8,13 +8,15 @@
 //! `reset_account`, `enable_two_factor`), which drop the cached entries, so the very next
 //! proxied request sees it. Reads go straight to the store (`StateCache::store`): an
 //! operator asking for the state wants the store's truth, not a cached copy. Tickets are
-//! made by [`crate::ticket`]; only their hash is stored.
+//! made by [`crate::core::ticket`]; only their hash is stored.
 //!
 //! Every change request writes one audit line (`target: "certgate::audit"`) naming the
 //! action, the account or serial and the peer — never a ticket or the token.
 //!
 //! The routes, the JSON shapes and the error codes are documented on [`handle`]; the CLI
 //! side is `admin_client`.
+
+pub mod client;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -43,11 +45,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::config::EnrollmentConfig;
-use crate::identity::{is_valid_account, normalize_serial, rfc3339};
+use crate::core::ticket;
 use crate::metrics::{AdminLabels, Metrics};
 use crate::state::cache::StateCache;
 use crate::state::{AccountState, Revocation, RevocationReason, StoreError, UnixTime, now};
-use crate::ticket;
+use crate::tls::identity::{is_valid_account, normalize_serial, rfc3339};
 
 /// Largest accepted request body; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -922,8 +924,8 @@ mod tests {
     use http::HeaderMap;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    use super::client::{self, AdminCommand, ClientError};
     use super::*;
-    use crate::admin_client::{self, AdminCommand, ClientError};
     use crate::config::{CacheConfig, OnError, StateBackend, StateConfig};
     use crate::state::{BoxFut, CertRecord, StateStore, TicketRecord};
 
@@ -1918,9 +1920,9 @@ mod tests {
         let enable = AdminCommand::Enable {
             account: "alice@example.com".into(),
         };
-        let v = admin_client::run(&url, TOKEN, &enable).await.unwrap();
+        let v = client::run(&url, TOKEN, &enable).await.unwrap();
         let ticket = v["ticket"].as_str().unwrap();
-        let text = admin_client::render(&enable, &v);
+        let text = client::render(&enable, &v);
         assert!(
             text.contains("Two-factor enabled for account alice@example.com (generation 1)"),
             "{text}"
@@ -1937,7 +1939,7 @@ mod tests {
             .record_certificate(cert("abcd", "alice@example.com", 1))
             .await
             .unwrap();
-        let v = admin_client::revoke(&url, TOKEN, "AB:CD", Some("keyCompromise"))
+        let v = client::revoke(&url, TOKEN, "AB:CD", Some("keyCompromise"))
             .await
             .unwrap();
         assert_eq!(
@@ -1945,34 +1947,32 @@ mod tests {
             (Some("abcd"), Some("keyCompromise"))
         );
 
-        let reset = admin_client::reset(&url, TOKEN, "alice@example.com")
+        let reset = client::reset(&url, TOKEN, "alice@example.com")
             .await
             .unwrap();
         assert_eq!(reset["generation"], 2);
         let status_cmd = AdminCommand::Status {
             account: "alice@example.com".into(),
         };
-        let v = admin_client::run(&url, TOKEN, &status_cmd).await.unwrap();
-        let text = admin_client::render(&status_cmd, &v);
+        let v = client::run(&url, TOKEN, &status_cmd).await.unwrap();
+        let text = client::render(&status_cmd, &v);
         assert!(
             text.contains("generation  2") && text.contains("two-factor  enabled"),
             "{text}"
         );
         assert!(text.contains("abcd") && text.contains("revoked"), "{text}");
 
-        let v = admin_client::ticket(&url, TOKEN, "alice@example.com")
+        let v = client::ticket(&url, TOKEN, "alice@example.com")
             .await
             .unwrap();
         assert_eq!(v["generation"], 2);
-        let v = admin_client::certificate_status(&url, TOKEN, "abcd")
+        let v = client::certificate_status(&url, TOKEN, "abcd")
             .await
             .unwrap();
         assert_eq!(v["revoked"], true);
 
         // Errors: the server's code and message come through; a bad token is named as such.
-        let err = admin_client::status(&url, TOKEN, "nobody")
-            .await
-            .unwrap_err();
+        let err = client::status(&url, TOKEN, "nobody").await.unwrap_err();
         match &err {
             ClientError::Api { status, code, .. } => {
                 assert_eq!(
@@ -1982,15 +1982,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let err = admin_client::status(&url, "wrong", "alice")
-            .await
-            .unwrap_err();
+        let err = client::status(&url, "wrong", "alice").await.unwrap_err();
         assert!(matches!(err, ClientError::Unauthorized));
         assert_eq!(
             err.to_string(),
             "admin token rejected (check admin.token_file)"
         );
-        let (status, v) = admin_client::call(&url, "", Method::GET, "/healthz", None)
+        let (status, v) = client::call(&url, "", Method::GET, "/healthz", None)
             .await
             .unwrap();
         assert_eq!((status, v), (StatusCode::OK, json!({"status": "ok"})));
@@ -2001,7 +1999,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let err = admin_client::call(&url, TOKEN, Method::GET, "/healthz", None)
+        let err = client::call(&url, TOKEN, Method::GET, "/healthz", None)
             .await
             .unwrap_err();
         assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");

@@ -5,7 +5,7 @@
 //! Neighbours: `config` supplies validated PEM material, `identity` parses the leaf once per
 //! connection, `proxy` decides every request of the connection, `app` owns the accept loop.
 //!
-//! The verifier is webpki's, wrapped by [`crate::verifier::RememberingVerifier`] so that a
+//! The verifier is webpki's, wrapped by [`crate::tls::verifier::RememberingVerifier`] so that a
 //! chain accepted once is not validated again on every full handshake of the same client.
 //!
 //! Session resumption stays on (TLS 1.3 tickets from a rotating ticketer, TLS 1.2 session
@@ -14,6 +14,9 @@
 //! only because `proxy` decides every request again against the state store and the CRL
 //! index ([`CrlIndex`]). A reload of CAs or CRLs builds a new ticketer, so tickets issued
 //! under the old trust material stop resuming.
+
+pub mod identity;
+pub mod verifier;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,9 +31,9 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::{ClientAuthMode, Config, TlsMinVersion};
-use crate::identity::{self, ClientIdentity, IdentityOptions};
 use crate::metrics::{HandshakeLabels, HandshakeResult, Metrics, Resumed};
-use crate::verifier::RememberingVerifier;
+use identity::{ClientIdentity, IdentityOptions};
+use verifier::RememberingVerifier;
 
 /// Sessions kept for TLS 1.2 resumption by session id (TLS 1.3 uses stateless tickets).
 const SESSION_CACHE_SIZE: usize = 20_000;

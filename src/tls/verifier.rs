@@ -222,7 +222,7 @@ mod tests {
     use rustls::server::WebPkiClientVerifier;
 
     use super::*;
-    use crate::ca::{CaIssuer, CrlEntry};
+    use crate::pki::ca::{CaIssuer, CrlEntry};
 
     /// Counts the chain validations that reach webpki.
     #[derive(Debug)]

@@ -16,8 +16,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
-use crate::identity::hex;
 use crate::state::{StateStore, StoreError, TicketRecord, UnixTime};
+use crate::tls::identity::hex;
 
 /// Random bytes per ticket (256 bits).
 pub const TICKET_BYTES: usize = 32;

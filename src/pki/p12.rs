@@ -67,11 +67,11 @@ mod tests {
 
     #[test]
     fn round_trips_with_the_passphrase_only() {
-        let ca_key = crate::ca::new_key().unwrap();
+        let ca_key = crate::pki::ca::new_key().unwrap();
         let mut p = rcgen::CertificateParams::new(vec!["x.example".into()]).unwrap();
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca = p.self_signed(&ca_key).unwrap();
-        let key = crate::ca::new_key().unwrap();
+        let key = crate::pki::ca::new_key().unwrap();
         let leaf = rcgen::CertificateParams::new(vec!["leaf.example".into()])
             .unwrap()
             .signed_by(&key, &rcgen::Issuer::new(p, &ca_key))

@@ -23,13 +23,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::{Config, Underscores};
+use crate::core::gate::{self, Decision, Facts, Route};
 use crate::enroll::Enrollment;
-use crate::gate::{self, Decision, Facts, Route};
-use crate::identity::ClientIdentity;
+use crate::http::pages::{self, Page};
 use crate::metrics::{DecisionLabel, Metrics, UpstreamErrorKind, UpstreamErrorLabels};
-use crate::pages::{self, Page};
 use crate::state::cache::StateCache;
 use crate::tls::TlsMaterial;
+use crate::tls::identity::ClientIdentity;
 
 /// Response body: the upstream's streamed body, or one certgate wrote itself.
 pub type RespBody = Either<Incoming, Full<Bytes>>;

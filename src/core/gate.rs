@@ -5,8 +5,8 @@
 
 use std::borrow::Cow;
 
-use crate::identity::ClientIdentity;
 use crate::state::AccountState;
+use crate::tls::identity::ClientIdentity;
 
 /// The reserved prefix of certgate's own endpoints.
 pub const OWN_PREFIX: &str = "/.certgate";
@@ -268,9 +268,9 @@ fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::IdentityHeaders;
     use crate::state::cache::CertState;
     use crate::state::{Revocation, RevocationReason};
+    use crate::tls::identity::IdentityHeaders;
     use http::HeaderValue;
 
     fn ident(
