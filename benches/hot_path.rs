@@ -7,8 +7,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certgate::config::{AccountSource, CacheConfig, OnError, StateBackend, StateConfig};
+use certgate::config::{CacheConfig, OnError, StateBackend, StateConfig};
 use certgate::core::gate::{self, Facts};
+use certgate::core::identity::AccountSource;
 use certgate::metrics::Metrics;
 use certgate::state::cache::StateCache;
 use certgate::state::embedded::EmbeddedStore;

@@ -31,6 +31,7 @@ use crate::config::{Config, StateBackend};
 use crate::enroll::{EnrollError, Enrollment};
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Proxy};
+use crate::reload::Reloader;
 use crate::state::StateStore;
 use crate::state::cache::StateCache;
 use crate::state::embedded::EmbeddedStore;
@@ -196,14 +197,16 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         current: ArcSwap::from_pointee(runtime),
         metrics: metrics.clone(),
     });
-    let reloader = Arc::new(Reloader {
-        path: config.source.clone(),
-        server: server.clone(),
-        cache: cache.clone(),
-        metrics: metrics.clone(),
-        active: std::sync::Mutex::new(Arc::new(config.clone())),
-        serial: tokio::sync::Mutex::new(()),
-    });
+    let apply = {
+        let (server, cache, metrics) = (server.clone(), cache.clone(), metrics.clone());
+        move |new: &Config| -> Result<(), crate::reload::BuildError> {
+            let previous = server.current.load_full();
+            let runtime = build_runtime(new, &cache, &metrics, Some(&previous))?;
+            server.current.store(Arc::new(runtime));
+            Ok(())
+        }
+    };
+    let reloader = Arc::new(Reloader::new(&config, metrics.clone(), apply));
     side_tasks.push(tokio::spawn(crate::reload::watch_files(
         reloader.clone(),
         stopping(phase_rx.clone()),
@@ -252,7 +255,9 @@ pub(crate) fn build_runtime(
         .filter_map(|c| c.next_update)
         .min()
     {
-        metrics.crl_next_update.set(next - crate::state::now());
+        metrics
+            .crl_next_update
+            .set(next - crate::core::clock::now());
     }
     let own = Arc::new(Enrollment::reloaded(
         config,
@@ -274,128 +279,11 @@ pub(crate) fn build_runtime(
     })
 }
 
-/// Applies configuration reloads: re-reads and validates the file, refuses changes that
-/// need a restart, and swaps the [`Runtime`] atomically. On any failure the running
-/// configuration stays and the failure is counted.
-pub struct Reloader {
-    path: std::path::PathBuf,
-    server: Arc<Server>,
-    cache: Arc<StateCache>,
-    metrics: Metrics,
-    /// The configuration currently applied.
-    active: std::sync::Mutex<Arc<Config>>,
-    /// One reload at a time.
-    serial: tokio::sync::Mutex<()>,
-}
-
-/// Why a reload was not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("{0}")]
-    Config(#[from] crate::config::ConfigError),
-    #[error("{0}")]
-    Build(#[from] AppError),
-    #[error("these keys changed but only take effect after a restart, so nothing was applied: {0}")]
-    NeedsRestart(String),
-}
-
-impl Reloader {
-    /// The configuration file being watched.
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
-    }
-
-    /// The applied configuration.
-    pub fn active(&self) -> Arc<Config> {
-        self.active
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
-    }
-
-    /// Reloads the configuration file. New handshakes and new requests (also on open
-    /// connections) use the result; open connections are not dropped.
-    pub async fn reload(&self) -> Result<(), ReloadError> {
-        let _one = self.serial.lock().await;
-        let result = self.try_reload();
-        match &result {
-            Ok(()) => {
-                self.metrics.config_reloads.get_or_create(&ok_label()).inc();
-                self.metrics.config_last_reload_success.set(1);
-                tracing::info!(file = %self.path.display(), "configuration reloaded");
-            }
-            Err(e) => {
-                self.metrics
-                    .config_reloads
-                    .get_or_create(&failed_label())
-                    .inc();
-                self.metrics.config_last_reload_success.set(0);
-                tracing::error!(file = %self.path.display(), error = %e, "configuration reload failed; the running configuration stays");
-            }
-        }
-        result
-    }
-
-    fn try_reload(&self) -> Result<(), ReloadError> {
-        let new = Config::load(&self.path)?;
-        let old = self.active();
-        let changed = restart_only_changes(&old, &new);
-        if !changed.is_empty() {
-            return Err(ReloadError::NeedsRestart(changed.join(", ")));
-        }
-        let previous = self.server.current.load_full();
-        let runtime = build_runtime(&new, &self.cache, &self.metrics, Some(&previous))?;
-        self.server.current.store(Arc::new(runtime));
-        *self.active.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
-        Ok(())
-    }
-}
-
-fn ok_label() -> crate::metrics::OutcomeLabels {
-    crate::metrics::OutcomeLabels {
-        result: crate::metrics::Outcome::success,
-    }
-}
-
-fn failed_label() -> crate::metrics::OutcomeLabels {
-    crate::metrics::OutcomeLabels {
-        result: crate::metrics::Outcome::failure,
-    }
-}
-
-/// Keys whose new value cannot be applied to a running process (sockets already bound,
-/// the store already open, the connection limit and logging already set up).
-fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if old.listen != new.listen {
-        out.push("listen");
-    }
-    if old.admin.listen != new.admin.listen {
-        out.push("admin.listen");
-    }
-    if old.admin.token_file != new.admin.token_file {
-        out.push("admin.token_file");
-    }
-    if old.metrics.listen != new.metrics.listen {
-        out.push("metrics.listen");
-    }
-    if old.limits.max_connections != new.limits.max_connections {
-        out.push("limits.max_connections");
-    }
-    if old.state != new.state {
-        out.push("state");
-    }
-    if old.log.format != new.log.format || old.log.level != new.log.level {
-        out.push("log.format/log.level");
-    }
-    out
-}
-
 async fn sweeper(store: Arc<dyn StateStore>, cache: Arc<StateCache>) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         tick.tick().await;
-        match store.sweep(crate::state::now()).await {
+        match store.sweep(crate::core::clock::now()).await {
             Ok(n) if n > 0 => tracing::info!(removed = n, "swept expired state records"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "state sweep failed"),

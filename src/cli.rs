@@ -239,7 +239,7 @@ fn run_gateway(path: &Path, create_store: bool) -> ExitCode {
 
 /// Waits for SIGTERM or SIGINT. SIGHUP reloads the configuration through `reloader`
 /// (without one it is caught and logged: its default action would kill the process).
-async fn wait_for_shutdown_signal(reloader: Option<&app::Reloader>) {
+async fn wait_for_shutdown_signal(reloader: Option<&crate::reload::Reloader>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -14,7 +14,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::core::ticket;
 use crate::pki::ca;
 use crate::state::cache::StateCache;
 
@@ -117,11 +116,12 @@ pub async fn alice_tickets(
     cache: &Arc<StateCache>,
     ticket_ttl: std::time::Duration,
 ) -> Result<(String, String), crate::state::StoreError> {
-    let now = crate::state::now();
+    let now = crate::core::clock::now();
     let acct = cache.enable_two_factor("alice", now).await?;
     let store = cache.store().as_ref();
-    let csr = ticket::issue(store, "alice", acct.generation, ticket_ttl, now).await?;
-    let browser = ticket::issue(store, "alice", acct.generation, ticket_ttl, now).await?;
+    let csr = crate::state::issue_ticket(store, "alice", acct.generation, ticket_ttl, now).await?;
+    let browser =
+        crate::state::issue_ticket(store, "alice", acct.generation, ticket_ttl, now).await?;
     Ok((csr, browser))
 }
 

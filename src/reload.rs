@@ -1,5 +1,7 @@
-//! Configuration reload triggers: changed files. (SIGHUP is caught by `cli`, which calls
-//! [`crate::app::Reloader::reload`] too.)
+//! Configuration reload: [`Reloader`] re-reads and validates the file, refuses changes that
+//! need a restart and hands the new configuration to `app` to build and swap in; the
+//! triggers are changed files (below) and SIGHUP (caught by `cli`, which calls
+//! [`Reloader::reload`] too).
 //!
 //! Watches the parent folders of the config file and of every certificate, key, CA and CRL
 //! it names — Kubernetes updates a mounted secret by swapping a symlink in the folder, which
@@ -13,8 +15,143 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 
-use crate::app::Reloader;
 use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Applies configuration reloads: re-reads and validates the file, refuses changes that
+/// need a restart, and swaps the [`Runtime`] atomically. On any failure the running
+/// configuration stays and the failure is counted.
+pub struct Reloader {
+    path: std::path::PathBuf,
+    /// Builds the runtime of a new configuration and swaps it in (`app` owns both).
+    apply: Box<dyn Fn(&Config) -> Result<(), BuildError> + Send + Sync>,
+    metrics: Metrics,
+    /// The configuration currently applied.
+    active: std::sync::Mutex<Arc<Config>>,
+    /// One reload at a time.
+    serial: tokio::sync::Mutex<()>,
+}
+
+/// Why the runtime of a valid new configuration could not be built (TLS material,
+/// enrollment or upstream setup), as `app` reports it.
+pub type BuildError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a reload was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Build(BuildError),
+    #[error("these keys changed but only take effect after a restart, so nothing was applied: {0}")]
+    NeedsRestart(String),
+}
+
+impl Reloader {
+    /// A reloader for the file `config` came from, with `config` applied. `apply` builds
+    /// and swaps in the runtime of a new, validated configuration.
+    pub fn new(
+        config: &Config,
+        metrics: Metrics,
+        apply: impl Fn(&Config) -> Result<(), BuildError> + Send + Sync + 'static,
+    ) -> Self {
+        Reloader {
+            path: config.source.clone(),
+            apply: Box::new(apply),
+            metrics,
+            active: std::sync::Mutex::new(Arc::new(config.clone())),
+            serial: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The configuration file being watched.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The applied configuration.
+    pub fn active(&self) -> Arc<Config> {
+        self.active
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Reloads the configuration file. New handshakes and new requests (also on open
+    /// connections) use the result; open connections are not dropped.
+    pub async fn reload(&self) -> Result<(), ReloadError> {
+        let _one = self.serial.lock().await;
+        let result = self.try_reload();
+        match &result {
+            Ok(()) => {
+                self.metrics.config_reloads.get_or_create(&ok_label()).inc();
+                self.metrics.config_last_reload_success.set(1);
+                tracing::info!(file = %self.path.display(), "configuration reloaded");
+            }
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .get_or_create(&failed_label())
+                    .inc();
+                self.metrics.config_last_reload_success.set(0);
+                tracing::error!(file = %self.path.display(), error = %e, "configuration reload failed; the running configuration stays");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<(), ReloadError> {
+        let new = Config::load(&self.path)?;
+        let old = self.active();
+        let changed = restart_only_changes(&old, &new);
+        if !changed.is_empty() {
+            return Err(ReloadError::NeedsRestart(changed.join(", ")));
+        }
+        (self.apply)(&new).map_err(ReloadError::Build)?;
+        *self.active.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        Ok(())
+    }
+}
+
+fn ok_label() -> crate::metrics::OutcomeLabels {
+    crate::metrics::OutcomeLabels {
+        result: crate::metrics::Outcome::success,
+    }
+}
+
+fn failed_label() -> crate::metrics::OutcomeLabels {
+    crate::metrics::OutcomeLabels {
+        result: crate::metrics::Outcome::failure,
+    }
+}
+
+/// Keys whose new value cannot be applied to a running process (sockets already bound,
+/// the store already open, the connection limit and logging already set up).
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.listen != new.listen {
+        out.push("listen");
+    }
+    if old.admin.listen != new.admin.listen {
+        out.push("admin.listen");
+    }
+    if old.admin.token_file != new.admin.token_file {
+        out.push("admin.token_file");
+    }
+    if old.metrics.listen != new.metrics.listen {
+        out.push("metrics.listen");
+    }
+    if old.limits.max_connections != new.limits.max_connections {
+        out.push("limits.max_connections");
+    }
+    if old.state != new.state {
+        out.push("state");
+    }
+    if old.log.format != new.log.format || old.log.level != new.log.level {
+        out.push("log.format/log.level");
+    }
+    out
+}
 
 /// Quiet time after the last file event before reloading (editors and secret updates
 /// write several files and events in a burst).

@@ -614,7 +614,7 @@ async fn unknown_expired_and_stale_tickets_are_refused() {
     let h = Harness::start().await;
     let store = h.cache().store().clone();
     let good = en::enable(&h, "dave").await;
-    let now = certgate::state::now();
+    let now = certgate::core::clock::now();
 
     let unknown = certgate::core::ticket::generate();
     let expired = certgate::core::ticket::generate();

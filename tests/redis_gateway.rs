@@ -339,7 +339,7 @@ async fn reconnect_after_a_restart_clears_the_cache_and_restores_service() {
     // A revocation this instance could not hear about (written while it was
     // disconnected, its event lost): only a cleared cache can see it.
     let key = format!("certgate:revoked:{}", alice.serial);
-    let now = certgate::state::now().to_string();
+    let now = certgate::core::clock::now().to_string();
     let _: i64 = redis.cmd(&["HSET", &key, "reason", "keyCompromise", "revoked_at", &now]);
 
     until_status(&mut a, "/app/2", 403, &[200, 503], STEP).await;

@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 use certgate::config::{
     CacheConfig, OnError, PemCerts, RedisConfig, RedisMode, Secret, StateBackend, StateConfig,
 };
+use certgate::core::clock::now;
 use certgate::metrics::{CacheLabels, CacheResult, Metrics};
 use certgate::state::cache::{ManualClock, StateCache};
 use certgate::state::redis::RedisStore;
 use certgate::state::{
     AccountState, BoxFut, CertRecord, Revocation, RevocationReason, StateStore, StoreError,
-    TicketRecord, now,
+    TicketRecord,
 };
 use state_support::{EmbeddedFactory, RedisFactory, StoreFactory, TestStore, redis_server};
 

@@ -38,7 +38,7 @@ pub fn run(a: PkiArgs) -> Result<(), BoxError> {
         let store: Arc<dyn StateStore> =
             Arc::new(EmbeddedStore::open_or_create(&dir.join("state.db"))?);
         let acct = store
-            .enable_two_factor(ACCOUNT, certgate::state::now())
+            .enable_two_factor(ACCOUNT, certgate::core::clock::now())
             .await?;
         let ec = ca::new_key()?;
         let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)?;

@@ -45,11 +45,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::config::EnrollmentConfig;
+use crate::core::clock::now;
+use crate::core::text::{is_valid_account, normalize_serial, rfc3339};
 use crate::core::ticket;
 use crate::metrics::{AdminLabels, Metrics};
 use crate::state::cache::StateCache;
-use crate::state::{AccountState, Revocation, RevocationReason, StoreError, UnixTime, now};
-use crate::tls::identity::{is_valid_account, normalize_serial, rfc3339};
+use crate::state::{AccountState, Revocation, RevocationReason, StoreError, UnixTime};
 
 /// Largest accepted request body; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -653,7 +654,7 @@ async fn change_account_inner(
         // ticket"), even for an account the reset just created.
         Some(enrollment) if record.two_factor || is_reset => {
             let ttl = enrollment.ticket_ttl;
-            let t = ticket::issue(
+            let t = crate::state::issue_ticket(
                 state.cache.store().as_ref(),
                 account,
                 record.generation,

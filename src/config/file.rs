@@ -32,11 +32,12 @@ use x509_parser::revocation_list::CertificateRevocationList;
 
 use super::units;
 use super::{
-    AccountSource, AdminConfig, CacheConfig, ClientAuthConfig, ClientAuthMode, Config, ConfigError,
-    Crl, EnrollmentConfig, HeadersConfig, IdentityConfig, LimitsConfig, LogConfig, LogFormat,
+    AdminConfig, CacheConfig, ClientAuthConfig, ClientAuthMode, Config, ConfigError, Crl,
+    EnrollmentConfig, HeadersConfig, IdentityConfig, LimitsConfig, LogConfig, LogFormat,
     MetricsConfig, OnError, PemCerts, RedisConfig, RedisMode, RoutesConfig, Secret, SecretKey,
     StateBackend, StateConfig, TlsConfig, TlsMinVersion, Underscores, UpstreamConfig,
 };
+use crate::core::identity::AccountSource;
 
 /// A scalar (or list item) together with where it was written.
 type S<T> = Spanned<T>;
@@ -756,7 +757,7 @@ impl Ctx<'_> {
                 format!(
                     "the CRL in {} expired at {} (nextUpdate); install a fresh CRL from its CA",
                     path.display(),
-                    crate::tls::identity::rfc3339(next)
+                    crate::core::text::rfc3339(next)
                 ),
             ));
         }
@@ -766,7 +767,7 @@ impl Ctx<'_> {
             .map(|r| {
                 (
                     issuer.clone(),
-                    crate::tls::identity::serial_hex(r.raw_serial()),
+                    crate::core::text::serial_hex(r.raw_serial()),
                 )
             })
             .collect();
@@ -1055,7 +1056,7 @@ impl Ctx<'_> {
                         format!(
                             "the CRL in {} names the CA {} as issuer but its signature does not verify with that CA's key",
                             crl.path.display(),
-                            crate::tls::identity::rfc4514(ca.subject())
+                            crate::core::text::rfc4514(ca.subject())
                         ),
                     ));
                 }
@@ -1448,7 +1449,7 @@ impl Ctx<'_> {
                 format!(
                     "{} ({}) is not a CA certificate (basicConstraints CA:true is missing)",
                     cert.certs.path.display(),
-                    crate::tls::identity::rfc4514(parsed.subject())
+                    crate::core::text::rfc4514(parsed.subject())
                 ),
             ));
         }

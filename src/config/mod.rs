@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
+use crate::core::identity::AccountSource;
+
 pub use file::load;
 
 /// A configuration error, always pointing at the file and key it comes from.
@@ -29,14 +31,6 @@ pub struct ConfigError {
     /// Dotted key path, e.g. `client_auth.trusted_cas[1]`; `(file)` for whole-file problems.
     pub key: String,
     pub message: String,
-}
-
-/// Where the account id of a client certificate comes from, tried in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccountSource {
-    SanUri,
-    SanEmail,
-    SubjectCn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +103,7 @@ impl std::fmt::Debug for SecretKey {
 pub struct Crl {
     pub path: PathBuf,
     pub der: CertificateRevocationListDer<'static>,
-    /// Revoked serials (lowercase hex, see [`crate::tls::identity::serial_hex`]) with the raw
+    /// Revoked serials (lowercase hex, see [`crate::core::text::serial_hex`]) with the raw
     /// issuer name they belong to, for the per-request check on resumed sessions.
     pub revoked: Vec<(Vec<u8>, String)>,
     /// `nextUpdate` as unix seconds, when present.

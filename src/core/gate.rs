@@ -5,8 +5,8 @@
 
 use std::borrow::Cow;
 
-use crate::state::AccountState;
-use crate::tls::identity::ClientIdentity;
+use crate::core::identity::ClientIdentity;
+use crate::core::records::{AccountState, Revocation};
 
 /// The reserved prefix of certgate's own endpoints.
 pub const OWN_PREFIX: &str = "/.certgate";
@@ -191,6 +191,23 @@ pub struct StateView<'a> {
     pub account: Option<&'a AccountState>,
 }
 
+/// What the gate needs to decide one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertState {
+    pub revocation: Option<Revocation>,
+    pub account: Option<AccountState>,
+}
+
+impl CertState {
+    /// The borrowed form the gate decides on.
+    pub fn view(&self) -> StateView<'_> {
+        StateView {
+            revoked: self.revocation.is_some(),
+            account: self.account.as_ref(),
+        }
+    }
+}
+
 /// Additional per-request facts that are not in the store.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Facts {
@@ -268,9 +285,8 @@ fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::cache::CertState;
-    use crate::state::{Revocation, RevocationReason};
-    use crate::tls::identity::IdentityHeaders;
+    use crate::core::identity::IdentityHeaders;
+    use crate::core::records::RevocationReason;
     use http::HeaderValue;
 
     fn ident(

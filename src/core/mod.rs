@@ -1,5 +1,9 @@
 //! The pure layer: the per-request decision and the ticket rules. No tokio, no hyper, no
 //! I/O; everything else imports it and it imports nothing of ours but itself.
 
+pub mod clock;
 pub mod gate;
+pub mod identity;
+pub mod records;
+pub mod text;
 pub mod ticket;

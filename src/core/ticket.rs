@@ -1,4 +1,4 @@
-//! Enrollment tickets: generation, hashing and issuing.
+//! Enrollment tickets: generation, hashing and the record to store.
 //!
 //! A ticket is 256 bits from the system RNG, rendered as base64url without padding (43
 //! characters, safe in a URL without escaping). It is shown once, to the admin who asked
@@ -16,8 +16,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
-use crate::state::{StateStore, StoreError, TicketRecord, UnixTime};
-use crate::tls::identity::hex;
+use crate::core::records::{TicketRecord, UnixTime};
+use crate::core::text::hex;
 
 /// Random bytes per ticket (256 bits).
 pub const TICKET_BYTES: usize = 32;
@@ -42,35 +42,25 @@ pub fn expires_at(now: UnixTime, ttl: Duration) -> UnixTime {
     now.saturating_add(ttl)
 }
 
-/// Generates a ticket for `account` at `generation`, stores its hash with an expiry of
-/// `now + ttl`, and returns the ticket string (the only copy; it is not recoverable from
-/// the store). The expiry is [`expires_at`]`(now, ttl)`.
-pub async fn issue(
-    store: &dyn StateStore,
-    account: &str,
-    generation: u64,
-    ttl: Duration,
-    now: UnixTime,
-) -> Result<String, StoreError> {
+/// A new ticket for `account` at `generation`, issued at `now` with `ttl`: the ticket
+/// string (the only copy; it is not recoverable from the record) and the record to store,
+/// which holds only its [`hash`] and the expiry [`expires_at`]`(now, ttl)`.
+pub fn new(account: &str, generation: u64, ttl: Duration, now: UnixTime) -> (String, TicketRecord) {
     let ticket = generate();
-    store
-        .put_ticket(TicketRecord {
-            hash: hash(&ticket),
-            account: account.to_string(),
-            generation,
-            expires_at: expires_at(now, ttl),
-        })
-        .await?;
-    Ok(ticket)
+    let record = TicketRecord {
+        hash: hash(&ticket),
+        account: account.to_string(),
+        generation,
+        expires_at: expires_at(now, ttl),
+    };
+    (ticket, record)
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
-    use std::sync::Mutex;
 
     use super::*;
-    use crate::state::{AccountState, BoxFut, CertRecord, Revocation};
 
     #[test]
     fn generate_is_base64url_of_32_bytes() {
@@ -110,90 +100,17 @@ mod tests {
         assert_eq!(expires_at(100, Duration::from_secs(u64::MAX)), i64::MAX);
     }
 
-    /// Records every `put_ticket`; every other call is unreachable in these tests.
-    #[derive(Default)]
-    struct Tickets(Mutex<Vec<TicketRecord>>);
-
-    impl StateStore for Tickets {
-        fn ping(&self) -> BoxFut<'_, Result<(), StoreError>> {
-            Box::pin(async { Ok(()) })
-        }
-        fn account(&self, _: &str) -> BoxFut<'_, Result<Option<AccountState>, StoreError>> {
-            unimplemented!()
-        }
-        fn enable_two_factor(
-            &self,
-            _: &str,
-            _: UnixTime,
-        ) -> BoxFut<'_, Result<AccountState, StoreError>> {
-            unimplemented!()
-        }
-        fn reset_account(
-            &self,
-            _: &str,
-            _: UnixTime,
-        ) -> BoxFut<'_, Result<AccountState, StoreError>> {
-            unimplemented!()
-        }
-        fn revocation(&self, _: &str) -> BoxFut<'_, Result<Option<Revocation>, StoreError>> {
-            unimplemented!()
-        }
-        fn revoke(&self, _: Revocation) -> BoxFut<'_, Result<Revocation, StoreError>> {
-            unimplemented!()
-        }
-        fn revocations(&self) -> BoxFut<'_, Result<Vec<Revocation>, StoreError>> {
-            unimplemented!()
-        }
-        fn record_certificate(&self, _: CertRecord) -> BoxFut<'_, Result<(), StoreError>> {
-            unimplemented!()
-        }
-        fn certificate(&self, _: &str) -> BoxFut<'_, Result<Option<CertRecord>, StoreError>> {
-            unimplemented!()
-        }
-        fn certificates_of(&self, _: &str) -> BoxFut<'_, Result<Vec<CertRecord>, StoreError>> {
-            unimplemented!()
-        }
-        fn put_ticket(&self, ticket: TicketRecord) -> BoxFut<'_, Result<(), StoreError>> {
-            self.0.lock().unwrap().push(ticket);
-            Box::pin(async { Ok(()) })
-        }
-        fn peek_ticket(
-            &self,
-            _: &str,
-            _: UnixTime,
-        ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>> {
-            unimplemented!()
-        }
-        fn consume_ticket(
-            &self,
-            _: &str,
-            _: UnixTime,
-        ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>> {
-            unimplemented!()
-        }
-        fn next_crl_number(&self) -> BoxFut<'_, Result<u64, StoreError>> {
-            unimplemented!()
-        }
-        fn sweep(&self, _: UnixTime) -> BoxFut<'_, Result<u64, StoreError>> {
-            unimplemented!()
-        }
-    }
-
-    #[tokio::test]
-    async fn issue_stores_only_the_hash() {
-        let store = Tickets::default();
-        let ticket = issue(&store, "alice", 3, Duration::from_secs(3600), 1_000)
-            .await
-            .unwrap();
-        let stored = store.0.lock().unwrap().clone();
+    #[test]
+    fn new_ticket_record_holds_only_the_hash() {
+        let (ticket, stored) = new("alice", 3, Duration::from_secs(3600), 1_000);
         assert_eq!(
             stored,
-            vec![TicketRecord {
+            TicketRecord {
                 hash: hash(&ticket),
                 account: "alice".into(),
                 generation: 3,
                 expires_at: 4_600,
-            }]
+            }
         );
         // The ticket itself appears nowhere in what was stored.
         assert!(!format!("{stored:?}").contains(&ticket));

@@ -36,13 +36,13 @@ use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+use crate::core::clock::now;
 use crate::core::ticket;
 use crate::http::pages::{self, escape_html};
 use crate::metrics::{Metrics, Outcome, OutcomeLabels};
 use crate::pki::ca::{self, CaError, CaIssuer, CrlEntry, CsrError};
 use crate::state::cache::StateCache;
-use crate::state::{CertRecord, Revocation, RevocationReason, StoreError, TicketRecord, now};
-use crate::tls::identity;
+use crate::state::{CertRecord, Revocation, RevocationReason, StoreError, TicketRecord};
 
 /// Largest accepted request body (CSR or form); larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -616,7 +616,7 @@ fn audit(peer: SocketAddr, method: &'static str, record: &TicketRecord, issued: 
         account = %record.account,
         generation = record.generation,
         serial = %issued.serial,
-        not_after = %identity::rfc3339(issued.not_after),
+        not_after = %crate::core::text::rfc3339(issued.not_after),
         %peer,
         "certificate issued"
     );

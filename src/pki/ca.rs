@@ -21,7 +21,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::FromDer as _;
 
-use crate::tls::identity::{self, GENERATION_URI_PREFIX};
+use crate::core::identity::GENERATION_URI_PREFIX;
+use crate::core::text;
 
 /// SAN URI prefix naming the account in issued certificates.
 pub const ACCOUNT_URI_PREFIX: &str = "urn:certgate:account:";
@@ -276,7 +277,7 @@ impl CaIssuer {
         generation: u64,
         validity: Duration,
     ) -> Result<Issued, CaError> {
-        if !identity::is_valid_account(account) {
+        if !text::is_valid_account(account) {
             return Err(CaError::BadAccount(account.to_string()));
         }
         let now = time::OffsetDateTime::now_utc();
@@ -300,11 +301,11 @@ impl CaIssuer {
         let serial = p
             .serial_number
             .as_ref()
-            .map(|s| identity::serial_hex(s.as_ref()))
+            .map(|s| text::serial_hex(s.as_ref()))
             .unwrap_or_default();
         Ok(Issued {
             cert_pem: cert.pem(),
-            fingerprint: identity::hex(&Sha256::digest(&der)),
+            fingerprint: text::hex(&Sha256::digest(&der)),
             cert_der: der,
             serial,
             not_after: p.not_after.unix_timestamp(),
@@ -416,7 +417,7 @@ pub fn write_dev_pki(dir: &Path, force: bool) -> Result<DevPki, CaError> {
 
     let mut token = [0u8; 32];
     aws_lc_rs::rand::fill(&mut token).map_err(|_| CaError::Rng)?;
-    let token = identity::hex(&token);
+    let token = text::hex(&token);
 
     let mut written = Vec::new();
     let mut put = |rel: &str, content: &str, secret: bool| -> Result<(), CaError> {
@@ -475,7 +476,7 @@ pub fn write_file(path: &Path, content: &[u8], secret: bool) -> Result<(), CaErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AccountSource;
+    use crate::core::identity::AccountSource;
     use crate::tls::identity::IdentityOptions;
 
     #[test]
@@ -497,7 +498,7 @@ mod tests {
             uri_prefix: ACCOUNT_URI_PREFIX.into(),
             enrollment_ca: Some(ca.cert_der.clone()),
         };
-        let id = identity::parse(&issued.cert_der, &opts).unwrap();
+        let id = crate::tls::identity::parse(&issued.cert_der, &opts).unwrap();
         assert_eq!(id.account.as_deref(), Some("alice"));
         assert_eq!(id.generation, Some(3));
         assert!(id.issued_by_enrollment_ca);
@@ -510,7 +511,7 @@ mod tests {
             enrollment_ca: None,
             ..opts
         };
-        let id = identity::parse(&issued.cert_der, &other).unwrap();
+        let id = crate::tls::identity::parse(&issued.cert_der, &other).unwrap();
         assert_eq!(id.generation, None);
         assert!(!id.issued_by_enrollment_ca);
     }

@@ -24,12 +24,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::{Config, Underscores};
 use crate::core::gate::{self, Decision, Facts, Route};
+use crate::core::identity::ClientIdentity;
 use crate::enroll::Enrollment;
 use crate::http::pages::{self, Page};
 use crate::metrics::{DecisionLabel, Metrics, UpstreamErrorKind, UpstreamErrorLabels};
 use crate::state::cache::StateCache;
 use crate::tls::TlsMaterial;
-use crate::tls::identity::ClientIdentity;
 
 /// Response body: the upstream's streamed body, or one certgate wrote itself.
 pub type RespBody = Either<Incoming, Full<Bytes>>;
@@ -421,7 +421,7 @@ impl Proxy {
             .cache
             .lookup_shared(&id.serial, id.account.as_deref())
             .await;
-        let now = crate::state::now();
+        let now = crate::core::clock::now();
         let view = state.as_ref().map(|s| s.view()).map_err(|_| ());
         gate::decide_protected(Some(id), Some(view), facts, now)
     }

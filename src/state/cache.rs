@@ -35,14 +35,8 @@ use tokio::sync::OnceCell;
 
 use super::{AccountState, Revocation, StateStore, StoreError, UnixTime};
 use crate::config::{OnError, StateConfig};
+use crate::core::gate::{CertState, StateView};
 use crate::metrics::{CacheLabels, CacheResult, Metrics};
-
-/// What the gate needs to decide one request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CertState {
-    pub revocation: Option<Revocation>,
-    pub account: Option<AccountState>,
-}
 
 /// [`CertState`] as the cache holds it: cloning is a reference-count increment, so a cache
 /// hit that returns it allocates nothing.
@@ -52,20 +46,10 @@ pub struct SharedCertState {
     pub account: Option<Arc<AccountState>>,
 }
 
-impl CertState {
-    /// The borrowed form the gate decides on.
-    pub fn view(&self) -> crate::core::gate::StateView<'_> {
-        crate::core::gate::StateView {
-            revoked: self.revocation.is_some(),
-            account: self.account.as_ref(),
-        }
-    }
-}
-
 impl SharedCertState {
     /// The borrowed form the gate decides on.
-    pub fn view(&self) -> crate::core::gate::StateView<'_> {
-        crate::core::gate::StateView {
+    pub fn view(&self) -> StateView<'_> {
+        StateView {
             revoked: self.revocation.is_some(),
             account: self.account.as_deref(),
         }

@@ -13,13 +13,12 @@ pub mod redis;
 use std::future::Future;
 use std::pin::Pin;
 
-use serde::Serialize;
+pub use crate::core::records::{
+    AccountState, CertRecord, Revocation, RevocationReason, TicketRecord, UnixTime,
+};
 
 /// A boxed future, so the trait stays object-safe (`Arc<dyn StateStore>`).
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Unix seconds.
-pub type UnixTime = i64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -29,102 +28,6 @@ pub enum StoreError {
     /// The stored data could not be decoded (a bug or a corrupted store).
     #[error("state store data is corrupt: {0}")]
     Corrupt(String),
-}
-
-/// The per-account record (`acct:<account>`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AccountState {
-    pub account: String,
-    /// Starts at 1; `reset` increments it. Certificates of an older generation are refused.
-    pub generation: u64,
-    pub two_factor: bool,
-    pub created_at: UnixTime,
-    /// Time of the last reset; certificates not issued by the enrollment CA whose
-    /// `notBefore` is earlier are refused. `None` if never reset.
-    pub reset_at: Option<UnixTime>,
-}
-
-/// RFC 5280 revocation reasons, by their RFC names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum RevocationReason {
-    Unspecified,
-    KeyCompromise,
-    CaCompromise,
-    AffiliationChanged,
-    Superseded,
-    CessationOfOperation,
-    CertificateHold,
-    RemoveFromCrl,
-    PrivilegeWithdrawn,
-    AaCompromise,
-}
-
-impl RevocationReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unspecified => "unspecified",
-            Self::KeyCompromise => "keyCompromise",
-            Self::CaCompromise => "cACompromise",
-            Self::AffiliationChanged => "affiliationChanged",
-            Self::Superseded => "superseded",
-            Self::CessationOfOperation => "cessationOfOperation",
-            Self::CertificateHold => "certificateHold",
-            Self::RemoveFromCrl => "removeFromCRL",
-            Self::PrivilegeWithdrawn => "privilegeWithdrawn",
-            Self::AaCompromise => "aACompromise",
-        }
-    }
-
-    /// Parses the RFC 5280 name (case-insensitive, so `cACompromise` and `caCompromise`
-    /// both work).
-    pub fn parse(s: &str) -> Option<Self> {
-        const ALL: [RevocationReason; 10] = [
-            RevocationReason::Unspecified,
-            RevocationReason::KeyCompromise,
-            RevocationReason::CaCompromise,
-            RevocationReason::AffiliationChanged,
-            RevocationReason::Superseded,
-            RevocationReason::CessationOfOperation,
-            RevocationReason::CertificateHold,
-            RevocationReason::RemoveFromCrl,
-            RevocationReason::PrivilegeWithdrawn,
-            RevocationReason::AaCompromise,
-        ];
-        ALL.into_iter().find(|r| r.as_str().eq_ignore_ascii_case(s))
-    }
-}
-
-/// A revocation (`revoked:<serial>`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Revocation {
-    /// Lowercase hex serial.
-    pub serial: String,
-    pub reason: RevocationReason,
-    pub revoked_at: UnixTime,
-    /// The certificate's `notAfter` when known; the record may be dropped after it.
-    pub not_after: Option<UnixTime>,
-}
-
-/// A certificate certgate has seen or issued (`cert:<serial>`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CertRecord {
-    pub serial: String,
-    pub account: String,
-    pub generation: u64,
-    pub fingerprint: String,
-    pub not_after: UnixTime,
-    pub issued_at: UnixTime,
-}
-
-/// An enrollment ticket as stored: only the hash of the ticket string is kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TicketRecord {
-    /// Hex SHA-256 of the ticket string.
-    pub hash: String,
-    pub account: String,
-    pub generation: u64,
-    pub expires_at: UnixTime,
 }
 
 /// The storage contract. Every write is durable when its future resolves. All methods are
@@ -215,10 +118,16 @@ pub trait StateStore: Send + Sync + 'static {
 /// gateways. A certificate past `notAfter` is refused as `expired` anyway.
 pub const REVOCATION_RETENTION_AFTER_EXPIRY: i64 = 24 * 60 * 60;
 
-/// Current unix time in seconds.
-pub fn now() -> UnixTime {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+/// Makes a ticket for `account` at `generation` and stores its hash; returns the ticket
+/// string, the only copy (see `core::ticket`).
+pub async fn issue_ticket(
+    store: &dyn StateStore,
+    account: &str,
+    generation: u64,
+    ttl: std::time::Duration,
+    now: UnixTime,
+) -> Result<String, StoreError> {
+    let (ticket, record) = crate::core::ticket::new(account, generation, ttl, now);
+    store.put_ticket(record).await?;
+    Ok(ticket)
 }

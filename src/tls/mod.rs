@@ -31,8 +31,9 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::{ClientAuthMode, Config, TlsMinVersion};
+use crate::core::identity::ClientIdentity;
 use crate::metrics::{HandshakeLabels, HandshakeResult, Metrics, Resumed};
-use identity::{ClientIdentity, IdentityOptions};
+use identity::IdentityOptions;
 use verifier::RememberingVerifier;
 
 /// Sessions kept for TLS 1.2 resumption by session id (TLS 1.3 uses stateless tickets).
@@ -256,7 +257,7 @@ pub async fn accept(
         && let (Some(id), false) = (&a.identity, a.resumed)
     {
         {
-            let remaining = id.not_after - crate::state::now();
+            let remaining = id.not_after - crate::core::clock::now();
             metrics
                 .client_cert_not_after
                 .observe(remaining.max(0) as f64);

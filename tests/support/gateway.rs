@@ -381,7 +381,7 @@ impl Harness {
     }
 
     /// Reloads the configuration now (what SIGHUP does).
-    pub async fn reload(&self) -> Result<(), certgate::app::ReloadError> {
+    pub async fn reload(&self) -> Result<(), certgate::reload::ReloadError> {
         within("reload", self.gateway().reloader.reload()).await
     }
 

@@ -1156,7 +1156,7 @@ impl RedisStore {
             .query_async::<Fields>(&mut conn)
             .await;
         let mut meta = self.check(id, r, "read meta")?;
-        let now = super::now().to_string();
+        let now = crate::core::clock::now().to_string();
         if meta.is_empty() {
             let script = if guard.known_id.is_none() {
                 let has_data = self.any_data(&mut conn, id).await?;
@@ -1233,7 +1233,7 @@ impl RedisStore {
             .mark_lost
             .key(self.keys.meta())
             .arg(new_store_id())
-            .arg(super::now())
+            .arg(crate::core::clock::now())
             .invoke_async::<Vec<String>>(conn)
             .await;
         self.check(id, r, "mark meta").map(drop)
@@ -1482,7 +1482,7 @@ impl RedisStore {
         let store_id = new_store_id();
         self.timed(async {
             let (id, mut conn) = self.link.conn().await?;
-            let now = super::now();
+            let now = crate::core::clock::now();
             let r = self
                 .scripts
                 .acknowledge
@@ -2288,7 +2288,7 @@ async fn write_slot_markers(
     slots_marked
         .key(keys.meta())
         .arg(store_id)
-        .arg(super::now())
+        .arg(crate::core::clock::now())
         .invoke_async::<i64>(&mut conn)
         .await
         .map_err(|e| unavailable("record the slot markers", &e))?;
