@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 pub struct Reloader {
     path: std::path::PathBuf,
     /// Builds the runtime of a new configuration and swaps it in (`app` owns both).
-    apply: Box<dyn Fn(&Config) -> Result<(), BuildError> + Send + Sync>,
+    apply: Box<Apply>,
     metrics: Metrics,
     /// The configuration currently applied.
     active: std::sync::Mutex<Arc<Config>>,
@@ -35,6 +35,9 @@ pub struct Reloader {
 /// Why the runtime of a valid new configuration could not be built (TLS material,
 /// enrollment or upstream setup), as `app` reports it.
 pub type BuildError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Builds and swaps in the runtime of a new, validated configuration.
+type Apply = dyn Fn(&Config) -> Result<(), BuildError> + Send + Sync;
 
 /// Why a reload was not applied.
 #[derive(Debug, thiserror::Error)]
