@@ -145,7 +145,12 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         &config.state,
         metrics.clone(),
     ));
-    let store_tasks = store.clone().start_background(cache.clone());
+    let (events, follower) = cache.follow();
+    let mut store_tasks = store.clone().start_background(events, metrics.clone());
+    store_tasks.push(follower);
+    if let Some(every) = store.probe_interval() {
+        store_tasks.push(tokio::spawn(prober(cache.clone(), every)));
+    }
     cache.probe().await;
 
     let runtime = build_runtime(&config, &cache, &metrics, None)?;
@@ -277,6 +282,16 @@ pub(crate) fn build_runtime(
         material,
         limits: ConnLimits::from_config(config),
     })
+}
+
+/// Probes the store every `every` without traffic (see `StateStore::probe_interval`).
+async fn prober(cache: Arc<StateCache>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        cache.probe().await;
+    }
 }
 
 async fn sweeper(store: Arc<dyn StateStore>, cache: Arc<StateCache>) {

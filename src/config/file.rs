@@ -1678,5 +1678,18 @@ fn public_route(text: &str) -> Result<String, &'static str> {
     Ok(trimmed.to_string())
 }
 
+impl Config {
+    /// Loads and validates `path` (see [`load`]).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        load(path)
+    }
+
+    /// Parses and validates YAML text as if it were the file `path` (relative paths are
+    /// resolved against `path`'s folder). Used by tests and `check-config`.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        from_yaml(text, path)
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,7 @@ pub mod file;
 pub mod units;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -375,17 +375,4 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
-}
-
-impl Config {
-    /// Loads and validates `path` (see [`file::load`]).
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        file::load(path)
-    }
-
-    /// Parses and validates YAML text as if it were the file `path` (relative paths are
-    /// resolved against `path`'s folder). Used by tests and `check-config`.
-    pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        file::from_yaml(text, path)
-    }
 }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::OnceCell;
 
-use super::{AccountState, Revocation, StateStore, StoreError, UnixTime};
+use super::{AccountState, Events, Invalidation, Revocation, StateStore, StoreError, UnixTime};
 use crate::config::{OnError, StateConfig};
 use crate::core::gate::{CertState, StateView};
 use crate::metrics::{CacheLabels, CacheResult, Metrics};
@@ -525,6 +525,38 @@ impl StateCache {
         let r = self.store.ping().await;
         self.note(&r);
         r.is_ok()
+    }
+
+    /// Follows the invalidation events of the store: returns the sender to hand to
+    /// [`StateStore::start_background`] and the task that applies what arrives (it ends when
+    /// every sender is gone).
+    pub fn follow(self: &Arc<Self>) -> (Events, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let cache = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                cache.apply(&event);
+            }
+        });
+        (tx, task)
+    }
+
+    /// Applies one event of the store.
+    pub fn apply(&self, event: &Invalidation) {
+        match event {
+            Invalidation::Serial(serial) => self.invalidate_serial(serial),
+            Invalidation::Account(account) => self.invalidate_account(account),
+            Invalidation::LinkLost => {
+                // Events published while the link is away are lost: forget everything.
+                self.invalidate_all();
+                tracing::warn!("state store event link lost; state cache cleared");
+            }
+            Invalidation::Resubscribed => {
+                self.invalidate_all();
+                tracing::debug!("subscribed to state events; state cache cleared");
+            }
+            Invalidation::All => self.invalidate_all(),
+        }
     }
 
     /// Drops the cached revocation status of `serial`; the next lookup reads the store.

@@ -17,6 +17,26 @@ pub use crate::core::records::{
     AccountState, CertRecord, Revocation, RevocationReason, TicketRecord, UnixTime,
 };
 
+/// What a backend reports to the cache in front of it: records other instances changed,
+/// and the state of the link that carries those reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The revocation status of this serial changed.
+    Serial(String),
+    /// This account's record changed (reset, two-factor).
+    Account(String),
+    /// The link that carries these events was lost: events may be missed until
+    /// [`Invalidation::Resubscribed`].
+    LinkLost,
+    /// Events flow again; anything cached before may have missed some.
+    Resubscribed,
+    /// The store's contents changed as a whole (an operator accepted a data loss).
+    All,
+}
+
+/// Where a backend sends its [`Invalidation`]s.
+pub type Events = tokio::sync::mpsc::UnboundedSender<Invalidation>;
+
 /// A boxed future, so the trait stays object-safe (`Arc<dyn StateStore>`).
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -100,15 +120,25 @@ pub trait StateStore: Send + Sync + 'static {
         true
     }
 
-    /// Starts the backend's own background work once the cache in front of it exists (the
-    /// Redis backend: its pub/sub invalidation listener and a short-interval probe). The
-    /// caller aborts the returned tasks on shutdown. Default: nothing to run.
+    /// Starts the backend's own background work (the Redis backend: its pub/sub listener),
+    /// which reports what other instances changed as [`Invalidation`]s on `events` (the
+    /// cache in front of the store follows them, see `StateCache::follow`) and its health
+    /// on `metrics`. The caller aborts the returned tasks on shutdown. Default: nothing to
+    /// run, no events (a single-instance backend sees every write go through its cache).
     fn start_background(
         self: std::sync::Arc<Self>,
-        cache: std::sync::Arc<cache::StateCache>,
+        events: Events,
+        metrics: crate::metrics::Metrics,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        let _ = cache;
+        let _ = (events, metrics);
         Vec::new()
+    }
+
+    /// How often the store should be probed without traffic, so that readiness and
+    /// `certgate_state_store_up` stay current and a lost link reconnects. `None`: only with
+    /// the periodic sweep.
+    fn probe_interval(&self) -> Option<std::time::Duration> {
+        None
     }
 }
 

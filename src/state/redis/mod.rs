@@ -4,7 +4,7 @@
 //! the pub/sub listener that keeps every instance's cache honest, and the data-loss guard.
 //! The contract it keeps is the [`StateStore`] trait in `state/mod.rs` (the embedded backend
 //! in `state/embedded.rs` is the reference semantics); the cache it invalidates is
-//! `state/cache.rs`; only `app` names this type.
+//! `state/cache.rs`, which follows the events this store emits; only `app` names this type.
 //!
 //! Keys (the prefix `state.redis.key_prefix`, default `certgate:`, is literal):
 //! - `{p}acct:<account>` hash: `generation`, `two_factor` (0/1), `created_at`, `reset_at`
@@ -71,8 +71,9 @@
 //! [`StoreError::Unavailable`] and the cache's `state.on_error` policy decides.
 //!
 //! Invalidation. The same RESP3 connection subscribes to `{p}events`; pushes go to
-//! [`RedisStore::spawn_invalidation`]'s task, which drops the named cache entries, and
-//! drops every entry after a disconnect or a (re)subscription (events may have been lost).
+//! [`RedisStore::spawn_listener`]'s task, which reports each as an [`Invalidation`] (a
+//! serial, an account) to the cache that follows this store, and reports a lost link and
+//! every (re)subscription too (events may have been lost); the cache decides what to drop.
 //!
 //! Data-loss guard. On first contact the store writes `{p}meta` with a random `store_id`
 //! (or, when `meta` is missing but data exists, marks the store as having lost data). If
@@ -122,7 +123,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -137,10 +138,9 @@ use redis::{
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::JoinHandle;
 
-use super::cache::StateCache;
 use super::{
-    AccountState, BoxFut, CertRecord, REVOCATION_RETENTION_AFTER_EXPIRY, Revocation,
-    RevocationReason, StateStore, StoreError, TicketRecord, UnixTime,
+    AccountState, BoxFut, CertRecord, Events, Invalidation, REVOCATION_RETENTION_AFTER_EXPIRY,
+    Revocation, RevocationReason, StateStore, StoreError, TicketRecord, UnixTime,
 };
 use crate::config::{RedisConfig, RedisMode};
 use crate::metrics::Metrics;
@@ -862,7 +862,7 @@ pub struct RedisStore {
     known_id: Mutex<Option<String>>,
     lost: AtomicBool,
     metrics: OnceLock<Metrics>,
-    cache: OnceLock<Weak<StateCache>>,
+    events: OnceLock<Events>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -990,7 +990,7 @@ impl RedisStore {
             known_id: Mutex::new(None),
             lost: AtomicBool::new(false),
             metrics: OnceLock::new(),
-            cache: OnceLock::new(),
+            events: OnceLock::new(),
         })
     }
 
@@ -1010,33 +1010,25 @@ impl RedisStore {
         self.link.is_cluster()
     }
 
-    /// Starts the listener that turns `{p}events` into cache invalidations, and clears the
-    /// whole cache after any disconnect or (re)subscription. Ends when the store's push
-    /// channel closes or the task is aborted.
-    pub fn spawn_invalidation(self: &Arc<Self>, cache: Arc<StateCache>) -> JoinHandle<()> {
+    /// Starts the listener that turns `{p}events` into [`Invalidation`]s on `events`, and
+    /// reports a lost link and every (re)subscription. Ends when the store's push channel
+    /// closes or the task is aborted.
+    pub fn spawn_listener(self: &Arc<Self>, events: Events, metrics: Metrics) -> JoinHandle<()> {
         let (tx, rx) = unbounded_channel();
         *lock(&self.push) = Some(tx);
-        let _ = self.cache.set(Arc::downgrade(&cache));
-        let _ = self.metrics.set(cache.metrics().clone());
+        let _ = self.events.set(events);
+        let _ = self.metrics.set(metrics);
         let store = Arc::clone(self);
-        tokio::spawn(async move { store.listen(rx, cache).await })
+        tokio::spawn(async move { store.listen(rx).await })
     }
 
-    /// Starts the short-interval probe: keeps `certgate_state_store_up` current, drives
-    /// reconnects, notices a Sentinel failover and an acknowledged data loss without
-    /// traffic.
-    pub fn spawn_probe(cache: Arc<StateCache>) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PROBE_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                cache.probe().await;
-            }
-        })
+    fn emit(&self, event: Invalidation) {
+        if let Some(events) = self.events.get() {
+            let _ = events.send(event);
+        }
     }
 
-    async fn listen(&self, mut rx: UnboundedReceiver<PushInfo>, cache: Arc<StateCache>) {
+    async fn listen(&self, mut rx: UnboundedReceiver<PushInfo>) {
         while let Some(push) = rx.recv().await {
             match push.kind {
                 PushKind::Message => {
@@ -1048,23 +1040,22 @@ impl RedisStore {
                     }
                     let payload = String::from_utf8_lossy(msg.get_payload_bytes()).into_owned();
                     match payload.split_once(' ') {
-                        Some(("revoke", serial)) => cache.invalidate_serial(serial),
-                        Some(("account", account)) => cache.invalidate_account(account),
+                        Some(("revoke", serial)) => self.emit(Invalidation::Serial(serial.into())),
+                        Some(("account", account)) => {
+                            self.emit(Invalidation::Account(account.into()))
+                        }
                         _ => {
                             tracing::debug!(payload, "ignoring an unknown state event");
                         }
                     }
                 }
                 PushKind::Disconnection => {
-                    // Events published while we were away are lost: forget everything.
-                    cache.invalidate_all();
                     self.link.reset_current();
-                    tracing::warn!("redis connection lost; state cache cleared");
+                    tracing::warn!("redis connection lost");
+                    self.emit(Invalidation::LinkLost);
                 }
                 PushKind::Subscribe => {
-                    // (Re)subscribed: anything cached before this may have missed events.
-                    cache.invalidate_all();
-                    tracing::debug!("subscribed to state events; state cache cleared");
+                    self.emit(Invalidation::Resubscribed);
                 }
                 _ => {}
             }
@@ -1467,9 +1458,7 @@ impl RedisStore {
     }
 
     fn clear_cache(&self) {
-        if let Some(cache) = self.cache.get().and_then(Weak::upgrade) {
-            cache.invalidate_all();
-        }
+        self.emit(Invalidation::All);
     }
 
     /// The operator's answer to a suspected data loss: accept the store as it is now.
@@ -2487,11 +2476,14 @@ impl StateStore for RedisStore {
         !self.data_lost()
     }
 
-    fn start_background(self: Arc<Self>, cache: Arc<StateCache>) -> Vec<JoinHandle<()>> {
-        vec![
-            self.spawn_invalidation(cache.clone()),
-            RedisStore::spawn_probe(cache),
-        ]
+    fn start_background(self: Arc<Self>, events: Events, metrics: Metrics) -> Vec<JoinHandle<()>> {
+        vec![self.spawn_listener(events, metrics)]
+    }
+
+    fn probe_interval(&self) -> Option<Duration> {
+        // Keeps certgate_state_store_up current, drives reconnects, and notices a Sentinel
+        // failover and an acknowledged data loss without traffic.
+        Some(PROBE_INTERVAL)
     }
 }
 
