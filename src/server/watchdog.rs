@@ -1,0 +1,319 @@
+//! The per-connection watchdog: the header read timeout (from the first byte of each
+//! request head), the idle timeout and the maximum connection age, enforced by one sleep
+//! per connection that [`Activity`] moves, rather than a timer per request; and the
+//! graceful end of a connection on shutdown.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{ConnLimits, Phase};
+
+/// A served connection that can be asked to finish gracefully.
+pub trait Graceful: Future {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Serves `conn` to completion while enforcing the connection's timeouts and shutdown.
+pub async fn drive<C>(
+    conn: C,
+    activity: &Activity,
+    limits: ConnLimits,
+    mut phase: watch::Receiver<Phase>,
+) where
+    C: Graceful,
+    C::Output: Into<Result<(), hyper::Error>>,
+{
+    let conn = std::pin::pin!(conn);
+    let mut conn = conn;
+    let mut draining = false;
+    let sleep = tokio::time::sleep(limits.header_read_timeout);
+    tokio::pin!(sleep);
+    loop {
+        let now = Instant::now();
+        let (deadline, action) = activity.next_deadline(now, &limits);
+        if deadline <= now {
+            match action {
+                Action::Close => {
+                    tracing::debug!("closing connection: request head not received in time");
+                    return;
+                }
+                Action::Graceful => {
+                    if !draining {
+                        conn.as_mut().graceful();
+                        draining = true;
+                    }
+                }
+                Action::Recheck => {}
+            }
+        }
+        // Wake at the deadline, but at least every half header timeout so a request head
+        // that starts arriving on an idle connection is timed from its first byte.
+        let wake = deadline
+            .max(now + Duration::from_millis(10))
+            .min(now + limits.header_read_timeout / 2);
+        sleep.as_mut().reset(wake);
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res.into() {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            changed = phase.changed() => {
+                let p = *phase.borrow();
+                if changed.is_err() || p == Phase::Force {
+                    return;
+                }
+                if p == Phase::Draining && !draining {
+                    conn.as_mut().graceful();
+                    draining = true;
+                }
+            }
+            _ = &mut sleep => {}
+        }
+    }
+}
+
+pub enum Action {
+    /// Drop the connection now (slow request head).
+    Close,
+    /// Finish the current exchange, then close (idle, or too old).
+    Graceful,
+    /// Nothing due; look again.
+    Recheck,
+}
+
+/// Per-connection activity, updated by the I/O wrapper and the service; read by the
+/// watchdog in [`drive`]. Times are milliseconds since `epoch`.
+pub struct Activity {
+    epoch: Instant,
+    /// HTTP/1: time the head of the next request is measured from.
+    track_heads: bool,
+    in_flight: AtomicU32,
+    /// 0 = no request head pending; else ms + 1 when its first byte arrived.
+    head_started: AtomicU64,
+    /// ms when the last request finished (0 = none yet).
+    last_done: AtomicU64,
+}
+
+impl Activity {
+    pub fn new(track_heads: bool) -> Self {
+        Activity {
+            epoch: Instant::now(),
+            track_heads,
+            in_flight: AtomicU32::new(0),
+            // The first request head is due from the end of the handshake: a client that
+            // completes TLS and sends nothing does not hold the connection.
+            head_started: AtomicU64::new(if track_heads { 1 } else { 0 }),
+            last_done: AtomicU64::new(0),
+        }
+    }
+
+    fn ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+
+    fn on_read(&self) {
+        if self.track_heads
+            && self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            self.head_started.store(self.ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    fn next_deadline(&self, now: Instant, limits: &ConnLimits) -> (Instant, Action) {
+        let age_deadline = limits.max_age.map(|a| self.epoch + a);
+        let (deadline, action) = if self.in_flight.load(Ordering::Relaxed) > 0 {
+            (now + limits.idle_timeout, Action::Recheck)
+        } else {
+            match self.head_started.load(Ordering::Relaxed) {
+                0 => {
+                    let last = self.last_done.load(Ordering::Relaxed);
+                    (self.at(last) + limits.idle_timeout, Action::Graceful)
+                }
+                started => (
+                    self.at(started - 1) + limits.header_read_timeout,
+                    Action::Close,
+                ),
+            }
+        };
+        match age_deadline {
+            Some(a) if a < deadline => (a, Action::Graceful),
+            _ => (deadline, action),
+        }
+    }
+}
+
+/// Marks a request in flight; dropped (also on cancellation) when it finishes.
+pub struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    pub fn begin(a: &Arc<Activity>) -> Self {
+        a.in_flight.fetch_add(1, Ordering::Relaxed);
+        a.head_started.store(0, Ordering::Relaxed);
+        InFlight(a.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.last_done.store(a.ms(), Ordering::Relaxed);
+        a.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The TLS stream, noting when bytes arrive (for the header read timeout).
+pub struct ActivityIo<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> ActivityIo<S> {
+    /// `inner`, reporting the first byte of each request head to `activity`.
+    pub fn new(inner: S, activity: Arc<Activity>) -> Self {
+        ActivityIo { inner, activity }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.on_read();
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ConnLimits {
+        ConnLimits {
+            proxy_protocol: false,
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_age: None,
+            max_header_bytes: 65536,
+            h2_streams: 100,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_request_head_is_due_within_header_timeout() {
+        let a = Activity::new(true);
+        let (d, action) = a.next_deadline(Instant::now(), &limits());
+        assert!(matches!(action, Action::Close));
+        assert_eq!(d, a.epoch + Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_after_a_request_uses_idle_timeout_then_head_timer() {
+        let a = Arc::new(Activity::new(true));
+        let g = InFlight::begin(&a);
+        let (_, action) = a.next_deadline(Instant::now(), &limits());
+        assert!(matches!(action, Action::Recheck), "in flight: nothing due");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        drop(g);
+        let (d, action) = a.next_deadline(Instant::now(), &limits());
+        assert!(matches!(action, Action::Graceful));
+        assert_eq!(d, a.epoch + Duration::from_secs(65));
+        // Bytes of the next head arrive: it must complete within header_read_timeout.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        a.on_read();
+        let (d, action) = a.next_deadline(Instant::now(), &limits());
+        assert!(matches!(action, Action::Close));
+        assert_eq!(d, a.epoch + Duration::from_secs(35));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_age_wins_when_earlier() {
+        let a = Activity::new(false);
+        let mut l = limits();
+        l.max_age = Some(Duration::from_secs(30));
+        let (d, action) = a.next_deadline(Instant::now(), &l);
+        assert!(matches!(action, Action::Graceful));
+        assert_eq!(d, a.epoch + Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn h2_connections_do_not_time_heads() {
+        let a = Activity::new(false);
+        a.on_read();
+        let (d, action) = a.next_deadline(Instant::now(), &limits());
+        assert!(matches!(action, Action::Graceful));
+        assert_eq!(d, a.epoch + Duration::from_secs(60));
+    }
+}
