@@ -31,13 +31,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::core::clock::now;
 use crate::core::ticket;
+use crate::http::auth::bearer_token;
+use crate::http::body::{BodyError, read_limited};
 use crate::http::pages::{self, escape_html};
 use crate::metrics::{Metrics, Outcome, OutcomeLabels};
 use crate::pki::ca::{self, CaError, CaIssuer, CrlEntry, CsrError};
@@ -310,7 +312,7 @@ impl Enrollment {
         if issuing.failures.blocked(peer.ip()) {
             return Err(Refusal::TooManyAttempts);
         }
-        let presented = bearer(req.headers())
+        let presented = bearer_token(req.headers())
             .map(str::to_string)
             .ok_or(Refusal::MissingBearer)?;
         let body = read_body(req).await?;
@@ -835,21 +837,14 @@ fn no_store(mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
 
 /// Reads the whole body, at most [`MAX_BODY_BYTES`] (else 413), within [`BODY_TIMEOUT`].
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Refusal> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(Refusal::TooLarge);
-    }
-    let limited = Limited::new(req.into_body(), MAX_BODY_BYTES);
-    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
-        Err(_) => Err(Refusal::BodyTimeout),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Refusal::TooLarge),
-        Ok(Err(_)) => Err(Refusal::BadBody),
-    }
+    let (parts, body) = req.into_parts();
+    read_limited(&parts.headers, body, MAX_BODY_BYTES, Some(BODY_TIMEOUT))
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge => Refusal::TooLarge,
+            BodyError::TimedOut => Refusal::BodyTimeout,
+            BodyError::Unreadable => Refusal::BadBody,
+        })
 }
 
 /// Decodes `application/x-www-form-urlencoded` (`+` is a space).
@@ -879,14 +874,6 @@ fn query_param(query: &str, name: &str) -> Option<String> {
         .into_iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v)
-}
-
-/// `Authorization: Bearer <ticket>` (scheme case-insensitive).
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Tickets are base64url of 32 bytes (43 characters); anything else is refused without

@@ -4,11 +4,14 @@
 //! `proxy`. A per-connection [`watchdog`] enforces the header read timeout, the idle
 //! timeout and the maximum connection age without a timer per request.
 //!
+//! [`plain`] serves the admin and metrics listeners (HTTP/1.1 without TLS).
+//!
 //! `app` builds the [`Runtime`] of a configuration and owns the [`Server`]; a reload swaps
 //! the runtime whole, so new handshakes and new requests of open connections use it.
 
 pub mod conn;
 pub mod listener;
+pub mod plain;
 pub mod proxy_protocol;
 pub mod watchdog;
 
