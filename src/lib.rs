@@ -1,26 +1,21 @@
 //! certgate: an mTLS auth gateway.
 //!
-//! Module map (dependencies point one way; nothing imports `app` or `cli`):
-//! - [`config`]: YAML → validated runtime [`config::Config`].
-//! - [`identity`]: the typed client identity parsed from the leaf certificate.
+//! Module map, from the ground up (imports point down; `tests/module_graph.rs` keeps every
+//! cycle out and `core` pure):
+//! - [`core`]: the pure layer (records, clock, text, identity type, [`core::gate`], tickets).
+//! - [`config`]: YAML → validated runtime [`config::Config`]; reads and decodes every file.
 //! - [`metrics`]: every metric handle and name.
-//! - [`gate`]: the pure per-request decision.
-//! - [`state`]: the `StateStore` trait, backends and the read-through cache.
-//! - [`tls`]: rustls server config, client verifier, accept loop.
-//! - [`verifier`]: the client-certificate verifier that remembers accepted chains.
-//! - [`pages`]: refusal pages (HTML for browsers, JSON otherwise).
-//! - [`proxy_protocol`]: PROXY v1/v2 headers from an L4 load balancer.
-//! - [`proxy`]: per-request handling and forwarding upstream.
-//! - [`ticket`]: enrollment ticket generation and hashing.
-//! - [`ca`]: certificate issuing and the development PKI.
-//! - [`p12`]: PKCS#12 bundles for browsers (behind one function).
+//! - [`pki`]: the issuing CA, CSRs, CRLs, dev PKI and PKCS#12 bundles.
+//! - [`tls`]: rustls server config and accept, client verifier, identity parsing.
+//! - [`state`]: the `StateStore` contract and events, the cache, the backends.
+//! - [`http`]: refusal pages, bearer credentials, limited bodies.
 //! - [`enroll`]: certgate's own `/.certgate/` endpoints (enrollment, CA, CRL).
-//! - [`admin`]: the admin API, health probes and `/metrics`.
-//! - [`admin_client`]: the `certgate admin …` HTTP client.
-//! - [`reload`]: configuration reload on changed files.
-//! - [`app`]: wires everything from a `Config`, binds, serves, drains.
-//! - [`demo`]: the self-contained demo (echo upstream, dev PKI).
-//! - [`cli`]: the `certgate` command line.
+//! - [`proxy`]: one request: strip, classify, decide, forward or refuse.
+//! - [`admin`]: the admin API and its CLI client.
+//! - [`server`]: connections (accept, PROXY → TLS → h1/h2, watchdog, plain HTTP/1).
+//! - [`reload`]: configuration reload and file watching.
+//! - [`app`]: wires everything from a `Config` (only `cli` imports it).
+//! - [`demo`], [`cli`]: the demo and the `certgate` command line.
 
 pub mod admin;
 pub mod app;
