@@ -234,7 +234,7 @@ pub async fn call(
 
     let exchange = async {
         let resp = client.request(req).await.map_err(|e| {
-            let detail = error_chain(&e);
+            let detail = crate::core::text::error_chain(&e);
             if e.is_connect() {
                 ClientError::Connect {
                     url: url.to_string(),
@@ -270,19 +270,6 @@ pub async fn call(
     let value: Value =
         serde_json::from_slice(&bytes).map_err(|_| ClientError::BadResponse { status })?;
     Ok((status, value))
-}
-
-/// The error and its sources, e.g. "client error (Connect): tcp connect error: Connection
-/// refused (os error 111)".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 /// Runs `cmd`; a non-2xx answer becomes [`ClientError::Api`] with the server's code and

@@ -128,6 +128,33 @@ fn escape_4514(v: &str, out: &mut String) {
     }
 }
 
+/// PEM text of one DER object, 64 columns.
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        // base64 output is ASCII, so every chunk is valid UTF-8.
+        pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str(&format!("-----END {label}-----\n"));
+    pem
+}
+
+/// The error and its sources, e.g. "client error (Connect): tcp connect error: Connection
+/// refused (os error 111)".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +185,31 @@ mod tests {
     fn rfc3339_format() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_790_000_000), "2026-09-21T14:13:20Z");
+    }
+
+    #[test]
+    fn pem_encode_reads_back_and_wraps_at_64() {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject as _;
+        let der: Vec<u8> = (0..=255u8).cycle().take(300).collect();
+        let pem = pem_encode("CERTIFICATE", &der);
+        assert!(pem.lines().all(|l| l.len() <= 64), "{pem}");
+        let back = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        assert_eq!(back.as_ref(), &der[..]);
+    }
+
+    #[test]
+    fn error_chain_joins_every_source() {
+        let inner = std::io::Error::other("refused");
+        let outer = std::io::Error::new(std::io::ErrorKind::NotConnected, inner);
+        assert_eq!(error_chain(&outer), "refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("connect")]
+        struct Outer(#[source] std::io::Error);
+        assert_eq!(
+            error_chain(&Outer(std::io::Error::other("refused"))),
+            "connect: refused"
+        );
     }
 
     #[test]

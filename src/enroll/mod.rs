@@ -885,40 +885,33 @@ fn plausible_ticket(t: &str) -> bool {
 }
 
 /// The DER of a CSR sent as PEM (`CERTIFICATE REQUEST` or `NEW CERTIFICATE REQUEST`) or
-/// as DER.
+/// as DER. PEM is read by `rustls-pki-types`.
 fn csr_der(body: &[u8]) -> Result<Vec<u8>, CsrError> {
-    use base64::Engine as _;
+    use rustls_pki_types::CertificateSigningRequestDer;
+    use rustls_pki_types::pem::PemObject as _;
     let trimmed = body.trim_ascii_start();
     if trimmed.first() == Some(&0x30) {
         return Ok(trimmed.to_vec());
     }
     let text = std::str::from_utf8(trimmed)
         .map_err(|_| CsrError::Malformed("neither PEM nor DER".into()))?;
-    let begin = text
-        .find("-----BEGIN ")
-        .ok_or_else(|| CsrError::Malformed("no PEM header".into()))?;
-    let rest = &text[begin + "-----BEGIN ".len()..];
-    let label_end = rest
-        .find("-----")
-        .ok_or_else(|| CsrError::Malformed("broken PEM header".into()))?;
-    let label = &rest[..label_end];
-    if !matches!(label, "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST") {
-        return Err(CsrError::Malformed(format!(
-            "PEM label {label:?}, expected \"CERTIFICATE REQUEST\""
-        )));
-    }
-    let content = &rest[label_end + 5..];
-    let end_marker = format!("-----END {label}-----");
-    let end = content
-        .find(&end_marker)
-        .ok_or_else(|| CsrError::Malformed("no PEM footer".into()))?;
-    let b64: String = content[..end]
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|_| CsrError::Malformed("bad base64 in PEM".into()))
+    // Older tools label the same PKCS#10 block "NEW CERTIFICATE REQUEST".
+    let text = text
+        .replace(
+            "-----BEGIN NEW CERTIFICATE REQUEST-----",
+            "-----BEGIN CERTIFICATE REQUEST-----",
+        )
+        .replace(
+            "-----END NEW CERTIFICATE REQUEST-----",
+            "-----END CERTIFICATE REQUEST-----",
+        );
+    CertificateSigningRequestDer::from_pem_slice(text.as_bytes())
+        .map(|der| der.as_ref().to_vec())
+        .map_err(|e| {
+            CsrError::Malformed(format!(
+                "no PEM \"CERTIFICATE REQUEST\" block could be read ({e})"
+            ))
+        })
 }
 
 /// The first common name of a certificate's subject (for the page), or a generic label.

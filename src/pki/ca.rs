@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use x509_parser::prelude::FromDer as _;
 
 use crate::core::identity::GENERATION_URI_PREFIX;
-use crate::core::text;
+use crate::core::text::{self, pem_encode};
 
 /// SAN URI prefix naming the account in issued certificates.
 pub const ACCOUNT_URI_PREFIX: &str = "urn:certgate:account:";
@@ -323,20 +323,6 @@ fn random_serial() -> Result<SerialNumber, CaError> {
         b[0] = 0x01;
     }
     Ok(SerialNumber::from_slice(&b))
-}
-
-/// PEM text of one DER object, 64 columns.
-pub fn pem_encode(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut pem = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        // base64 output is ASCII, so every chunk is valid UTF-8.
-        pem.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        pem.push('\n');
-    }
-    pem.push_str(&format!("-----END {label}-----\n"));
-    pem
 }
 
 /// A new ECDSA P-256 key pair.

@@ -584,20 +584,9 @@ fn classify_client_error(e: &hyper_util::client::legacy::Error) -> UpstreamError
             }
             src = s.source();
         }
-        return UpstreamError::Connect(error_chain(e));
+        return UpstreamError::Connect(crate::core::text::error_chain(e));
     }
-    UpstreamError::Protocol(error_chain(e))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
+    UpstreamError::Protocol(crate::core::text::error_chain(e))
 }
 
 fn refuse(decision: Decision, headers: &HeaderMap) -> (Decision, Response<RespBody>) {

@@ -7,24 +7,17 @@ use crate::state::{
     AccountState, CertRecord, Revocation, RevocationReason, StoreError, TicketRecord,
 };
 
-/// A Redis hash as read.
-pub(super) type Fields = HashMap<String, String>;
-
 /// DER certificates as the PEM text the Redis client reads.
 pub(super) fn pem_certificates(certs: &[rustls_pki_types::CertificateDer<'static>]) -> Vec<u8> {
-    use base64::Engine as _;
-    let mut out = String::new();
-    for cert in certs {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
-        out.push_str("-----BEGIN CERTIFICATE-----\n");
-        for chunk in b64.as_bytes().chunks(64) {
-            out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-            out.push('\n');
-        }
-        out.push_str("-----END CERTIFICATE-----\n");
-    }
-    out.into_bytes()
+    certs
+        .iter()
+        .map(|c| crate::core::text::pem_encode("CERTIFICATE", c.as_ref()))
+        .collect::<String>()
+        .into_bytes()
 }
+
+/// A Redis hash as read.
+pub(super) type Fields = HashMap<String, String>;
 
 pub(super) fn new_store_id() -> String {
     let mut bytes = [0u8; 16];
