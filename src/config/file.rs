@@ -1,11 +1,15 @@
-//! `certgate.yaml` → [`FileConfig`] → validated [`Config`].
+//! `certgate.yaml` → [`FileConfig`] (`schema.rs`, parsed by `yaml.rs`) → validated
+//! [`Config`]: the validators of every section, one `Ctx` method per section.
 //!
 //! The file structs mirror the YAML of DESIGN.md key for key: every struct denies unknown
-//! fields, every key is optional (defaults are applied during validation, so the defaults
-//! live next to the checks that use them), and scalar values are wrapped in
-//! [`Spanned`] so a semantic error points at the line it comes from. Parsing uses
+//! fields, every key is optional (defaults are applied during validation), and scalar
+//! values are spanned so a semantic error points at the line it comes from. Parsing uses
 //! serde-saphyr with strict booleans (`yes`/`no`/`on`/`off` are errors) and its default
 //! duplicate-key policy (a repeated key is an error).
+//!
+//! Why this file is over 800 lines: the section validators share one context (file, line
+//! index, folder) and one set of error helpers; split by section they would each repeat
+//! that context, and a reader checking one key would still open two files.
 //!
 //! Validation reads every file the config names (certificates, keys, CRLs, the admin
 //! token) once, so the TLS module gets parsed material and never re-reads a file that may
@@ -14,7 +18,6 @@
 //! Every [`ConfigError`] names the file, the line (when the key is written in the file) and
 //! the dotted key; messages repeat the offending value, but never key material or tokens.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,13 +27,13 @@ use rustls::crypto::aws_lc_rs;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
-use serde::Deserialize;
-use serde_saphyr::Spanned;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
+use super::schema::*;
 use super::units;
+use super::yaml::{KeyIndex, parse, span_line};
 use super::{
     AdminConfig, CacheConfig, ClientAuthConfig, ClientAuthMode, Config, ConfigError, Crl,
     EnrollmentConfig, HeadersConfig, IdentityConfig, LimitsConfig, LogConfig, LogFormat,
@@ -38,185 +41,6 @@ use super::{
     StateBackend, StateConfig, TlsConfig, TlsMinVersion, Underscores, UpstreamConfig,
 };
 use crate::core::identity::AccountSource;
-
-/// A scalar (or list item) together with where it was written.
-type S<T> = Spanned<T>;
-
-/// The whole file, as written. See DESIGN.md "Config (YAML)" for the meaning of each key.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub listen: Option<S<String>>,
-    pub listen_proxy_protocol: Option<S<bool>>,
-    pub server_names: Option<Vec<S<String>>>,
-    pub tls: Option<TlsFile>,
-    pub client_auth: Option<ClientAuthFile>,
-    pub identity: Option<IdentityFile>,
-    pub upstream: Option<UpstreamFile>,
-    pub routes: Option<RoutesFile>,
-    pub headers: Option<HeadersFile>,
-    pub state: Option<StateFile>,
-    pub enrollment: Option<EnrollmentFile>,
-    pub admin: Option<AdminFile>,
-    pub metrics: Option<MetricsFile>,
-    pub limits: Option<LimitsFile>,
-    pub log: Option<LogFile>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFile {
-    /// Required.
-    pub cert: Option<S<String>>,
-    /// Required.
-    pub key: Option<S<String>>,
-    pub min_version: Option<S<String>>,
-    pub session_resumption: Option<S<bool>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientAuthFile {
-    pub mode: Option<S<String>>,
-    pub trusted_cas: Option<Vec<S<String>>>,
-    pub crls: Option<Vec<S<String>>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IdentityFile {
-    pub account_from: Option<Vec<S<String>>>,
-    pub uri_prefix: Option<S<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamFile {
-    /// Required.
-    pub url: Option<S<String>>,
-    pub connect_timeout: Option<S<String>>,
-    pub response_timeout: Option<S<String>>,
-    pub pool_idle_timeout: Option<S<String>>,
-    pub pool_max_idle_per_host: Option<S<u64>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RoutesFile {
-    pub public: Option<Vec<S<String>>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeadersFile {
-    pub xfcc: Option<S<bool>>,
-    pub underscores: Option<S<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StateFile {
-    pub backend: Option<S<String>>,
-    pub path: Option<S<String>>,
-    pub redis: Option<RedisFile>,
-    pub cache: Option<CacheFile>,
-    pub on_error: Option<S<String>>,
-    pub max_stale: Option<S<String>>,
-}
-
-/// `state.redis`; read when `state.backend` is `redis` (type-checked always).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisFile {
-    pub mode: Option<S<String>>,
-    pub url: Option<S<String>>,
-    pub urls: Option<Vec<S<String>>>,
-    pub sentinel_master: Option<S<String>>,
-    pub password_file: Option<S<String>>,
-    pub tls_ca_file: Option<S<String>>,
-    pub key_prefix: Option<S<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CacheFile {
-    pub ttl: Option<S<String>>,
-    pub max_entries: Option<S<u64>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollmentFile {
-    pub enabled: Option<S<bool>>,
-    pub ca_cert: Option<S<String>>,
-    pub ca_key: Option<S<String>>,
-    pub validity: Option<S<String>>,
-    pub ticket_ttl: Option<S<String>>,
-    pub public_url: Option<S<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminFile {
-    pub listen: Option<S<String>>,
-    pub token_file: Option<S<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsFile {
-    pub listen: Option<S<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsFile {
-    pub max_connections: Option<S<u64>>,
-    pub handshake_timeout: Option<S<String>>,
-    pub header_read_timeout: Option<S<String>>,
-    pub max_header_bytes: Option<S<String>>,
-    pub idle_timeout: Option<S<String>>,
-    pub h2_max_concurrent_streams: Option<S<u64>>,
-    pub max_connection_age: Option<S<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogFile {
-    pub format: Option<S<String>>,
-    pub level: Option<S<String>>,
-    pub access: Option<S<bool>>,
-}
-
-/// Defaults from DESIGN.md, in one place.
-mod defaults {
-    pub const LISTEN: &str = "0.0.0.0:8443";
-    pub const ADMIN_LISTEN: &str = "127.0.0.1:9444";
-    pub const METRICS_LISTEN: &str = "127.0.0.1:9090";
-    pub const URI_PREFIX: &str = "urn:certgate:account:";
-    pub const STATE_PATH: &str = "data/certgate.db";
-    pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
-    pub const REDIS_KEY_PREFIX: &str = "certgate:";
-    pub const ENROLL_CA_CERT: &str = "certs/enroll-ca.pem";
-    pub const ENROLL_CA_KEY: &str = "certs/enroll-ca.key";
-    pub const PUBLIC_URL: &str = "https://localhost:8443";
-    pub const TOKEN_FILE: &str = "secrets/admin-token";
-    pub const CONNECT_TIMEOUT: u64 = 2;
-    pub const RESPONSE_TIMEOUT: u64 = 60;
-    pub const POOL_IDLE_TIMEOUT: u64 = 90;
-    pub const POOL_MAX_IDLE_PER_HOST: u64 = 512;
-    pub const CACHE_TTL: u64 = 10;
-    pub const CACHE_MAX_ENTRIES: u64 = 100_000;
-    pub const MAX_STALE: u64 = 5 * 60;
-    pub const VALIDITY: u64 = 365 * 86_400;
-    pub const TICKET_TTL: u64 = 24 * 3_600;
-    pub const MAX_CONNECTIONS: u64 = 10_000;
-    pub const HANDSHAKE_TIMEOUT: u64 = 10;
-    pub const HEADER_READ_TIMEOUT: u64 = 10;
-    pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
-    pub const IDLE_TIMEOUT: u64 = 60;
-    pub const H2_MAX_CONCURRENT_STREAMS: u64 = 256;
-}
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -246,187 +70,6 @@ pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         index,
     };
     ctx.validate(file)
-}
-
-fn parse(text: &str, path: &Path, index: &KeyIndex) -> Result<FileConfig, ConfigError> {
-    use serde_saphyr::MessageFormatter;
-
-    let options = serde_saphyr::options! { strict_booleans: true, with_snippet: false };
-    let err = match serde_saphyr::from_str_with_options::<Option<FileConfig>>(text, options) {
-        // An empty file (or one holding only comments) is an empty mapping; the missing
-        // required keys are reported by validation.
-        Ok(file) => return Ok(file.unwrap_or_default()),
-        Err(err) => err,
-    };
-    let location = err.location().filter(|l| l.line() > 0);
-    let line = location.map(|l| l.line() as usize);
-    let mut message = sanitize(&serde_saphyr::UserMessageFormatter.format_message(&err));
-    if message == "invalid u64" || message == "invalid u32" {
-        message = "expected a whole number (0 or more)".to_string();
-    }
-    let mut key = line
-        .and_then(|l| index.path_at(l))
-        .unwrap_or_else(|| "(file)".to_string());
-    if let Some(field) = between(&message, "unknown field `", "`") {
-        // In a flow mapping (`tls: {cert: a, bad: b}`) the line names only the parent.
-        if key.rsplit('.').next() != Some(field) {
-            key = if key == "(file)" {
-                field.to_string()
-            } else {
-                format!("{key}.{field}")
-            };
-        }
-    } else if !message.starts_with("duplicate")
-        && let Some(found) = location.and_then(|l| text_at(text, l.line(), l.column()))
-    {
-        message = format!("{message} (found `{found}`)");
-    }
-    Err(ConfigError {
-        file: path.to_path_buf(),
-        line,
-        key,
-        message,
-    })
-}
-
-/// The text of `s` between the first `start` and the following `end`.
-fn between<'s>(s: &'s str, start: &str, end: &str) -> Option<&'s str> {
-    let rest = &s[s.find(start)? + start.len()..];
-    Some(&rest[..rest.find(end)?])
-}
-
-/// The scalar written at 1-based `line`/`column`, without a trailing comment; `None` when
-/// it is empty or too long to quote in a message.
-fn text_at(text: &str, line: u64, column: u64) -> Option<String> {
-    let l = text
-        .lines()
-        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
-    let l = strip_comment(l);
-    let start = l
-        .char_indices()
-        .nth(usize::try_from(column).ok()?.checked_sub(1)?)?
-        .0;
-    let found = l[start..].trim();
-    (!found.is_empty() && found.len() <= 80).then(|| sanitize(found))
-}
-
-/// Removes control characters so a message stays on one line.
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
-/// Removes a `# comment` that is outside quotes.
-fn strip_comment(line: &str) -> &str {
-    let (mut single, mut double) = (false, false);
-    let mut prev = ' ';
-    for (i, c) in line.char_indices() {
-        match c {
-            '\'' if !double => single = !single,
-            '"' if !single && prev != '\\' => double = !double,
-            '#' if !single && !double && prev.is_whitespace() => return &line[..i],
-            _ => {}
-        }
-        prev = c;
-    }
-    line
-}
-
-/// Where each dotted key is written, recovered from the block layout of the text. Serde
-/// errors only carry a line; this turns the line back into the key an operator must fix,
-/// and gives a line to errors about keys that are not scalars (`client_auth.trusted_cas`).
-/// It understands block mappings and sequences, which is what config files use; inside a
-/// flow collection it names the key that holds the collection.
-struct KeyIndex {
-    /// Dotted path per 1-based line (index 0 unused).
-    paths: Vec<Option<String>>,
-    /// First line of each dotted path.
-    lines: HashMap<String, usize>,
-}
-
-impl KeyIndex {
-    fn new(text: &str) -> Self {
-        let mut paths = vec![None];
-        let mut lines = HashMap::new();
-        // (indent, dotted path) of the mapping keys enclosing the current line.
-        let mut stack: Vec<(usize, String)> = Vec::new();
-        let mut items: HashMap<String, usize> = HashMap::new();
-        for raw in text.lines() {
-            let line = strip_comment(raw).trim_end();
-            let content = line.trim_start_matches([' ', '\t']);
-            let indent = line.len() - content.len();
-            if content.is_empty() || content.starts_with("---") || content.starts_with("...") {
-                paths.push(stack.last().map(|(_, p)| p.clone()));
-                continue;
-            }
-            if content == "-" || content.starts_with("- ") {
-                while stack.last().is_some_and(|(i, _)| *i > indent) {
-                    stack.pop();
-                }
-                let parent = stack.last().map(|(_, p)| p.clone()).unwrap_or_default();
-                let n = items.entry(parent.clone()).or_insert(0);
-                paths.push(Some(format!("{parent}[{n}]")));
-                *n += 1;
-                continue;
-            }
-            if let Some(key) = mapping_key(content) {
-                while stack.last().is_some_and(|(i, _)| *i >= indent) {
-                    stack.pop();
-                }
-                let path = match stack.last() {
-                    Some((_, parent)) => format!("{parent}.{key}"),
-                    None => key.to_string(),
-                };
-                items.remove(&path);
-                lines.entry(path.clone()).or_insert(paths.len());
-                paths.push(Some(path.clone()));
-                stack.push((indent, path));
-            } else {
-                paths.push(stack.last().map(|(_, p)| p.clone()));
-            }
-        }
-        KeyIndex { paths, lines }
-    }
-
-    fn path_at(&self, line: usize) -> Option<String> {
-        self.paths.get(line).cloned().flatten()
-    }
-
-    /// The line of `key`, or of its nearest written parent (`tls.cert` → `tls`).
-    fn line_of(&self, key: &str) -> Option<usize> {
-        let mut key = key;
-        loop {
-            if let Some(line) = self.lines.get(key) {
-                return Some(*line);
-            }
-            key = &key[..key.rfind(['.', '['])?];
-        }
-    }
-}
-
-/// The key of a block mapping line (`key: value` or `key:`), unquoted.
-fn mapping_key(content: &str) -> Option<&str> {
-    if content.starts_with(['{', '[', '|', '>', '&', '*', '!']) {
-        return None;
-    }
-    let end = content
-        .find(": ")
-        .or_else(|| content.find(":\t"))
-        .or_else(|| content.ends_with(':').then(|| content.len() - 1))?;
-    let key = content[..end].trim();
-    let key = key
-        .strip_prefix('"')
-        .and_then(|k| k.strip_suffix('"'))
-        .or_else(|| key.strip_prefix('\'').and_then(|k| k.strip_suffix('\'')))
-        .unwrap_or(key);
-    (!key.is_empty()).then_some(key)
-}
-
-/// 1-based line of a spanned value, when known.
-fn span_line<T>(v: &S<T>) -> Option<usize> {
-    let line = v.referenced.line();
-    (line > 0).then_some(line as usize)
 }
 
 /// Validation context: the file being checked and where its keys are.

@@ -8,7 +8,9 @@
 //! types; nothing here binds or spawns.
 
 pub mod file;
+pub mod schema;
 pub mod units;
+mod yaml;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

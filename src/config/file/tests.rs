@@ -10,6 +10,7 @@ use rcgen::{
 use tempfile::TempDir;
 
 use super::*;
+use crate::config::yaml::strip_comment;
 use crate::config::{ClientAuthMode, LogFormat, OnError, RedisMode, TlsMinVersion};
 
 /// A throwaway PKI in a temp folder:

@@ -1,0 +1,190 @@
+//! YAML text → [`FileConfig`]: the parse (with serde-saphyr's positions turned into
+//! file:line:key errors) and the index of where each dotted key is written, which
+//! validation uses to blame a line.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::ConfigError;
+use super::schema::{FileConfig, S};
+
+pub(super) fn parse(text: &str, path: &Path, index: &KeyIndex) -> Result<FileConfig, ConfigError> {
+    use serde_saphyr::MessageFormatter;
+
+    let options = serde_saphyr::options! { strict_booleans: true, with_snippet: false };
+    let err = match serde_saphyr::from_str_with_options::<Option<FileConfig>>(text, options) {
+        // An empty file (or one holding only comments) is an empty mapping; the missing
+        // required keys are reported by validation.
+        Ok(file) => return Ok(file.unwrap_or_default()),
+        Err(err) => err,
+    };
+    let location = err.location().filter(|l| l.line() > 0);
+    let line = location.map(|l| l.line() as usize);
+    let mut message = sanitize(&serde_saphyr::UserMessageFormatter.format_message(&err));
+    if message == "invalid u64" || message == "invalid u32" {
+        message = "expected a whole number (0 or more)".to_string();
+    }
+    let mut key = line
+        .and_then(|l| index.path_at(l))
+        .unwrap_or_else(|| "(file)".to_string());
+    if let Some(field) = between(&message, "unknown field `", "`") {
+        // In a flow mapping (`tls: {cert: a, bad: b}`) the line names only the parent.
+        if key.rsplit('.').next() != Some(field) {
+            key = if key == "(file)" {
+                field.to_string()
+            } else {
+                format!("{key}.{field}")
+            };
+        }
+    } else if !message.starts_with("duplicate")
+        && let Some(found) = location.and_then(|l| text_at(text, l.line(), l.column()))
+    {
+        message = format!("{message} (found `{found}`)");
+    }
+    Err(ConfigError {
+        file: path.to_path_buf(),
+        line,
+        key,
+        message,
+    })
+}
+
+/// The text of `s` between the first `start` and the following `end`.
+pub(super) fn between<'s>(s: &'s str, start: &str, end: &str) -> Option<&'s str> {
+    let rest = &s[s.find(start)? + start.len()..];
+    Some(&rest[..rest.find(end)?])
+}
+
+/// The scalar written at 1-based `line`/`column`, without a trailing comment; `None` when
+/// it is empty or too long to quote in a message.
+pub(super) fn text_at(text: &str, line: u64, column: u64) -> Option<String> {
+    let l = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let l = strip_comment(l);
+    let start = l
+        .char_indices()
+        .nth(usize::try_from(column).ok()?.checked_sub(1)?)?
+        .0;
+    let found = l[start..].trim();
+    (!found.is_empty() && found.len() <= 80).then(|| sanitize(found))
+}
+
+/// Removes control characters so a message stays on one line.
+pub(super) fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Removes a `# comment` that is outside quotes.
+pub(super) fn strip_comment(line: &str) -> &str {
+    let (mut single, mut double) = (false, false);
+    let mut prev = ' ';
+    for (i, c) in line.char_indices() {
+        match c {
+            '\'' if !double => single = !single,
+            '"' if !single && prev != '\\' => double = !double,
+            '#' if !single && !double && prev.is_whitespace() => return &line[..i],
+            _ => {}
+        }
+        prev = c;
+    }
+    line
+}
+
+/// Where each dotted key is written, recovered from the block layout of the text. Serde
+/// errors only carry a line; this turns the line back into the key an operator must fix,
+/// and gives a line to errors about keys that are not scalars (`client_auth.trusted_cas`).
+/// It understands block mappings and sequences, which is what config files use; inside a
+/// flow collection it names the key that holds the collection.
+pub(super) struct KeyIndex {
+    /// Dotted path per 1-based line (index 0 unused).
+    paths: Vec<Option<String>>,
+    /// First line of each dotted path.
+    lines: HashMap<String, usize>,
+}
+
+impl KeyIndex {
+    pub(super) fn new(text: &str) -> Self {
+        let mut paths = vec![None];
+        let mut lines = HashMap::new();
+        // (indent, dotted path) of the mapping keys enclosing the current line.
+        let mut stack: Vec<(usize, String)> = Vec::new();
+        let mut items: HashMap<String, usize> = HashMap::new();
+        for raw in text.lines() {
+            let line = strip_comment(raw).trim_end();
+            let content = line.trim_start_matches([' ', '\t']);
+            let indent = line.len() - content.len();
+            if content.is_empty() || content.starts_with("---") || content.starts_with("...") {
+                paths.push(stack.last().map(|(_, p)| p.clone()));
+                continue;
+            }
+            if content == "-" || content.starts_with("- ") {
+                while stack.last().is_some_and(|(i, _)| *i > indent) {
+                    stack.pop();
+                }
+                let parent = stack.last().map(|(_, p)| p.clone()).unwrap_or_default();
+                let n = items.entry(parent.clone()).or_insert(0);
+                paths.push(Some(format!("{parent}[{n}]")));
+                *n += 1;
+                continue;
+            }
+            if let Some(key) = mapping_key(content) {
+                while stack.last().is_some_and(|(i, _)| *i >= indent) {
+                    stack.pop();
+                }
+                let path = match stack.last() {
+                    Some((_, parent)) => format!("{parent}.{key}"),
+                    None => key.to_string(),
+                };
+                items.remove(&path);
+                lines.entry(path.clone()).or_insert(paths.len());
+                paths.push(Some(path.clone()));
+                stack.push((indent, path));
+            } else {
+                paths.push(stack.last().map(|(_, p)| p.clone()));
+            }
+        }
+        KeyIndex { paths, lines }
+    }
+
+    pub(super) fn path_at(&self, line: usize) -> Option<String> {
+        self.paths.get(line).cloned().flatten()
+    }
+
+    /// The line of `key`, or of its nearest written parent (`tls.cert` → `tls`).
+    pub(super) fn line_of(&self, key: &str) -> Option<usize> {
+        let mut key = key;
+        loop {
+            if let Some(line) = self.lines.get(key) {
+                return Some(*line);
+            }
+            key = &key[..key.rfind(['.', '['])?];
+        }
+    }
+}
+
+/// The key of a block mapping line (`key: value` or `key:`), unquoted.
+pub(super) fn mapping_key(content: &str) -> Option<&str> {
+    if content.starts_with(['{', '[', '|', '>', '&', '*', '!']) {
+        return None;
+    }
+    let end = content
+        .find(": ")
+        .or_else(|| content.find(":\t"))
+        .or_else(|| content.ends_with(':').then(|| content.len() - 1))?;
+    let key = content[..end].trim();
+    let key = key
+        .strip_prefix('"')
+        .and_then(|k| k.strip_suffix('"'))
+        .or_else(|| key.strip_prefix('\'').and_then(|k| k.strip_suffix('\'')))
+        .unwrap_or(key);
+    (!key.is_empty()).then_some(key)
+}
+
+/// 1-based line of a spanned value, when known.
+pub(super) fn span_line<T>(v: &S<T>) -> Option<usize> {
+    let line = v.referenced.line();
+    (line > 0).then_some(line as usize)
+}
