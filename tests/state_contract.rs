@@ -22,7 +22,9 @@ use certgate::state::{
     AccountState, BoxFut, CertRecord, Revocation, RevocationReason, StateStore, StoreError,
     TicketRecord,
 };
-use state_support::{EmbeddedFactory, RedisFactory, StoreFactory, TestStore, redis_server};
+use state_support::{
+    EmbeddedFactory, MemoryFactory, RedisFactory, StoreFactory, TestStore, redis_server,
+};
 
 // ---------------------------------------------------------------------------------------
 // Allocation counting (per thread), to check that a cache hit allocates nothing.
@@ -396,6 +398,7 @@ macro_rules! contract_suite {
 }
 
 contract_suite!(embedded, EmbeddedFactory::new());
+contract_suite!(memory, MemoryFactory::new());
 contract_suite!(
     redis,
     match RedisFactory::start() {

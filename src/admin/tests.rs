@@ -1,9 +1,7 @@
 //! The admin API's handlers, routes and listeners, driven through `handle` and over real
 //! loopback HTTP.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicUsize;
 
 use http::HeaderMap;
 use http_body_util::BodyExt;
@@ -13,172 +11,16 @@ use super::client::{self, AdminCommand, ClientError};
 use super::*;
 use crate::config::{CacheConfig, OnError, StateBackend, StateConfig};
 use crate::server::plain::DRAIN_TIMEOUT;
-use crate::state::{BoxFut, CertRecord, StateStore, TicketRecord};
+use crate::state::memory::MemoryStore;
+use crate::state::{CertRecord, StateStore, TicketRecord};
 use http::header::{AUTHORIZATION, CONTENT_LENGTH};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 /// What a failing store reports; it must never reach a client.
 const INTERNAL: &str = "redis 10.1.2.3:6379 refused";
 
-/// An in-memory store with the `StateStore` contract, a switch that makes every call
-/// fail, and a count of writes.
-#[derive(Default)]
-struct MemStore {
-    data: Mutex<Mem>,
-    fail: AtomicBool,
-    writes: AtomicUsize,
-}
-
-#[derive(Default)]
-struct Mem {
-    accounts: HashMap<String, AccountState>,
-    revoked: HashMap<String, Revocation>,
-    certs: HashMap<String, CertRecord>,
-    tickets: HashMap<String, TicketRecord>,
-    crl_number: u64,
-}
-
-impl MemStore {
-    fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Mem) -> T,
-    ) -> BoxFut<'_, Result<T, StoreError>> {
-        let out = if self.fail.load(Ordering::SeqCst) {
-            Err(StoreError::Unavailable(INTERNAL.into()))
-        } else {
-            Ok(f(&self.data.lock().unwrap()))
-        };
-        Box::pin(std::future::ready(out))
-    }
-
-    fn write<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Mem) -> T,
-    ) -> BoxFut<'_, Result<T, StoreError>> {
-        let out = if self.fail.load(Ordering::SeqCst) {
-            Err(StoreError::Unavailable(INTERNAL.into()))
-        } else {
-            self.writes.fetch_add(1, Ordering::SeqCst);
-            Ok(f(&mut self.data.lock().unwrap()))
-        };
-        Box::pin(std::future::ready(out))
-    }
-}
-
-impl StateStore for MemStore {
-    fn ping(&self) -> BoxFut<'_, Result<(), StoreError>> {
-        self.read(|_| ())
-    }
-    fn account(&self, account: &str) -> BoxFut<'_, Result<Option<AccountState>, StoreError>> {
-        let account = account.to_string();
-        self.read(move |m| m.accounts.get(&account).cloned())
-    }
-    fn enable_two_factor(
-        &self,
-        account: &str,
-        now: UnixTime,
-    ) -> BoxFut<'_, Result<AccountState, StoreError>> {
-        let account = account.to_string();
-        self.write(move |m| {
-            let a = m.accounts.entry(account.clone()).or_insert(AccountState {
-                account,
-                generation: 1,
-                two_factor: false,
-                created_at: now,
-                reset_at: None,
-            });
-            a.two_factor = true;
-            a.clone()
-        })
-    }
-    fn reset_account(
-        &self,
-        account: &str,
-        now: UnixTime,
-    ) -> BoxFut<'_, Result<AccountState, StoreError>> {
-        let account = account.to_string();
-        self.write(move |m| {
-            let a = m.accounts.entry(account.clone()).or_insert(AccountState {
-                account: account.clone(),
-                generation: 1,
-                two_factor: false,
-                created_at: now,
-                reset_at: None,
-            });
-            a.generation += 1;
-            a.reset_at = Some(now);
-            let a = a.clone();
-            m.tickets.retain(|_, t| t.account != account);
-            a
-        })
-    }
-    fn revocation(&self, serial: &str) -> BoxFut<'_, Result<Option<Revocation>, StoreError>> {
-        let serial = serial.to_string();
-        self.read(move |m| m.revoked.get(&serial).cloned())
-    }
-    fn revoke(&self, r: Revocation) -> BoxFut<'_, Result<Revocation, StoreError>> {
-        self.write(move |m| m.revoked.entry(r.serial.clone()).or_insert(r).clone())
-    }
-    fn revocations(&self) -> BoxFut<'_, Result<Vec<Revocation>, StoreError>> {
-        self.read(|m| m.revoked.values().cloned().collect())
-    }
-    fn record_certificate(&self, cert: CertRecord) -> BoxFut<'_, Result<(), StoreError>> {
-        self.write(move |m| {
-            m.certs.insert(cert.serial.clone(), cert);
-        })
-    }
-    fn certificate(&self, serial: &str) -> BoxFut<'_, Result<Option<CertRecord>, StoreError>> {
-        let serial = serial.to_string();
-        self.read(move |m| m.certs.get(&serial).cloned())
-    }
-    fn certificates_of(&self, account: &str) -> BoxFut<'_, Result<Vec<CertRecord>, StoreError>> {
-        let account = account.to_string();
-        self.read(move |m| {
-            m.certs
-                .values()
-                .filter(|c| c.account == account)
-                .cloned()
-                .collect()
-        })
-    }
-    fn put_ticket(&self, t: TicketRecord) -> BoxFut<'_, Result<(), StoreError>> {
-        self.write(move |m| {
-            m.tickets.insert(t.hash.clone(), t);
-        })
-    }
-    fn peek_ticket(
-        &self,
-        hash: &str,
-        now: UnixTime,
-    ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>> {
-        let hash = hash.to_string();
-        self.write(move |m| m.tickets.get(&hash).filter(|t| t.expires_at > now).cloned())
-    }
-    fn consume_ticket(
-        &self,
-        hash: &str,
-        now: UnixTime,
-    ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>> {
-        let hash = hash.to_string();
-        self.write(move |m| m.tickets.remove(&hash).filter(|t| t.expires_at > now))
-    }
-    fn next_crl_number(&self) -> BoxFut<'_, Result<u64, StoreError>> {
-        self.write(|m| {
-            m.crl_number += 1;
-            m.crl_number
-        })
-    }
-    fn sweep(&self, now: UnixTime) -> BoxFut<'_, Result<u64, StoreError>> {
-        self.write(move |m| {
-            let before = m.tickets.len();
-            m.tickets.retain(|_, t| t.expires_at > now);
-            (before - m.tickets.len()) as u64
-        })
-    }
-}
-
 struct Harness {
-    store: Arc<MemStore>,
+    store: Arc<MemoryStore>,
     state: Arc<AdminState>,
     dir: tempfile::TempDir,
 }
@@ -187,7 +29,7 @@ fn harness(enrollment: bool) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let store = Arc::new(MemStore::default());
+    let store = Arc::new(MemoryStore::new());
     let metrics = Metrics::new();
     let cfg = StateConfig {
         backend: StateBackend::Embedded {
@@ -261,7 +103,7 @@ fn assert_error(a: &Answer, status: StatusCode, code: &str) {
 }
 
 fn consume(h: &Harness, ticket: &str) -> Option<TicketRecord> {
-    let mut data = h.store.data.lock().unwrap();
+    let mut data = h.store.records();
     data.tickets
         .remove(&ticket::hash(ticket))
         .filter(|t| t.expires_at > now())
@@ -318,8 +160,8 @@ async fn missing_or_wrong_token_is_401_and_changes_nothing() {
     // Unknown routes do not reveal themselves without a token either.
     let a = send_with(&h, Method::GET, "/v1/nothing", None, vec![]).await;
     assert_error(&a, StatusCode::UNAUTHORIZED, "unauthorized");
-    assert_eq!(h.store.writes.load(Ordering::SeqCst), 0);
-    assert!(h.store.data.lock().unwrap().accounts.is_empty());
+    assert_eq!(h.store.writes(), 0);
+    assert!(h.store.records().accounts.is_empty());
     let text = h.state.metrics.encode();
     assert!(
         text.contains(
@@ -398,7 +240,7 @@ async fn enable_two_factor_returns_a_working_ticket() {
         format!("https://gw.example:8443/.certgate/enroll?ticket={ticket}")
     );
     assert!(a.json["ticket_expires_at"].as_str().unwrap().ends_with('Z'));
-    assert!(h.store.data.lock().unwrap().accounts["alice"].two_factor);
+    assert!(h.store.records().accounts["alice"].two_factor);
     let t = consume(&h, &ticket).expect("the ticket is stored under its hash");
     assert_eq!((t.account.as_str(), t.generation), ("alice", 1));
     assert!(t.expires_at > now() + 3500 && t.expires_at <= now() + 3600);
@@ -427,7 +269,7 @@ async fn enable_without_enrollment_says_why_there_is_no_ticket() {
             .unwrap()
             .contains("enrollment is disabled")
     );
-    assert!(h.store.data.lock().unwrap().tickets.is_empty());
+    assert!(h.store.records().tickets.is_empty());
     let a = send(&h, Method::POST, "/v1/accounts/alice/tickets", "").await;
     assert_error(&a, StatusCode::CONFLICT, "enrollment_disabled");
 }
@@ -441,7 +283,7 @@ async fn reset_bumps_generation_and_voids_open_tickets() {
     assert_eq!(a.status, StatusCode::OK, "{}", a.json);
     assert_eq!(a.json["generation"], 2);
     assert!(a.json["reset_at"].as_str().is_some());
-    assert_eq!(h.store.data.lock().unwrap().accounts["alice"].generation, 2);
+    assert_eq!(h.store.records().accounts["alice"].generation, 2);
     assert!(
         consume(&h, &old).is_none(),
         "a reset must void the open ticket"
@@ -551,7 +393,7 @@ async fn account_ids_are_decoded_then_validated() {
         let a = send(&h, Method::GET, &format!("/v1/accounts/{bad}"), "").await;
         assert_error(&a, StatusCode::BAD_REQUEST, "invalid_account");
     }
-    assert_eq!(h.store.data.lock().unwrap().accounts.len(), 1);
+    assert_eq!(h.store.records().accounts.len(), 1);
     // `..` matches the account pattern; it is an id here, never a path step.
     let a = send(&h, Method::GET, "/v1/accounts/%2E%2E", "").await;
     assert_error(&a, StatusCode::NOT_FOUND, "account_not_found");
@@ -575,9 +417,7 @@ async fn revoke_unknown_serial_is_idempotent() {
     let revoked_at = a.json["revoked_at"].clone();
     // Backdate the record: a second revoke must return it untouched, not a new one.
     h.store
-        .data
-        .lock()
-        .unwrap()
+        .records()
         .revoked
         .get_mut("0a0b")
         .unwrap()
@@ -619,9 +459,9 @@ async fn revoke_accepts_openssl_serial_form_and_uses_the_registry() {
         assert_eq!(a.json["reason"], "unspecified");
         assert_eq!(a.json["account"], "alice");
     }
-    let r = h.store.data.lock().unwrap().revoked["abcd"].clone();
+    let r = h.store.records().revoked["abcd"].clone();
     assert_eq!(r.not_after, Some(1_900_000_000));
-    assert_eq!(h.store.data.lock().unwrap().revoked.len(), 1);
+    assert_eq!(h.store.records().revoked.len(), 1);
 }
 
 #[tokio::test]
@@ -703,8 +543,8 @@ async fn bad_bodies_are_400() {
         (a.status, a.json["reason"].as_str()),
         (StatusCode::OK, Some("cACompromise"))
     );
-    assert_eq!(h.store.data.lock().unwrap().revoked.len(), 1);
-    assert!(h.store.data.lock().unwrap().accounts.is_empty());
+    assert_eq!(h.store.records().revoked.len(), 1);
+    assert!(h.store.records().accounts.is_empty());
 }
 
 #[tokio::test]
@@ -746,7 +586,7 @@ async fn oversized_body_is_413() {
         handle(&h.state, req).await.status(),
         StatusCode::PAYLOAD_TOO_LARGE
     );
-    assert!(!h.store.data.lock().unwrap().revoked.contains_key("02"));
+    assert!(!h.store.records().revoked.contains_key("02"));
 }
 
 #[tokio::test]
@@ -771,13 +611,13 @@ async fn unknown_route_and_wrong_method() {
     assert_eq!(a.headers[ALLOW], "GET");
     let a = send_with(&h, Method::POST, "/healthz", None, vec![]).await;
     assert_error(&a, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
-    assert_eq!(h.store.writes.load(Ordering::SeqCst), 0);
+    assert_eq!(h.store.writes(), 0);
 }
 
 #[tokio::test]
 async fn store_failure_is_503_without_internals() {
     let h = harness(true);
-    h.store.fail.store(true, Ordering::SeqCst);
+    h.store.set_failing(Some(INTERNAL));
     for (method, path) in [
         (Method::POST, "/v1/accounts/alice/two-factor"),
         (Method::POST, "/v1/accounts/alice/reset"),
@@ -801,14 +641,14 @@ async fn probes_need_no_token() {
         (StatusCode::OK, json!({"status": "ok"}))
     );
     // Healthz does not depend on the store.
-    h.store.fail.store(true, Ordering::SeqCst);
+    h.store.set_failing(Some(INTERNAL));
     assert_eq!(
         send_with(&h, Method::GET, "/healthz", None, vec![])
             .await
             .status,
         StatusCode::OK
     );
-    h.store.fail.store(false, Ordering::SeqCst);
+    h.store.set_failing(None);
     let a = send_with(&h, Method::GET, "/readyz", None, vec![]).await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(h.state.cache.ready());
@@ -817,7 +657,7 @@ async fn probes_need_no_token() {
 #[tokio::test]
 async fn readyz_is_503_until_the_store_answers() {
     let h = harness(true);
-    h.store.fail.store(true, Ordering::SeqCst);
+    h.store.set_failing(Some(INTERNAL));
     let a = send_with(&h, Method::GET, "/readyz", None, vec![]).await;
     assert_error(&a, StatusCode::SERVICE_UNAVAILABLE, "not_ready");
     let req = Request::builder()
@@ -827,7 +667,7 @@ async fn readyz_is_503_until_the_store_answers() {
     let resp = handle_metrics(&h.state.metrics, &h.state.cache, req).await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     // The probe pings the store itself, so readiness follows once it answers.
-    h.store.fail.store(false, Ordering::SeqCst);
+    h.store.set_failing(None);
     assert_eq!(
         send_with(&h, Method::GET, "/readyz", None, vec![])
             .await
@@ -1139,7 +979,7 @@ async fn in_flight_request_finishes_during_shutdown() {
     let answer = String::from_utf8_lossy(&out);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(
-        h.store.data.lock().unwrap().revoked["0c"].reason,
+        h.store.records().revoked["0c"].reason,
         RevocationReason::Superseded
     );
     tokio::time::timeout(Duration::from_secs(2), task)

@@ -8,6 +8,8 @@
 
 pub mod cache;
 pub mod embedded;
+#[cfg(any(test, feature = "test-util"))]
+pub mod memory;
 pub mod redis;
 
 use std::future::Future;

@@ -45,6 +45,22 @@ impl StoreFactory for EmbeddedFactory {
     }
 }
 
+/// The in-memory store (`state::memory`); opening again returns the same store, which is
+/// what a restart means for it.
+pub struct MemoryFactory(Arc<certgate::state::memory::MemoryStore>);
+
+impl MemoryFactory {
+    pub fn new() -> Self {
+        Self(Arc::new(certgate::state::memory::MemoryStore::new()))
+    }
+}
+
+impl StoreFactory for MemoryFactory {
+    fn open(&self) -> BoxFut<'_, Arc<dyn StateStore>> {
+        Box::pin(async move { self.0.clone() as Arc<dyn StateStore> })
+    }
+}
+
 #[path = "redis.rs"]
 pub mod redis_server;
 

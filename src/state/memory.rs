@@ -1,0 +1,226 @@
+//! An in-memory [`StateStore`] for tests (`cfg(any(test, feature = "test-util"))`): the
+//! contract of the embedded store without a file, plus a switch that makes every call
+//! fail (with a message of the test's choosing) and a count of the writes that reached it.
+//! It passes the same contract suite as the real backends (`tests/state_contract.rs`).
+//! Never part of a release build's behaviour: nothing but tests constructs it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{
+    AccountState, BoxFut, CertRecord, REVOCATION_RETENTION_AFTER_EXPIRY, Revocation, StateStore,
+    StoreError, TicketRecord, UnixTime,
+};
+
+/// See the module header. Cheap to share behind an `Arc`; a "restart" is the same value.
+#[derive(Default)]
+pub struct MemoryStore {
+    data: Mutex<Records>,
+    /// `Some(message)`: every call fails with `Unavailable(message)`.
+    failing: Mutex<Option<String>>,
+    writes: AtomicUsize,
+}
+
+/// What the store holds, for tests that look inside (see [`MemoryStore::records`]).
+#[derive(Default)]
+pub struct Records {
+    pub accounts: HashMap<String, AccountState>,
+    pub revoked: HashMap<String, Revocation>,
+    pub certs: HashMap<String, CertRecord>,
+    pub tickets: HashMap<String, TicketRecord>,
+    pub crl_number: u64,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// From now on every call fails with [`StoreError::Unavailable`]`(message)`; `None`
+    /// makes the store answer again.
+    pub fn set_failing(&self, message: Option<&str>) {
+        *lock(&self.failing) = message.map(str::to_owned);
+    }
+
+    /// The records as they are now (a test's direct look, or a change no call can make).
+    pub fn records(&self) -> std::sync::MutexGuard<'_, Records> {
+        lock(&self.data)
+    }
+
+    /// How many writes reached the store (failed calls do not count).
+    pub fn writes(&self) -> usize {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        match lock(&self.failing).as_ref() {
+            Some(m) => Err(StoreError::Unavailable(m.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Records) -> T,
+    ) -> BoxFut<'_, Result<T, StoreError>> {
+        let out = self.check().map(|()| f(&lock(&self.data)));
+        Box::pin(std::future::ready(out))
+    }
+
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Records) -> T,
+    ) -> BoxFut<'_, Result<T, StoreError>> {
+        let out = self.check().map(|()| {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            f(&mut lock(&self.data))
+        });
+        Box::pin(std::future::ready(out))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn new_account(account: &str, now: UnixTime) -> AccountState {
+    AccountState {
+        account: account.to_owned(),
+        generation: 1,
+        two_factor: false,
+        created_at: now,
+        reset_at: None,
+    }
+}
+
+impl StateStore for MemoryStore {
+    fn ping(&self) -> BoxFut<'_, Result<(), StoreError>> {
+        self.read(|_| ())
+    }
+
+    fn account(&self, account: &str) -> BoxFut<'_, Result<Option<AccountState>, StoreError>> {
+        let account = account.to_owned();
+        self.read(move |m| m.accounts.get(&account).cloned())
+    }
+
+    fn enable_two_factor(
+        &self,
+        account: &str,
+        now: UnixTime,
+    ) -> BoxFut<'_, Result<AccountState, StoreError>> {
+        let account = account.to_owned();
+        self.write(move |m| {
+            let a = m
+                .accounts
+                .entry(account.clone())
+                .or_insert_with(|| new_account(&account, now));
+            a.two_factor = true;
+            a.clone()
+        })
+    }
+
+    fn reset_account(
+        &self,
+        account: &str,
+        now: UnixTime,
+    ) -> BoxFut<'_, Result<AccountState, StoreError>> {
+        let account = account.to_owned();
+        self.write(move |m| {
+            let a = m
+                .accounts
+                .entry(account.clone())
+                .or_insert_with(|| new_account(&account, now));
+            a.generation += 1;
+            a.reset_at = Some(now);
+            let a = a.clone();
+            m.tickets.retain(|_, t| t.account != account);
+            a
+        })
+    }
+
+    fn revocation(&self, serial: &str) -> BoxFut<'_, Result<Option<Revocation>, StoreError>> {
+        let serial = serial.to_owned();
+        self.read(move |m| m.revoked.get(&serial).cloned())
+    }
+
+    fn revoke(&self, r: Revocation) -> BoxFut<'_, Result<Revocation, StoreError>> {
+        self.write(move |m| m.revoked.entry(r.serial.clone()).or_insert(r).clone())
+    }
+
+    fn revocations(&self) -> BoxFut<'_, Result<Vec<Revocation>, StoreError>> {
+        self.read(|m| {
+            let mut v: Vec<Revocation> = m.revoked.values().cloned().collect();
+            v.sort_by(|a, b| a.serial.cmp(&b.serial));
+            v
+        })
+    }
+
+    fn record_certificate(&self, cert: CertRecord) -> BoxFut<'_, Result<(), StoreError>> {
+        self.write(move |m| {
+            m.certs.insert(cert.serial.clone(), cert);
+        })
+    }
+
+    fn certificate(&self, serial: &str) -> BoxFut<'_, Result<Option<CertRecord>, StoreError>> {
+        let serial = serial.to_owned();
+        self.read(move |m| m.certs.get(&serial).cloned())
+    }
+
+    fn certificates_of(&self, account: &str) -> BoxFut<'_, Result<Vec<CertRecord>, StoreError>> {
+        let account = account.to_owned();
+        self.read(move |m| {
+            let mut v: Vec<CertRecord> = m
+                .certs
+                .values()
+                .filter(|c| c.account == account)
+                .cloned()
+                .collect();
+            v.sort_by(|a, b| a.serial.cmp(&b.serial));
+            v
+        })
+    }
+
+    fn put_ticket(&self, t: TicketRecord) -> BoxFut<'_, Result<(), StoreError>> {
+        self.write(move |m| {
+            m.tickets.insert(t.hash.clone(), t);
+        })
+    }
+
+    fn peek_ticket(
+        &self,
+        hash: &str,
+        now: UnixTime,
+    ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>> {
+        let hash = hash.to_owned();
+        self.read(move |m| m.tickets.get(&hash).filter(|t| t.expires_at > now).cloned())
+    }
+
+    fn consume_ticket(
+        &self,
+        hash: &str,
+        now: UnixTime,
+    ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>> {
+        let hash = hash.to_owned();
+        self.write(move |m| m.tickets.remove(&hash).filter(|t| t.expires_at > now))
+    }
+
+    fn next_crl_number(&self) -> BoxFut<'_, Result<u64, StoreError>> {
+        self.write(|m| {
+            m.crl_number += 1;
+            m.crl_number
+        })
+    }
+
+    fn sweep(&self, now: UnixTime) -> BoxFut<'_, Result<u64, StoreError>> {
+        self.write(move |m| {
+            let before = m.tickets.len() + m.revoked.len();
+            m.tickets.retain(|_, t| t.expires_at > now);
+            m.revoked.retain(|_, r| {
+                r.not_after
+                    .is_none_or(|na| na.saturating_add(REVOCATION_RETENTION_AFTER_EXPIRY) >= now)
+            });
+            (before - m.tickets.len() - m.revoked.len()) as u64
+        })
+    }
+}
