@@ -111,9 +111,9 @@ fn bench_decision(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let route = gate::classify(black_box("/app/orders/123"), &public).expect("path");
             let state = cache.lookup_shared(&id.serial, id.account.as_deref()).await;
-            let d = gate::decide_protected(
+            let d = gate::decide(
                 Some(&id),
-                Some(state.as_ref().map(|s| s.view()).map_err(|_| ())),
+                Some(state.as_ref().map(|s| s.view()).map_err(|e| *e)),
                 Facts::default(),
                 1_800_000_000,
             );

@@ -6,12 +6,14 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::core::decision::Decision;
 
 /// Metric names, without the `_total` suffix prometheus-client appends to counters.
 pub mod names {
@@ -36,40 +38,16 @@ pub mod names {
 }
 
 /// The per-request decision, also the `decision` label and the refusal's `error` token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum DecisionLabel {
-    allowed,
-    public,
-    own,
-    no_cert,
-    revoked,
-    reset,
-    expired,
-    store_unavailable,
-    misdirected,
-    bad_request,
-}
-
-impl DecisionLabel {
-    /// Every decision, in declaration order (`as usize` indexes this).
-    pub const ALL: [DecisionLabel; 10] = [
-        DecisionLabel::allowed,
-        DecisionLabel::public,
-        DecisionLabel::own,
-        DecisionLabel::no_cert,
-        DecisionLabel::revoked,
-        DecisionLabel::reset,
-        DecisionLabel::expired,
-        DecisionLabel::store_unavailable,
-        DecisionLabel::misdirected,
-        DecisionLabel::bad_request,
-    ];
+/// The decision label is the decision's own token ([`Decision::as_str`]).
+impl EncodeLabelValue for Decision {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
-    pub decision: DecisionLabel,
+    pub decision: Decision,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
@@ -144,7 +122,7 @@ pub struct Metrics {
     pub requests: Family<DecisionLabels, Counter>,
     /// `requests` by decision, resolved once: counting a request is one atomic add, not a
     /// lock and a hash lookup in the family.
-    decisions: Arc<[Counter; DecisionLabel::ALL.len()]>,
+    decisions: Arc<[Counter; Decision::ALL.len()]>,
     pub request_duration: Histogram,
     pub upstream_duration: Histogram,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
@@ -274,7 +252,7 @@ impl Metrics {
         let admin_requests = Family::<AdminLabels, Counter>::default();
         r.register(ADMIN_REQUESTS, "Admin API requests", admin_requests.clone());
         let decisions = Arc::new(
-            DecisionLabel::ALL
+            Decision::ALL
                 .map(|decision| requests.get_or_create(&DecisionLabels { decision }).clone()),
         );
         Metrics {
@@ -309,7 +287,7 @@ impl Metrics {
         out
     }
 
-    pub fn count_decision(&self, decision: DecisionLabel) {
+    pub fn count_decision(&self, decision: Decision) {
         self.decisions[decision as usize].inc();
     }
 
@@ -333,7 +311,7 @@ mod tests {
     #[test]
     fn names_are_exported_with_design_names() {
         let m = Metrics::new();
-        m.count_decision(DecisionLabel::revoked);
+        m.count_decision(Decision::Revoked);
         m.count_cache(CacheResult::hit);
         m.tls_handshakes
             .get_or_create(&HandshakeLabels {
@@ -342,12 +320,8 @@ mod tests {
             })
             .inc();
         let text = m.encode();
-        for d in DecisionLabel::ALL {
-            assert_eq!(
-                DecisionLabel::ALL[d as usize],
-                d,
-                "ALL is in declaration order"
-            );
+        for d in Decision::ALL {
+            assert_eq!(Decision::ALL[d as usize], d, "ALL is in declaration order");
         }
         assert!(
             text.contains("certgate_requests_total{decision=\"revoked\"} 1"),

@@ -18,6 +18,7 @@
 
 pub mod client;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,10 +36,12 @@ use tokio::net::TcpListener;
 
 use crate::config::EnrollmentConfig;
 use crate::core::clock::now;
+use crate::core::outcome::Outcome;
 use crate::core::text::{is_valid_account, normalize_serial, rfc3339};
 use crate::core::ticket;
 use crate::http::auth::{bearer_token, tokens_equal};
 use crate::http::body::{BodyError, read_limited};
+use crate::http::pages;
 use crate::metrics::{AdminLabels, Metrics};
 use crate::server::plain::{self, Peer};
 use crate::state::cache::StateCache;
@@ -183,7 +186,7 @@ enum ApiError {
     StoreUnavailable(#[source] StoreError),
 }
 
-impl ApiError {
+impl Outcome for ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -201,7 +204,7 @@ impl ApiError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    fn token(&self) -> &'static str {
         match self {
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound => "not_found",
@@ -219,26 +222,34 @@ impl ApiError {
         }
     }
 
+    fn title(&self) -> &'static str {
+        "certgate admin API"
+    }
+
+    fn message(&self) -> Cow<'static, str> {
+        Cow::Owned(self.to_string())
+    }
+
+    fn add_headers(&self, h: &mut HeaderMap) {
+        match self {
+            ApiError::Unauthorized => {
+                h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                h.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl ApiError {
+    /// Admin answers are JSON only.
     fn into_response(self) -> Response<Full<Bytes>> {
         if let ApiError::StoreUnavailable(source) = &self {
             tracing::error!(error = %source, "admin request failed: state store call failed");
         }
-        let mut resp = json_response(
-            self.status(),
-            &json!({ "error": self.code(), "message": self.to_string() }),
-        );
-        match self {
-            ApiError::Unauthorized => {
-                resp.headers_mut()
-                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            ApiError::MethodNotAllowed(allow) => {
-                resp.headers_mut()
-                    .insert(ALLOW, HeaderValue::from_static(allow));
-            }
-            _ => {}
-        }
-        resp
+        pages::json(&self)
     }
 }
 
@@ -547,7 +558,7 @@ impl<'a> Audit<'a> {
     fn log<T>(&self, result: &Result<T, ApiError>) {
         let outcome = match result {
             Ok(_) => "ok",
-            Err(e) => e.code(),
+            Err(e) => e.token(),
         };
         tracing::info!(
             target: "certgate::audit",

@@ -5,62 +5,12 @@
 
 use std::borrow::Cow;
 
+use crate::core::decision::Decision;
 use crate::core::identity::ClientIdentity;
 use crate::core::records::{AccountState, Revocation};
 
 /// The reserved prefix of certgate's own endpoints.
 pub const OWN_PREFIX: &str = "/.certgate";
-
-/// The outcome for one request. The `as_str` tokens are the metric labels and the `error`
-/// field of JSON refusals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Decision {
-    /// Forward with identity headers.
-    Allowed,
-    /// Forward without identity headers (a `routes.public` path).
-    Public,
-    /// certgate's own endpoints under `/.certgate/`.
-    Own,
-    NoCert,
-    Revoked,
-    Reset,
-    Expired,
-    StoreUnavailable,
-    Misdirected,
-    BadRequest,
-}
-
-impl Decision {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Allowed => "allowed",
-            Decision::Public => "public",
-            Decision::Own => "own",
-            Decision::NoCert => "no_cert",
-            Decision::Revoked => "revoked",
-            Decision::Reset => "reset",
-            Decision::Expired => "expired",
-            Decision::StoreUnavailable => "store_unavailable",
-            Decision::Misdirected => "misdirected",
-            Decision::BadRequest => "bad_request",
-        }
-    }
-
-    /// HTTP status of a refusal (`Allowed`/`Public`/`Own` are not refusals: 200 by
-    /// convention, never sent by the gate itself).
-    pub fn status(self) -> http::StatusCode {
-        use http::StatusCode as S;
-        match self {
-            Decision::Allowed | Decision::Public | Decision::Own => S::OK,
-            Decision::NoCert | Decision::Revoked | Decision::Reset | Decision::Expired => {
-                S::FORBIDDEN
-            }
-            Decision::StoreUnavailable => S::SERVICE_UNAVAILABLE,
-            Decision::Misdirected => S::MISDIRECTED_REQUEST,
-            Decision::BadRequest => S::BAD_REQUEST,
-        }
-    }
-}
 
 /// Which kind of path a request is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,11 +192,17 @@ pub fn judge(ident: &ClientIdentity, state: StateView<'_>, facts: Facts, now: i6
     Decision::Allowed
 }
 
-/// Decides a request for a protected path; `ident` is `None` without a client certificate.
-/// `state` is `None` when the caller has not looked it up (no certificate).
-pub fn decide_protected(
+/// The state could not be decided (store down and no usable cache entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("state store unavailable and no usable cached entry")]
+pub struct Unavailable;
+
+/// The one decision for a protected path: no certificate, store unavailable, and what
+/// [`judge`] says otherwise. `ident` is `None` without a client certificate; `state` is the
+/// lookup of its serial and account (`None` when the caller did not look: no certificate).
+pub fn decide(
     ident: Option<&ClientIdentity>,
-    state: Option<Result<StateView<'_>, ()>>,
+    state: Option<Result<StateView<'_>, Unavailable>>,
     facts: Facts,
     now: i64,
 ) -> Decision {
@@ -255,7 +211,7 @@ pub fn decide_protected(
     };
     match state {
         Some(Ok(s)) => judge(ident, s, facts, now),
-        Some(Err(())) | None => Decision::StoreUnavailable,
+        Some(Err(Unavailable)) | None => Decision::StoreUnavailable,
     }
 }
 
@@ -344,21 +300,18 @@ mod tests {
 
     #[test]
     fn no_cert() {
-        assert_eq!(
-            decide_protected(None, None, Facts::default(), NOW),
-            Decision::NoCert
-        );
+        assert_eq!(decide(None, None, Facts::default(), NOW), Decision::NoCert);
     }
 
     #[test]
     fn store_unavailable_fails_closed() {
         let i = ident(false, None, 0, 2_000);
         assert_eq!(
-            decide_protected(Some(&i), Some(Err(())), Facts::default(), NOW),
+            decide(Some(&i), Some(Err(Unavailable)), Facts::default(), NOW),
             Decision::StoreUnavailable
         );
         assert_eq!(
-            decide_protected(Some(&i), None, Facts::default(), NOW),
+            decide(Some(&i), None, Facts::default(), NOW),
             Decision::StoreUnavailable
         );
     }

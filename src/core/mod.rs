@@ -2,8 +2,10 @@
 //! I/O; everything else imports it and it imports nothing of ours but itself.
 
 pub mod clock;
+pub mod decision;
 pub mod gate;
 pub mod identity;
+pub mod outcome;
 pub mod records;
 pub mod text;
 pub mod ticket;

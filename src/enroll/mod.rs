@@ -42,9 +42,11 @@ use hyper::body::Incoming;
 
 use crate::config::Config;
 use crate::core::clock::now;
+use crate::core::decision::Decision;
+use crate::core::outcome::{NOT_FOUND, Outcome as _};
 use crate::core::ticket;
 use crate::http::auth::bearer_token;
-use crate::http::pages::{self};
+use crate::http::pages;
 use crate::metrics::{Metrics, Outcome, OutcomeLabels};
 use crate::pki::ca::{self, CaError, CaIssuer, CrlEntry};
 use crate::state::cache::StateCache;
@@ -149,7 +151,7 @@ impl Enrollment {
         req: Request<Incoming>,
     ) -> Response<Full<Bytes>> {
         let Some(issuing) = &self.issuer else {
-            return pages::render(&pages::NOT_FOUND, req.headers());
+            return pages::render(&NOT_FOUND, req.headers());
         };
         let get = matches!(*req.method(), Method::GET | Method::HEAD);
         let post = *req.method() == Method::POST;
@@ -164,7 +166,7 @@ impl Enrollment {
             "/enroll/csr" if post => self.csr(issuing, peer, req).await,
             "/ca.pem" | "/crl" | "/enroll" => method_not_allowed("GET, HEAD", req.headers()),
             "/enroll/pkcs12" | "/enroll/csr" => method_not_allowed("POST", req.headers()),
-            _ => pages::render(&pages::NOT_FOUND, req.headers()),
+            _ => pages::render(&NOT_FOUND, req.headers()),
         }
     }
 
@@ -479,7 +481,7 @@ impl Enrollment {
                 tracing::warn!(error = %e, "CRL: state store unavailable");
                 return match cached.as_ref() {
                     Some(c) if c.next_update > now() => crl_response(&c.der),
-                    _ => pages::json(&pages::STORE_UNAVAILABLE),
+                    _ => pages::json(&Decision::StoreUnavailable),
                 };
             }
         };
@@ -508,7 +510,7 @@ impl Enrollment {
                 tracing::error!(error = %e, "CRL could not be built");
                 match cached.as_ref() {
                     Some(c) if c.next_update > t => crl_response(&c.der),
-                    _ => pages::json(&pages::STORE_UNAVAILABLE),
+                    _ => pages::json(&Decision::StoreUnavailable),
                 }
             }
         }

@@ -1,7 +1,10 @@
 //! Every way an enrollment request is refused, with its one status, token and page.
 
 use super::limits::*;
-use crate::http::pages::{self};
+use std::borrow::Cow;
+
+use crate::core::outcome::{MethodNotAllowed, Outcome};
+use crate::http::pages;
 use crate::pki::ca::CsrError;
 use crate::state::StoreError;
 use bytes::Bytes;
@@ -38,8 +41,10 @@ impl Refusal {
     pub(super) fn is_ticket_failure(&self) -> bool {
         matches!(self, Refusal::UnknownTicket | Refusal::StaleTicket)
     }
+}
 
-    pub(super) fn status(&self) -> StatusCode {
+impl Outcome for Refusal {
+    fn status(&self) -> StatusCode {
         match self {
             Refusal::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
             Refusal::MissingBearer => StatusCode::UNAUTHORIZED,
@@ -58,7 +63,7 @@ impl Refusal {
         }
     }
 
-    pub(super) fn token(&self) -> &'static str {
+    fn token(&self) -> &'static str {
         match self {
             Refusal::TooManyAttempts => "too_many_attempts",
             Refusal::MissingTicket | Refusal::MissingBearer => "missing_ticket",
@@ -78,7 +83,7 @@ impl Refusal {
         }
     }
 
-    pub(super) fn title(&self) -> &'static str {
+    fn title(&self) -> &'static str {
         match self {
             Refusal::TooManyAttempts => "Too many attempts",
             Refusal::MissingTicket | Refusal::MissingBearer => "Enrollment link incomplete",
@@ -94,7 +99,47 @@ impl Refusal {
         }
     }
 
-    pub(super) fn message(&self) -> String {
+    fn message(&self) -> Cow<'static, str> {
+        Cow::Owned(self.message_text())
+    }
+
+    fn steps(&self) -> &'static [&'static str] {
+        match self {
+            Refusal::UnknownTicket => &[
+                "Already generated your certificate with this link? Then you are done: open the downloaded <code>.p12</code> file to import it, and sign in.",
+                "Otherwise ask your administrator for a new enrollment link. Each link works once, and only for a limited time.",
+            ],
+            Refusal::StaleTicket => &[
+                "Use the newest enrollment link you were sent, or ask your administrator for a new one.",
+            ],
+            Refusal::MissingTicket => &[
+                "Copy the whole link from the message you received, or ask your administrator for a new one.",
+            ],
+            _ => &[],
+        }
+    }
+
+    fn add_headers(&self, h: &mut HeaderMap) {
+        match self {
+            Refusal::TooManyAttempts => {
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(FAILURE_WINDOW.as_secs()),
+                );
+            }
+            Refusal::MissingBearer => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"certgate enrollment\""),
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Refusal {
+    fn message_text(&self) -> String {
         match self {
             Refusal::TooManyAttempts => format!(
                 "Too many enrollment attempts with links that do not work came from your address. Wait a minute ({} s) and try again.",
@@ -134,72 +179,17 @@ impl Refusal {
             }
         }
     }
-
-    /// What to do, as HTML list items (static text only).
-    pub(super) fn steps(&self) -> Vec<String> {
-        let s: &[&str] = match self {
-            Refusal::UnknownTicket => &[
-                "Already generated your certificate with this link? Then you are done: open the downloaded <code>.p12</code> file to import it, and sign in.",
-                "Otherwise ask your administrator for a new enrollment link. Each link works once, and only for a limited time.",
-            ],
-            Refusal::StaleTicket => &[
-                "Use the newest enrollment link you were sent, or ask your administrator for a new one.",
-            ],
-            Refusal::MissingTicket => &[
-                "Copy the whole link from the message you received, or ask your administrator for a new one.",
-            ],
-            _ => &[],
-        };
-        s.iter().map(|s| s.to_string()).collect()
-    }
 }
 
 pub(super) fn refusal(refused: Refusal, headers: &HeaderMap) -> Response<Full<Bytes>> {
-    let mut resp = pages::render_message(
-        headers,
-        refused.status(),
-        refused.token(),
-        refused.title(),
-        &refused.message(),
-        &refused.steps(),
-    );
-    let h = resp.headers_mut();
-    match refused {
-        Refusal::TooManyAttempts => {
-            h.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(FAILURE_WINDOW.as_secs()),
-            );
-        }
-        Refusal::MissingBearer => {
-            h.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"certgate enrollment\""),
-            );
-        }
-        Refusal::StoreUnavailable(_) => {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        }
-        _ => {}
-    }
-    resp
+    pages::render(&refused, headers)
 }
 
 pub(super) fn method_not_allowed(
     allow: &'static str,
     headers: &HeaderMap,
 ) -> Response<Full<Bytes>> {
-    let mut r = pages::render_message(
-        headers,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "Method not allowed",
-        &format!("Use {allow}."),
-        &[],
-    );
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    r
+    pages::render(&MethodNotAllowed(allow), headers)
 }
 
 pub(super) fn with_type(

@@ -23,11 +23,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::{Config, Underscores};
-use crate::core::gate::{self, Decision, Facts, Route};
+use crate::core::decision::Decision;
+use crate::core::gate::{self, Facts, Route};
 use crate::core::identity::ClientIdentity;
+use crate::core::outcome::Page;
 use crate::enroll::Enrollment;
-use crate::http::pages::{self, Page};
-use crate::metrics::{DecisionLabel, Metrics, UpstreamErrorKind, UpstreamErrorLabels};
+use crate::http::pages;
+use crate::metrics::{Metrics, UpstreamErrorKind, UpstreamErrorLabels};
 use crate::state::cache::StateCache;
 use crate::tls::TlsMaterial;
 
@@ -82,13 +84,28 @@ pub enum UpstreamError {
     Protocol(String),
 }
 
+const BAD_GATEWAY: Page = Page {
+    status: StatusCode::BAD_GATEWAY,
+    token: "bad_gateway",
+    title: "Application unavailable",
+    message: "The application behind the gateway could not be reached.",
+    steps: &["Try again in a moment. If it persists, tell your administrator."],
+};
+
+const GATEWAY_TIMEOUT: Page = Page {
+    status: StatusCode::GATEWAY_TIMEOUT,
+    token: "gateway_timeout",
+    title: "Application too slow",
+    message: "The application behind the gateway did not answer in time.",
+    steps: &["Try again in a moment. If it persists, tell your administrator."],
+};
+
 impl UpstreamError {
+    /// What the client is told (the error itself goes to the log only).
     fn page(&self) -> &'static Page {
         match self {
-            UpstreamError::Connect(_) | UpstreamError::Protocol(_) => &pages::BAD_GATEWAY,
-            UpstreamError::ConnectTimeout | UpstreamError::ResponseTimeout => {
-                &pages::GATEWAY_TIMEOUT
-            }
+            UpstreamError::Connect(_) | UpstreamError::Protocol(_) => &BAD_GATEWAY,
+            UpstreamError::ConnectTimeout | UpstreamError::ResponseTimeout => &GATEWAY_TIMEOUT,
         }
     }
 
@@ -338,13 +355,9 @@ impl Proxy {
             }
         };
         let elapsed = start.elapsed();
-        self.metrics.count_decision(label(decision));
+        self.metrics.count_decision(decision);
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
-        let refused = !matches!(
-            decision,
-            Decision::Allowed | Decision::Public | Decision::Own
-        );
-        if refused || self.log_access {
+        if decision.is_refusal() || self.log_access {
             let id = conn.identity.as_deref();
             tracing::info!(
                 target: "certgate::access",
@@ -401,29 +414,32 @@ impl Proxy {
         }
     }
 
-    /// The per-request check for a protected path.
+    /// The per-request check for a protected path: the lookup, then the gate's decision.
     async fn decide(&self, conn: &ConnInfo) -> Decision {
-        let Some(id) = conn.identity.as_deref() else {
-            return Decision::NoCert;
-        };
-        if cfg!(feature = "bench-skip-state-check") {
+        let id = conn.identity.as_deref();
+        if cfg!(feature = "bench-skip-state-check") && id.is_some() {
             // Benchmark-only build (Cargo.toml): benches/compare.sh measures what the
             // revocation and reset check below costs by comparing against this.
             return Decision::Allowed;
         }
-        let facts = {
-            let m = &self.material;
-            Facts {
-                crl_revoked: !m.crls.is_empty() && m.crls.contains(&id.issuer_raw, &id.serial),
+        let (state, facts) = match id {
+            None => (None, Facts::default()),
+            Some(id) => {
+                let m = &self.material;
+                let facts = Facts {
+                    crl_revoked: !m.crls.is_empty() && m.crls.contains(&id.issuer_raw, &id.serial),
+                };
+                let state = self
+                    .cache
+                    .lookup_shared(&id.serial, id.account.as_deref())
+                    .await;
+                (Some(state), facts)
             }
         };
-        let state = self
-            .cache
-            .lookup_shared(&id.serial, id.account.as_deref())
-            .await;
-        let now = crate::core::clock::now();
-        let view = state.as_ref().map(|s| s.view()).map_err(|_| ());
-        gate::decide_protected(Some(id), Some(view), facts, now)
+        let view = state
+            .as_ref()
+            .map(|s| s.as_ref().map(|s| s.view()).map_err(|e| *e));
+        gate::decide(id, view, facts, crate::core::clock::now())
     }
 
     async fn forward(
@@ -452,7 +468,7 @@ impl Proxy {
 
         parts.uri = match self.upstream_uri(&parts.uri) {
             Some(u) => u,
-            None => return pages::render(&pages::BAD_REQUEST, &parts.headers).map(Either::Right),
+            None => return pages::render(&Decision::BadRequest, &parts.headers).map(Either::Right),
         };
         parts.version = Version::HTTP_11;
         let h = &mut parts.headers;
@@ -590,33 +606,10 @@ fn classify_client_error(e: &hyper_util::client::legacy::Error) -> UpstreamError
 }
 
 fn refuse(decision: Decision, headers: &HeaderMap) -> (Decision, Response<RespBody>) {
-    let page = match decision {
-        Decision::NoCert => &pages::NO_CERT,
-        Decision::Revoked => &pages::REVOKED,
-        Decision::Reset => &pages::RESET,
-        Decision::Expired => &pages::EXPIRED,
-        Decision::StoreUnavailable => &pages::STORE_UNAVAILABLE,
-        Decision::Misdirected => &pages::MISDIRECTED,
-        Decision::BadRequest | Decision::Allowed | Decision::Public | Decision::Own => {
-            &pages::BAD_REQUEST
-        }
-    };
-    (decision, pages::render(page, headers).map(Either::Right))
-}
-
-fn label(d: Decision) -> DecisionLabel {
-    match d {
-        Decision::Allowed => DecisionLabel::allowed,
-        Decision::Public => DecisionLabel::public,
-        Decision::Own => DecisionLabel::own,
-        Decision::NoCert => DecisionLabel::no_cert,
-        Decision::Revoked => DecisionLabel::revoked,
-        Decision::Reset => DecisionLabel::reset,
-        Decision::Expired => DecisionLabel::expired,
-        Decision::StoreUnavailable => DecisionLabel::store_unavailable,
-        Decision::Misdirected => DecisionLabel::misdirected,
-        Decision::BadRequest => DecisionLabel::bad_request,
-    }
+    (
+        decision,
+        pages::render(&decision, headers).map(Either::Right),
+    )
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ use tokio::sync::OnceCell;
 
 use super::{AccountState, Events, Invalidation, Revocation, StateStore, StoreError, UnixTime};
 use crate::config::{OnError, StateConfig};
-use crate::core::gate::{CertState, StateView};
+use crate::core::gate::{CertState, StateView, Unavailable};
 use crate::metrics::{CacheLabels, CacheResult, Metrics};
 
 /// [`CertState`] as the cache holds it: cloning is a reference-count increment, so a cache
@@ -63,11 +63,6 @@ impl SharedCertState {
         }
     }
 }
-
-/// The state could not be decided (store down and no usable cache entry).
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("state store unavailable and no usable cached entry")]
-pub struct Unavailable;
 
 /// The cache's time source. Monotonic; only differences matter.
 pub trait Clock: Send + Sync + 'static {
