@@ -21,8 +21,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use super::api::{
+    AccountChange, AccountStatus, CertificateStatus, Endpoint, ErrorBody, RevokeRequest, Revoked,
+};
+pub use super::render::render;
 
 /// Time allowed to open the TCP connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,14 +34,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest response body read (admin answers are small).
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
-
-/// Characters escaped in a path segment: everything but RFC 3986 unreserved ones. The
-/// server percent-decodes segments before validating them.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -94,39 +90,34 @@ pub enum AdminCommand {
 
 impl AdminCommand {
     pub fn method(&self) -> Method {
+        self.endpoint().method()
+    }
+
+    /// The route this command calls (the one route table, shared with the server).
+    pub fn endpoint(&self) -> Endpoint<'_> {
         match self {
-            AdminCommand::Status { .. } | AdminCommand::CertificateStatus { .. } => Method::GET,
-            _ => Method::POST,
+            AdminCommand::Enable { account } => Endpoint::EnableTwoFactor(account),
+            AdminCommand::Reset { account } => Endpoint::Reset(account),
+            AdminCommand::Ticket { account } => Endpoint::Tickets(account),
+            AdminCommand::Revoke { serial, .. } => Endpoint::Revoke(serial),
+            AdminCommand::Status { account } => Endpoint::Account(account),
+            AdminCommand::CertificateStatus { serial } => Endpoint::Certificate(serial),
         }
     }
 
     /// The request path, with the id percent-encoded.
     pub fn path(&self) -> String {
-        let seg = |s: &str| match s {
-            // Dot segments would be path steps to anything that normalises URLs.
-            "." => "%2E".to_string(),
-            ".." => "%2E%2E".to_string(),
-            _ => utf8_percent_encode(s, SEGMENT).to_string(),
-        };
-        match self {
-            AdminCommand::Enable { account } => format!("/v1/accounts/{}/two-factor", seg(account)),
-            AdminCommand::Reset { account } => format!("/v1/accounts/{}/reset", seg(account)),
-            AdminCommand::Ticket { account } => format!("/v1/accounts/{}/tickets", seg(account)),
-            AdminCommand::Revoke { serial, .. } => {
-                format!("/v1/certificates/{}/revoke", seg(serial))
-            }
-            AdminCommand::Status { account } => format!("/v1/accounts/{}", seg(account)),
-            AdminCommand::CertificateStatus { serial } => {
-                format!("/v1/certificates/{}", seg(serial))
-            }
-        }
+        self.endpoint().path()
     }
 
     pub fn body(&self) -> Option<Value> {
         match self {
             AdminCommand::Revoke {
                 reason: Some(r), ..
-            } => Some(json!({ "reason": r })),
+            } => serde_json::to_value(RevokeRequest {
+                reason: Some(r.clone()),
+            })
+            .ok(),
             _ => None,
         }
     }
@@ -279,50 +270,43 @@ pub async fn run(url: &str, token: &str, cmd: &AdminCommand) -> Result<Value, Cl
     if status.is_success() {
         return Ok(value);
     }
+    let body: ErrorBody = serde_json::from_value(value).unwrap_or_default();
+    let or = |s: String, default: &str| if s.is_empty() { default.to_string() } else { s };
     Err(ClientError::Api {
         status,
-        code: value["error"].as_str().unwrap_or("unknown").to_string(),
-        message: value["message"]
-            .as_str()
-            .unwrap_or("(no message)")
-            .to_string(),
+        code: or(body.error, "unknown"),
+        message: or(body.message, "(no message)"),
+    })
+}
+
+/// Runs `cmd` and reads the answer as `T`.
+async fn run_typed<T: serde::de::DeserializeOwned>(
+    url: &str,
+    token: &str,
+    cmd: AdminCommand,
+) -> Result<T, ClientError> {
+    let value = run(url, token, &cmd).await?;
+    serde_json::from_value(value).map_err(|_| ClientError::BadResponse {
+        status: StatusCode::OK,
     })
 }
 
 /// `POST /v1/accounts/{account}/two-factor`.
-pub async fn enable(url: &str, token: &str, account: &str) -> Result<Value, ClientError> {
-    run(
-        url,
-        token,
-        &AdminCommand::Enable {
-            account: account.into(),
-        },
-    )
-    .await
+pub async fn enable(url: &str, token: &str, account: &str) -> Result<AccountChange, ClientError> {
+    let account = account.into();
+    run_typed(url, token, AdminCommand::Enable { account }).await
 }
 
 /// `POST /v1/accounts/{account}/reset`.
-pub async fn reset(url: &str, token: &str, account: &str) -> Result<Value, ClientError> {
-    run(
-        url,
-        token,
-        &AdminCommand::Reset {
-            account: account.into(),
-        },
-    )
-    .await
+pub async fn reset(url: &str, token: &str, account: &str) -> Result<AccountChange, ClientError> {
+    let account = account.into();
+    run_typed(url, token, AdminCommand::Reset { account }).await
 }
 
 /// `POST /v1/accounts/{account}/tickets`.
-pub async fn ticket(url: &str, token: &str, account: &str) -> Result<Value, ClientError> {
-    run(
-        url,
-        token,
-        &AdminCommand::Ticket {
-            account: account.into(),
-        },
-    )
-    .await
+pub async fn ticket(url: &str, token: &str, account: &str) -> Result<AccountChange, ClientError> {
+    let account = account.into();
+    run_typed(url, token, AdminCommand::Ticket { account }).await
 }
 
 /// `POST /v1/certificates/{serial}/revoke`.
@@ -331,28 +315,16 @@ pub async fn revoke(
     token: &str,
     serial: &str,
     reason: Option<&str>,
-) -> Result<Value, ClientError> {
-    run(
-        url,
-        token,
-        &AdminCommand::Revoke {
-            serial: serial.into(),
-            reason: reason.map(str::to_string),
-        },
-    )
-    .await
+) -> Result<Revoked, ClientError> {
+    let serial = serial.into();
+    let reason = reason.map(str::to_string);
+    run_typed(url, token, AdminCommand::Revoke { serial, reason }).await
 }
 
 /// `GET /v1/accounts/{account}`.
-pub async fn status(url: &str, token: &str, account: &str) -> Result<Value, ClientError> {
-    run(
-        url,
-        token,
-        &AdminCommand::Status {
-            account: account.into(),
-        },
-    )
-    .await
+pub async fn status(url: &str, token: &str, account: &str) -> Result<AccountStatus, ClientError> {
+    let account = account.into();
+    run_typed(url, token, AdminCommand::Status { account }).await
 }
 
 /// `GET /v1/certificates/{serial}`.
@@ -360,176 +332,15 @@ pub async fn certificate_status(
     url: &str,
     token: &str,
     serial: &str,
-) -> Result<Value, ClientError> {
-    run(
-        url,
-        token,
-        &AdminCommand::CertificateStatus {
-            serial: serial.into(),
-        },
-    )
-    .await
-}
-
-/// Human-readable text of a successful answer to `cmd` (ends with a newline). Missing
-/// fields print as `-`, so an older or newer server never makes this fail.
-pub fn render(cmd: &AdminCommand, v: &Value) -> String {
-    match cmd {
-        AdminCommand::Enable { .. } | AdminCommand::Reset { .. } | AdminCommand::Ticket { .. } => {
-            render_account_change(cmd, v)
-        }
-        AdminCommand::Revoke { .. } => render_revoke(v),
-        AdminCommand::Status { .. } => render_status(v),
-        AdminCommand::CertificateStatus { .. } => render_certificate(v),
-    }
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
-fn render_account_change(cmd: &AdminCommand, v: &Value) -> String {
-    let account = text(&v["account"]);
-    let generation = text(&v["generation"]);
-    let mut out = match cmd {
-        AdminCommand::Enable { .. } => {
-            format!("Two-factor enabled for account {account} (generation {generation}).\n")
-        }
-        AdminCommand::Reset { .. } => format!(
-            "Account {account} reset: now generation {generation}; its older certificates are \
-             refused from now on.\n"
-        ),
-        _ => format!("New enrollment ticket for account {account} (generation {generation}).\n"),
-    };
-    if let Some(link) = v["enroll_url"].as_str() {
-        out.push_str(&format!(
-            "\nEnrollment link (single use, expires {}):\n\n    {link}\n\n\
-             Give it to the user over a trusted channel; it is not shown again.\n",
-            text(&v["ticket_expires_at"])
-        ));
-    }
-    if let Some(note) = v["note"].as_str() {
-        out.push_str(&format!("\nNote: {note}\n"));
-    }
-    out
-}
-
-fn render_revoke(v: &Value) -> String {
-    let mut out = format!(
-        "Certificate {} revoked (reason {}, since {}).\n",
-        text(&v["serial"]),
-        text(&v["reason"]),
-        text(&v["revoked_at"])
-    );
-    if let Some(account) = v["account"].as_str() {
-        out.push_str(&format!("It belongs to account {account}.\n"));
-    }
-    out
-}
-
-fn render_status(v: &Value) -> String {
-    let generation = v["generation"].as_u64();
-    let mut out = String::new();
-    out.push_str(&format!("account     {}\n", text(&v["account"])));
-    out.push_str(&format!("generation  {}\n", text(&v["generation"])));
-    let two_factor = if v["two_factor"].as_bool() == Some(true) {
-        "enabled"
-    } else {
-        "disabled"
-    };
-    out.push_str(&format!("two-factor  {two_factor}\n"));
-    out.push_str(&format!("created     {}\n", text(&v["created_at"])));
-    let reset = v["reset_at"].as_str().unwrap_or("never");
-    out.push_str(&format!("last reset  {reset}\n\n"));
-
-    let certs = v["certificates"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    if certs.is_empty() {
-        out.push_str("No certificates on record.\n");
-        return out;
-    }
-    let rows: Vec<[String; 4]> = certs
-        .iter()
-        .map(|c| {
-            let state = if c["revoked"].as_bool() == Some(true) {
-                "revoked"
-            } else if generation.is_some_and(|g| c["generation"].as_u64().is_some_and(|cg| cg < g))
-            {
-                "refused (older generation)"
-            } else {
-                "valid"
-            };
-            [
-                text(&c["serial"]),
-                text(&c["generation"]),
-                text(&c["not_after"]),
-                state.to_string(),
-            ]
-        })
-        .collect();
-    let header = ["SERIAL", "GEN", "NOT AFTER", "STATUS"];
-    let widths: Vec<usize> = (0..4)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: [&str; 4]| {
-        format!(
-            "{:<w0$}  {:<w1$}  {:<w2$}  {}\n",
-            cells[0],
-            cells[1],
-            cells[2],
-            cells[3],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2]
-        )
-    };
-    out.push_str(&line(header));
-    for r in &rows {
-        out.push_str(&line([&r[0], &r[1], &r[2], &r[3]]));
-    }
-    out
-}
-
-fn render_certificate(v: &Value) -> String {
-    let mut out = String::new();
-    out.push_str(&format!("serial       {}\n", text(&v["serial"])));
-    out.push_str(&format!(
-        "account      {}\n",
-        v["account"]
-            .as_str()
-            .unwrap_or("(not in the certificate registry)")
-    ));
-    out.push_str(&format!("generation   {}\n", text(&v["generation"])));
-    out.push_str(&format!("fingerprint  {}\n", text(&v["fingerprint"])));
-    out.push_str(&format!("issued       {}\n", text(&v["issued_at"])));
-    out.push_str(&format!("not after    {}\n", text(&v["not_after"])));
-    if v["revoked"].as_bool() == Some(true) {
-        out.push_str(&format!(
-            "revoked      yes ({}, since {})\n",
-            text(&v["reason"]),
-            text(&v["revoked_at"])
-        ));
-    } else {
-        out.push_str("revoked      no\n");
-    }
-    out
+) -> Result<CertificateStatus, ClientError> {
+    let serial = serial.into();
+    run_typed(url, token, AdminCommand::CertificateStatus { serial }).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn urls() {

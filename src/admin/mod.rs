@@ -16,7 +16,9 @@
 //! The routes, the JSON shapes and the error codes are documented on [`handle`]; the CLI
 //! side is `admin_client`.
 
+pub mod api;
 pub mod client;
+pub mod render;
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -30,10 +32,12 @@ use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Body;
-use serde::Deserialize;
-use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use self::api::{
+    Account, AccountChange, AccountStatus, CertificateStatus, CertificateSummary, Endpoint,
+    NoFields, RevokeRequest, Revoked,
+};
 use crate::config::EnrollmentConfig;
 use crate::core::clock::now;
 use crate::core::outcome::Outcome;
@@ -184,6 +188,11 @@ enum ApiError {
     EnrollmentDisabled,
     #[error("the state store is unavailable; try again later")]
     StoreUnavailable(#[source] StoreError),
+    #[error(
+        "the state store is not answering (or its data cannot be trusted): protected \
+         requests cannot be decided"
+    )]
+    NotReady,
 }
 
 impl Outcome for ApiError {
@@ -200,7 +209,7 @@ impl Outcome for ApiError {
             | ApiError::InvalidSerial
             | ApiError::InvalidReason(_) => StatusCode::BAD_REQUEST,
             ApiError::TwoFactorDisabled(_) | ApiError::EnrollmentDisabled => StatusCode::CONFLICT,
-            ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable(_) | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -219,6 +228,7 @@ impl Outcome for ApiError {
             ApiError::TwoFactorDisabled(_) => "two_factor_disabled",
             ApiError::EnrollmentDisabled => "enrollment_disabled",
             ApiError::StoreUnavailable(_) => "store_unavailable",
+            ApiError::NotReady => "not_ready",
         }
     }
 
@@ -259,59 +269,6 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// The routes; ids are the raw (still percent-encoded) path segments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route<'a> {
-    Healthz,
-    Readyz,
-    Account(&'a str),
-    EnableTwoFactor(&'a str),
-    Reset(&'a str),
-    Tickets(&'a str),
-    Certificate(&'a str),
-    Revoke(&'a str),
-}
-
-impl<'a> Route<'a> {
-    fn parse(path: &'a str) -> Option<Route<'a>> {
-        let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
-        Some(match segments.as_slice() {
-            ["healthz"] => Route::Healthz,
-            ["readyz"] => Route::Readyz,
-            ["v1", "accounts", id] => Route::Account(id),
-            ["v1", "accounts", id, "two-factor"] => Route::EnableTwoFactor(id),
-            ["v1", "accounts", id, "reset"] => Route::Reset(id),
-            ["v1", "accounts", id, "tickets"] => Route::Tickets(id),
-            ["v1", "certificates", serial] => Route::Certificate(serial),
-            ["v1", "certificates", serial, "revoke"] => Route::Revoke(serial),
-            _ => return None,
-        })
-    }
-
-    /// The `route` label of `certgate_admin_requests_total`.
-    fn label(&self) -> &'static str {
-        match self {
-            Route::Healthz => "/healthz",
-            Route::Readyz => "/readyz",
-            Route::Account(_) => "/v1/accounts/{id}",
-            Route::EnableTwoFactor(_) => "/v1/accounts/{id}/two-factor",
-            Route::Reset(_) => "/v1/accounts/{id}/reset",
-            Route::Tickets(_) => "/v1/accounts/{id}/tickets",
-            Route::Certificate(_) => "/v1/certificates/{serial}",
-            Route::Revoke(_) => "/v1/certificates/{serial}/revoke",
-        }
-    }
-
-    fn method(&self) -> Method {
-        match self {
-            Route::Healthz | Route::Readyz | Route::Account(_) | Route::Certificate(_) => {
-                Method::GET
-            }
-            _ => Method::POST,
-        }
-    }
-}
-
 /// Answers one admin API request. Public so tests and other listeners can call it with
 /// any body type.
 ///
@@ -342,7 +299,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, body) = req.into_parts();
-    let route = Route::parse(parts.uri.path());
+    let route = Endpoint::parse(parts.uri.path());
     let label = route.map_or("unmatched", |r| r.label());
     let resp = match respond(state, route, &parts, body).await {
         Ok(resp) => resp,
@@ -361,7 +318,7 @@ where
 
 async fn respond<B>(
     state: &AdminState,
-    route: Option<Route<'_>>,
+    route: Option<Endpoint<'_>>,
     req: &http::request::Parts,
     body: B,
 ) -> Result<Response<Full<Bytes>>, ApiError>
@@ -372,10 +329,10 @@ where
 {
     // The probes answer without a token; everything else is refused before anything
     // about it (even whether the route exists) is revealed.
-    if let Some(probe @ (Route::Healthz | Route::Readyz)) = route {
+    if let Some(probe @ (Endpoint::Healthz | Endpoint::Readyz)) = route {
         check_method(&probe, &req.method)?;
         return Ok(match probe {
-            Route::Healthz => healthz(),
+            Endpoint::Healthz => healthz(),
             _ => readyz(&state.cache).await,
         });
     }
@@ -396,26 +353,26 @@ where
     };
 
     match route {
-        Route::Account(id) => get_account(state, &account_id(id)?).await,
-        Route::EnableTwoFactor(id) => {
+        Endpoint::Account(id) => get_account(state, &account_id(id)?).await,
+        Endpoint::EnableTwoFactor(id) => {
             let account = account_id(id)?;
             parse_json::<NoFields>(&body)?;
             change_account(state, &account, AccountAction::EnableTwoFactor, &peer).await
         }
-        Route::Reset(id) => {
+        Endpoint::Reset(id) => {
             let account = account_id(id)?;
             parse_json::<NoFields>(&body)?;
             change_account(state, &account, AccountAction::Reset, &peer).await
         }
-        Route::Tickets(id) => {
+        Endpoint::Tickets(id) => {
             let account = account_id(id)?;
             parse_json::<NoFields>(&body)?;
             change_account(state, &account, AccountAction::Ticket, &peer).await
         }
-        Route::Certificate(s) => get_certificate(state, &serial(s)?).await,
-        Route::Revoke(s) => {
+        Endpoint::Certificate(s) => get_certificate(state, &serial(s)?).await,
+        Endpoint::Revoke(s) => {
             let serial = serial(s)?;
-            let body: RevokeBody = parse_json(&body)?;
+            let body: RevokeRequest = parse_json(&body)?;
             let reason = match body.reason.as_deref() {
                 None => RevocationReason::Unspecified,
                 Some(name) => RevocationReason::parse(name)
@@ -424,11 +381,11 @@ where
             revoke(state, &serial, reason, &peer).await
         }
         // Answered above, before the token check.
-        Route::Healthz | Route::Readyz => Err(ApiError::NotFound),
+        Endpoint::Healthz | Endpoint::Readyz => Err(ApiError::NotFound),
     }
 }
 
-fn check_method(route: &Route<'_>, method: &Method) -> Result<(), ApiError> {
+fn check_method(route: &Endpoint<'_>, method: &Method) -> Result<(), ApiError> {
     if *method == route.method() {
         Ok(())
     } else if route.method() == Method::GET {
@@ -483,34 +440,17 @@ fn parse_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
-/// Body of the account routes: nothing, or an empty object.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoFields {}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevokeBody {
-    reason: Option<String>,
-}
-
 fn healthz() -> Response<Full<Bytes>> {
-    json_response(StatusCode::OK, &json!({ "status": "ok" }))
+    json_response(StatusCode::OK, r#"{"status":"ok"}"#.into())
 }
 
 /// 200 while protected traffic can be decided (see [`StateCache::ready`]). While not
 /// ready, the probe itself pings the store, so readiness comes back without other traffic.
 async fn readyz(cache: &StateCache) -> Response<Full<Bytes>> {
     if cache.ready() || (cache.probe().await && cache.ready()) {
-        json_response(StatusCode::OK, &json!({ "status": "ok" }))
+        healthz()
     } else {
-        json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({
-                "error": "not_ready",
-                "message": "the state store is not answering (or its data cannot be trusted): protected requests cannot be decided"
-            }),
-        )
+        ApiError::NotReady.into_response()
     }
 }
 
@@ -616,7 +556,10 @@ async fn change_account_inner(
     };
     audit.generation = Some(record.generation);
 
-    let mut body = account_json(&record);
+    let mut body = AccountChange {
+        account: account_view(&record),
+        ..AccountChange::default()
+    };
     match &state.enrollment {
         // Tickets are for accounts enrolled in two-factor; a reset always answers with one,
         // because its whole point is that the user enrolls again (DESIGN: "returns a new
@@ -632,35 +575,36 @@ async fn change_account_inner(
             )
             .await?;
             audit.ticket_issued = true;
-            body["enroll_url"] = Value::String(enrollment.enroll_url(&t));
-            body["ticket"] = Value::String(t);
-            body["ticket_expires_at"] = Value::String(rfc3339(ticket::expires_at(now, ttl)));
+            body.enroll_url = Some(enrollment.enroll_url(&t));
+            body.ticket = Some(t);
+            body.ticket_expires_at = Some(rfc3339(ticket::expires_at(now, ttl)));
         }
         Some(_) => {
-            body["note"] = Value::String(format!(
+            body.note = Some(format!(
                 "two-factor is not enabled for this account, so no enrollment ticket was issued; \
-                 enable it with POST /v1/accounts/{account}/two-factor"
+                 enable it with POST {}",
+                Endpoint::EnableTwoFactor(account).path()
             ));
         }
         None => {
-            body["note"] = Value::String(
+            body.note = Some(
                 "enrollment is disabled (enrollment.enabled: false), so no enrollment ticket was \
                  issued; certificates must be issued outside certgate"
                     .into(),
             );
         }
     }
-    Ok(json_response(StatusCode::OK, &body))
+    Ok(json_ok(&body))
 }
 
-fn account_json(a: &AccountState) -> Value {
-    json!({
-        "account": a.account,
-        "generation": a.generation,
-        "two_factor": a.two_factor,
-        "created_at": rfc3339(a.created_at),
-        "reset_at": a.reset_at.map(rfc3339),
-    })
+fn account_view(a: &AccountState) -> Account {
+    Account {
+        account: a.account.clone(),
+        generation: a.generation,
+        two_factor: a.two_factor,
+        created_at: rfc3339(a.created_at),
+        reset_at: a.reset_at.map(rfc3339),
+    }
 }
 
 async fn get_account(state: &AdminState, account: &str) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -674,17 +618,18 @@ async fn get_account(state: &AdminState, account: &str) -> Result<Response<Full<
     let mut list = Vec::with_capacity(certs.len());
     for c in certs {
         let revoked = store.revocation(&c.serial).await?.is_some();
-        list.push(json!({
-            "serial": c.serial,
-            "generation": c.generation,
-            "fingerprint": c.fingerprint,
-            "not_after": rfc3339(c.not_after),
-            "revoked": revoked,
-        }));
+        list.push(CertificateSummary {
+            not_after: rfc3339(c.not_after),
+            serial: c.serial,
+            generation: c.generation,
+            fingerprint: c.fingerprint,
+            revoked,
+        });
     }
-    let mut body = account_json(&record);
-    body["certificates"] = Value::Array(list);
-    Ok(json_response(StatusCode::OK, &body))
+    Ok(json_ok(&AccountStatus {
+        account: account_view(&record),
+        certificates: list,
+    }))
 }
 
 async fn revoke(
@@ -709,16 +654,13 @@ async fn revoke(
         };
         // Idempotent: an earlier revocation is kept and returned as it is.
         let stored = state.cache.revoke(revocation).await?;
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({
-                "serial": stored.serial,
-                "account": known.map(|c| c.account),
-                "revoked": true,
-                "reason": stored.reason.as_str(),
-                "revoked_at": rfc3339(stored.revoked_at),
-            }),
-        ))
+        Ok(json_ok(&Revoked {
+            account: known.map(|c| c.account),
+            revoked: true,
+            reason: stored.reason.as_str().to_string(),
+            revoked_at: rfc3339(stored.revoked_at),
+            serial: stored.serial,
+        }))
     }
     .await;
     audit.log(&result);
@@ -736,25 +678,32 @@ async fn get_certificate(
         return Err(ApiError::CertificateNotFound(serial.to_string()));
     }
     let time = |t: Option<UnixTime>| t.map(rfc3339);
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "serial": serial,
-            "account": cert.as_ref().map(|c| c.account.clone()),
-            "generation": cert.as_ref().map(|c| c.generation),
-            "fingerprint": cert.as_ref().map(|c| c.fingerprint.clone()),
-            "not_after": time(cert.as_ref().map(|c| c.not_after).or(revocation.as_ref().and_then(|r| r.not_after))),
-            "issued_at": time(cert.as_ref().map(|c| c.issued_at)),
-            "revoked": revocation.is_some(),
-            "reason": revocation.as_ref().map(|r| r.reason.as_str()),
-            "revoked_at": time(revocation.as_ref().map(|r| r.revoked_at)),
-        }),
-    ))
+    Ok(json_ok(&CertificateStatus {
+        serial: serial.to_string(),
+        account: cert.as_ref().map(|c| c.account.clone()),
+        generation: cert.as_ref().map(|c| c.generation),
+        fingerprint: cert.as_ref().map(|c| c.fingerprint.clone()),
+        not_after: time(
+            cert.as_ref()
+                .map(|c| c.not_after)
+                .or(revocation.as_ref().and_then(|r| r.not_after)),
+        ),
+        issued_at: time(cert.as_ref().map(|c| c.issued_at)),
+        revoked: revocation.is_some(),
+        reason: revocation.as_ref().map(|r| r.reason.as_str().to_string()),
+        revoked_at: time(revocation.as_ref().map(|r| r.revoked_at)),
+    }))
+}
+
+/// A 200 answer with a typed body.
+fn json_ok<T: serde::Serialize>(body: &T) -> Response<Full<Bytes>> {
+    let text = serde_json::to_string(body).expect("admin answers serialise");
+    json_response(StatusCode::OK, text)
 }
 
 /// A JSON response. `no-store`: answers may carry a one-time ticket.
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
@@ -771,14 +720,14 @@ pub async fn handle_metrics<B>(
     req: Request<B>,
 ) -> Response<Full<Bytes>> {
     let result = match req.uri().path() {
-        "/metrics" => check_method(&Route::Healthz, req.method()).map(|()| {
+        "/metrics" => check_method(&Endpoint::Healthz, req.method()).map(|()| {
             let mut resp = Response::new(Full::new(Bytes::from(metrics.encode())));
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
             resp
         }),
-        "/healthz" => check_method(&Route::Healthz, req.method()).map(|()| healthz()),
-        "/readyz" => match check_method(&Route::Readyz, req.method()) {
+        "/healthz" => check_method(&Endpoint::Healthz, req.method()).map(|()| healthz()),
+        "/readyz" => match check_method(&Endpoint::Readyz, req.method()) {
             Ok(()) => Ok(readyz(cache).await),
             Err(e) => Err(e),
         },

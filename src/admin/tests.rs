@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use http::HeaderMap;
 use http_body_util::BodyExt;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::client::{self, AdminCommand, ClientError};
@@ -865,14 +866,14 @@ async fn admin_client_against_a_served_listener() {
         .await
         .unwrap();
     assert_eq!(
-        (v["serial"].as_str(), v["reason"].as_str()),
-        (Some("abcd"), Some("keyCompromise"))
+        (v.serial.as_str(), v.reason.as_str()),
+        ("abcd", "keyCompromise")
     );
 
     let reset = client::reset(&url, TOKEN, "alice@example.com")
         .await
         .unwrap();
-    assert_eq!(reset["generation"], 2);
+    assert_eq!(reset.account.generation, 2);
     let status_cmd = AdminCommand::Status {
         account: "alice@example.com".into(),
     };
@@ -887,11 +888,11 @@ async fn admin_client_against_a_served_listener() {
     let v = client::ticket(&url, TOKEN, "alice@example.com")
         .await
         .unwrap();
-    assert_eq!(v["generation"], 2);
+    assert_eq!(v.account.generation, 2);
     let v = client::certificate_status(&url, TOKEN, "abcd")
         .await
         .unwrap();
-    assert_eq!(v["revoked"], true);
+    assert!(v.revoked);
 
     // Errors: the server's code and message come through; a bad token is named as such.
     let err = client::status(&url, TOKEN, "nobody").await.unwrap_err();
