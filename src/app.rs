@@ -219,13 +219,7 @@ pub(crate) fn build_runtime(
     previous: Option<&Runtime>,
 ) -> Result<Runtime, AppError> {
     let material = Arc::new(TlsMaterial::from_config(config)?);
-    if let Some(next) = config
-        .client_auth
-        .crls
-        .iter()
-        .filter_map(|c| c.next_update)
-        .min()
-    {
+    if let Some(next) = config.client_auth.crl_deadline() {
         metrics
             .crl_next_update
             .set(next - crate::core::clock::now());
@@ -234,17 +228,18 @@ pub(crate) fn build_runtime(
         config,
         cache.clone(),
         metrics.clone(),
-        previous.map(|p| p.proxy.own().as_ref()),
+        previous.map(|p| p.enrollment.as_ref()),
     )?);
     let proxy = Arc::new(Proxy::new(
         config,
         cache.clone(),
         material.clone(),
         metrics.clone(),
-        own,
+        own.clone(),
     )?);
     Ok(Runtime {
         proxy,
+        enrollment: own,
         material,
         limits: ConnLimits::from_config(config),
     })

@@ -2,16 +2,19 @@
 //!
 //! Module map, from the ground up (imports point down; `tests/module_graph.rs` keeps every
 //! cycle out and `core` pure):
-//! - [`core`]: the pure layer (records, clock, text, identity type, [`core::gate`], tickets).
+//! - [`core`]: the pure layer (records, clock, text, identity type, [`core::gate`] and
+//!   [`core::decision`], the [`core::outcome::Outcome`] every self-written answer takes,
+//!   tickets).
 //! - [`config`]: YAML → validated runtime [`config::Config`]; reads and decodes every file.
 //! - [`metrics`]: every metric handle and name.
 //! - [`pki`]: the issuing CA, CSRs, CRLs, dev PKI and PKCS#12 bundles.
 //! - [`tls`]: rustls server config and accept, client verifier, identity parsing.
 //! - [`state`]: the `StateStore` contract and events, the cache, the backends.
-//! - [`http`]: refusal pages, bearer credentials, limited bodies.
+//! - [`http`]: one rendering of any outcome (HTML or JSON), bearer credentials, limited
+//!   bodies.
 //! - [`enroll`]: certgate's own `/.certgate/` endpoints (enrollment, CA, CRL).
 //! - [`proxy`]: one request: strip, classify, decide, forward or refuse.
-//! - [`admin`]: the admin API and its CLI client.
+//! - [`admin`]: the admin API, its CLI client, and the route table and bodies both share.
 //! - [`server`]: connections (accept, PROXY → TLS → h1/h2, watchdog, plain HTTP/1).
 //! - [`reload`]: configuration reload and file watching.
 //! - [`app`]: wires everything from a `Config` (only `cli` imports it).

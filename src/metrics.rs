@@ -151,103 +151,103 @@ impl Metrics {
         let mut r = Registry::default();
         let requests = Family::<DecisionLabels, Counter>::default();
         r.register(REQUESTS, "Requests by gate decision", requests.clone());
-        let request_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
-        r.register(
+        let request_duration = register(
+            &mut r,
             REQUEST_DURATION,
             "Time from request head to response head",
-            request_duration.clone(),
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
         );
-        let upstream_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
-        r.register(
+        let upstream_duration = register(
+            &mut r,
             UPSTREAM_DURATION,
             "Time waiting for the upstream's response head",
-            upstream_duration.clone(),
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
         );
-        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
-        r.register(
+        let upstream_errors = register(
+            &mut r,
             UPSTREAM_ERRORS,
             "Upstream failures by kind",
-            upstream_errors.clone(),
+            Family::<UpstreamErrorLabels, Counter>::default(),
         );
-        let tls_handshakes = Family::<HandshakeLabels, Counter>::default();
-        r.register(
+        let tls_handshakes = register(
+            &mut r,
             TLS_HANDSHAKES,
             "TLS handshakes by result",
-            tls_handshakes.clone(),
+            Family::<HandshakeLabels, Counter>::default(),
         );
-        let connections_active = Gauge::default();
-        r.register(
+        let connections_active = register(
+            &mut r,
             CONNECTIONS_ACTIVE,
             "Open client connections",
-            connections_active.clone(),
+            Gauge::default(),
         );
-        let connections_refused = Counter::default();
-        r.register(
+        let connections_refused = register(
+            &mut r,
             CONNECTIONS_REFUSED,
             "Connections closed at once because limits.max_connections was reached",
-            connections_refused.clone(),
+            Counter::default(),
         );
-        let state_cache = Family::<CacheLabels, Counter>::default();
-        r.register(
+        let state_cache = register(
+            &mut r,
             STATE_CACHE,
             "State cache lookups by result",
-            state_cache.clone(),
+            Family::<CacheLabels, Counter>::default(),
         );
-        let state_store_errors = Counter::default();
-        r.register(
+        let state_store_errors = register(
+            &mut r,
             STATE_STORE_ERRORS,
             "Failed state store calls",
-            state_store_errors.clone(),
+            Counter::default(),
         );
-        let state_store_up = Gauge::default();
-        r.register(
+        let state_store_up = register(
+            &mut r,
             STATE_STORE_UP,
             "1 when the last state store call succeeded",
-            state_store_up.clone(),
+            Gauge::default(),
         );
-        let state_store_data_lost = Gauge::default();
-        r.register(
+        let state_store_data_lost = register(
+            &mut r,
             STATE_STORE_DATA_LOST,
             "1 while the state store refuses every call because its data appears lost (see README, Redis)",
-            state_store_data_lost.clone(),
+            Gauge::default(),
         );
-        let state_store_data_loss_events = Counter::default();
-        r.register(
+        let state_store_data_loss_events = register(
+            &mut r,
             STATE_STORE_DATA_LOSS_EVENTS,
             "Times the state store was found to have lost its data",
-            state_store_data_loss_events.clone(),
+            Counter::default(),
         );
-        let enrollments = Family::<OutcomeLabels, Counter>::default();
-        r.register(
+        let enrollments = register(
+            &mut r,
             ENROLLMENTS,
             "Enrollment attempts by result",
-            enrollments.clone(),
+            Family::<OutcomeLabels, Counter>::default(),
         );
-        let config_reloads = Family::<OutcomeLabels, Counter>::default();
-        r.register(
+        let config_reloads = register(
+            &mut r,
             CONFIG_RELOADS,
             "Configuration reloads by result",
-            config_reloads.clone(),
+            Family::<OutcomeLabels, Counter>::default(),
         );
-        let config_last_reload_success = Gauge::default();
-        r.register(
+        let config_last_reload_success = register(
+            &mut r,
             CONFIG_LAST_RELOAD_SUCCESS,
             "1 when the last configuration (re)load succeeded",
-            config_last_reload_success.clone(),
+            Gauge::default(),
         );
-        let client_cert_not_after = Histogram::new([
-            3600.0, 86400.0, 604800.0, 2592000.0, 7776000.0, 15552000.0, 31536000.0, 63072000.0,
-        ]);
-        r.register(
+        let client_cert_not_after = register(
+            &mut r,
             CLIENT_CERT_NOT_AFTER,
             "Remaining lifetime of client certificates seen at the handshake",
-            client_cert_not_after.clone(),
+            Histogram::new([
+                3600.0, 86400.0, 604800.0, 2592000.0, 7776000.0, 15552000.0, 31536000.0, 63072000.0,
+            ]),
         );
-        let crl_next_update = Gauge::default();
-        r.register(
+        let crl_next_update = register(
+            &mut r,
             CRL_NEXT_UPDATE,
             "Seconds until the earliest nextUpdate of the configured CRLs (negative: expired)",
-            crl_next_update.clone(),
+            Gauge::default(),
         );
         let admin_requests = Family::<AdminLabels, Counter>::default();
         r.register(ADMIN_REQUESTS, "Admin API requests", admin_requests.clone());
@@ -296,6 +296,15 @@ impl Metrics {
             .get_or_create(&CacheLabels { result })
             .inc();
     }
+}
+
+/// Registers `metric` under `name` and hands it back (the registry keeps a clone).
+fn register<M>(r: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    r.register(name, help, metric.clone());
+    metric
 }
 
 impl Default for Metrics {

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use certgate::config::{
     CacheConfig, OnError, PemCerts, RedisConfig, RedisMode, Secret, StateBackend, StateConfig,
 };
+use certgate::core::clock::ManualClock;
 use certgate::core::clock::now;
 use certgate::metrics::{CacheLabels, CacheResult, Metrics};
-use certgate::state::cache::{ManualClock, StateCache};
+use certgate::state::cache::StateCache;
 use certgate::state::redis::RedisStore;
 use certgate::state::{
     AccountState, BoxFut, CertRecord, Revocation, RevocationReason, StateStore, StoreError,

@@ -14,7 +14,7 @@
 //! action, the account or serial and the peer — never a ticket or the token.
 //!
 //! The routes, the JSON shapes and the error codes are documented on [`handle`]; the CLI
-//! side is `admin_client`.
+//! side is `admin::client`; both follow the route table and bodies in `admin::api`.
 
 pub mod api;
 pub mod client;

@@ -140,6 +140,13 @@ pub struct ClientAuthConfig {
     pub crls: Vec<Crl>,
 }
 
+impl ClientAuthConfig {
+    /// The earliest `nextUpdate` of the configured CRLs (unix seconds), when any has one.
+    pub fn crl_deadline(&self) -> Option<i64> {
+        self.crls.iter().filter_map(|c| c.next_update).min()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct IdentityConfig {
     pub account_from: Vec<AccountSource>,

@@ -162,8 +162,16 @@ impl Enrollment {
             }
             "/crl" if get => self.crl(issuing).await,
             "/enroll" if get => self.page(issuing, peer, &req).await,
-            "/enroll/pkcs12" if post => self.pkcs12(issuing, peer, req).await,
-            "/enroll/csr" if post => self.csr(issuing, peer, req).await,
+            "/enroll/pkcs12" if post => {
+                let headers = req.headers().clone();
+                let result = self.pkcs12(issuing, peer, req).await;
+                self.finish(issuing, peer, "pkcs12", result, &headers)
+            }
+            "/enroll/csr" if post => {
+                let headers = req.headers().clone();
+                let result = self.csr(issuing, peer, req).await;
+                self.finish(issuing, peer, "csr", result, &headers)
+            }
             "/ca.pem" | "/crl" | "/enroll" => method_not_allowed("GET, HEAD", req.headers()),
             "/enroll/pkcs12" | "/enroll/csr" => method_not_allowed("POST", req.headers()),
             _ => pages::render(&NOT_FOUND, req.headers()),
@@ -204,17 +212,6 @@ impl Enrollment {
 
     /// `POST /enroll/pkcs12`: key pair made here, certificate issued, PKCS#12 returned.
     async fn pkcs12(
-        &self,
-        issuing: &Issuing,
-        peer: SocketAddr,
-        req: Request<Incoming>,
-    ) -> Response<Full<Bytes>> {
-        let headers = req.headers().clone();
-        let result = self.pkcs12_inner(issuing, peer, req).await;
-        self.finish(issuing, peer, "pkcs12", result, &headers)
-    }
-
-    async fn pkcs12_inner(
         &self,
         issuing: &Issuing,
         peer: SocketAddr,
@@ -298,17 +295,6 @@ impl Enrollment {
 
     /// `POST /enroll/csr`: the CSR's public key certified, PEM chain returned.
     async fn csr(
-        &self,
-        issuing: &Issuing,
-        peer: SocketAddr,
-        req: Request<Incoming>,
-    ) -> Response<Full<Bytes>> {
-        let headers = req.headers().clone();
-        let result = self.csr_inner(issuing, peer, req).await;
-        self.finish(issuing, peer, "csr", result, &headers)
-    }
-
-    async fn csr_inner(
         &self,
         issuing: &Issuing,
         peer: SocketAddr,

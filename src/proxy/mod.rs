@@ -339,11 +339,6 @@ impl Proxy {
         })
     }
 
-    /// certgate's own endpoints this proxy routes to.
-    pub fn own(&self) -> &Arc<Enrollment> {
-        &self.own
-    }
-
     /// Handles one request of connection `conn`. Never fails: every outcome is a response.
     pub async fn handle(&self, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<RespBody> {
         let start = Instant::now();

@@ -21,6 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::enroll::Enrollment;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::tls::TlsMaterial;
@@ -43,6 +44,9 @@ pub enum Phase {
 /// routes, headers, enrollment endpoints) and the per-connection limits. Swapped whole.
 pub struct Runtime {
     pub proxy: Arc<Proxy>,
+    /// certgate's own endpoints (also held by `proxy`); kept here so the next
+    /// configuration can carry over what must survive a reload (the CRL number).
+    pub enrollment: Arc<Enrollment>,
     pub material: Arc<TlsMaterial>,
     pub limits: ConnLimits,
 }

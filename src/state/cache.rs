@@ -1,7 +1,7 @@
 //! Read-through cache in front of any [`StateStore`]: what the per-request check reads.
 //!
 //! This module owns freshness, coalescing and the failure policy. The store contract and the
-//! backends live beside it (`state/mod.rs`, `state/embedded.rs`); the pub/sub listener that
+//! backends live beside it (`state/mod.rs`, `state/embedded/`, `state/redis/`); the pub/sub listener that
 //! calls the `invalidate_*` methods lives with the Redis backend; the proxy calls
 //! [`StateCache::lookup`] once per request and the admin API uses the write-through helpers.
 //!
@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use tokio::sync::OnceCell;
 
 use super::{AccountState, Events, Invalidation, Revocation, StateStore, StoreError, UnixTime};
 use crate::config::{OnError, StateConfig};
+use crate::core::clock::{Clock, SystemClock};
 use crate::core::gate::{CertState, StateView, Unavailable};
 use crate::metrics::{CacheLabels, CacheResult, Metrics};
 
@@ -61,54 +62,6 @@ impl SharedCertState {
             revocation: self.revocation.as_deref().cloned(),
             account: self.account.as_deref().cloned(),
         }
-    }
-}
-
-/// The cache's time source. Monotonic; only differences matter.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> Instant;
-}
-
-/// The real monotonic clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-}
-
-/// A clock that moves only when told to, for tests of freshness and staleness.
-#[derive(Debug)]
-pub struct ManualClock {
-    origin: Instant,
-    offset_nanos: AtomicU64,
-}
-
-impl ManualClock {
-    pub fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            offset_nanos: AtomicU64::new(0),
-        }
-    }
-
-    pub fn advance(&self, by: Duration) {
-        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-        self.offset_nanos.fetch_add(nanos, Ordering::SeqCst);
-    }
-}
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        self.origin + Duration::from_nanos(self.offset_nanos.load(Ordering::SeqCst))
     }
 }
 
@@ -333,7 +286,7 @@ impl StateCache {
     }
 
     /// Like [`StateCache::new`], with the clock that decides freshness and staleness
-    /// (tests pass a [`ManualClock`]).
+    /// (tests pass a [`crate::core::clock::ManualClock`]).
     ///
     /// `state.cache.max_entries` bounds each of the two tables (revocations, accounts).
     pub fn with_clock(

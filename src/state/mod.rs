@@ -1,8 +1,8 @@
 //! Shared state: revocations, account generations and resets, the issued-certificate
 //! registry and enrollment tickets.
 //!
-//! [`StateStore`] is the one interface; `embedded.rs` (redb, the zero-setup default) and
-//! `redis.rs` (shared state for many instances) are the backends, and `cache.rs` puts a moka read-through cache in front of any backend. Request
+//! [`StateStore`] is the one interface; `embedded/` (redb, the zero-setup default) and
+//! `redis/` (shared state for many instances) are the backends, and `cache.rs` puts a moka read-through cache in front of any backend. Request
 //! handlers and the admin API see `Arc<dyn StateStore>` / [`cache::StateCache`], never a
 //! concrete backend: only `app` names one.
 

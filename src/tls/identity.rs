@@ -35,10 +35,20 @@ pub enum IdentityError {
 
 /// Parses a verified leaf certificate. `der` must be the leaf the handshake verified.
 pub fn parse(der: &[u8], opts: &IdentityOptions) -> Result<ClientIdentity, IdentityError> {
+    parse_digested(der, &Sha256::digest(der).into(), opts)
+}
+
+/// [`parse`] for a caller that already hashed the leaf (`sha256` is SHA-256 of `der`): the
+/// digest is the fingerprint, so the leaf is hashed once.
+pub fn parse_digested(
+    der: &[u8],
+    sha256: &[u8; 32],
+    opts: &IdentityOptions,
+) -> Result<ClientIdentity, IdentityError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| IdentityError::BadEncoding(e.to_string()))?;
     let serial = serial_hex(cert.raw_serial());
-    let fingerprint = hex(&Sha256::digest(der));
+    let fingerprint = hex(sha256);
     let subject = rfc4514(cert.subject());
 
     let mut san_uris = Vec::new();

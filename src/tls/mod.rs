@@ -126,7 +126,7 @@ impl TlsMaterial {
         if let Some(id) = self.identities.get(&key) {
             return Ok(id);
         }
-        let id = Arc::new(identity::parse(leaf, &self.identity)?);
+        let id = Arc::new(identity::parse_digested(leaf, &key, &self.identity)?);
         self.identities.insert(key, id.clone());
         Ok(id)
     }
@@ -180,7 +180,10 @@ pub fn build_server_config(cfg: &Config) -> Result<Arc<ServerConfig>, TlsError> 
         vb = vb.allow_unauthenticated();
     }
     let verifier = vb.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let verifier = Arc::new(RememberingVerifier::new(verifier, &crls));
+    let verifier = Arc::new(RememberingVerifier::new(
+        verifier,
+        cfg.client_auth.crl_deadline(),
+    ));
 
     let versions: &[&'static rustls::SupportedProtocolVersion] = match cfg.tls.min_version {
         TlsMinVersion::Tls12 => &[&TLS13, &TLS12],

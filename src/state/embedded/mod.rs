@@ -418,6 +418,32 @@ fn warn_if_shared(path: &Path) {
 #[cfg(not(unix))]
 fn warn_if_shared(_: &Path) {}
 
+/// Writes `stored` under `key` and keeps the account index true: a record that moves to
+/// another account leaves the old account's entry (one transaction: both or neither).
+fn put_indexed<T: Serialize + DeserializeOwned>(
+    tx: &WriteTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    index: MultimapTableDefinition<&str, &str>,
+    name: &str,
+    key: &str,
+    stored: &T,
+    account_of: fn(&T) -> &str,
+) -> Result<(), StoreError> {
+    let mut records = tx.open_table(table)?;
+    let mut by_account = tx.open_multimap_table(index)?;
+    let previous: Option<T> = records
+        .get(key)?
+        .map(|g| decode(name, key, g.value()))
+        .transpose()?;
+    let account = account_of(stored);
+    if let Some(previous) = previous.filter(|p| account_of(p) != account) {
+        by_account.remove(account_of(&previous), key)?;
+    }
+    records.insert(key, encode(stored)?.as_slice())?;
+    by_account.insert(account, key)?;
+    Ok(())
+}
+
 fn get_account(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     account: &str,
@@ -566,16 +592,6 @@ impl StateStore for EmbeddedStore {
 
     fn record_certificate(&self, cert: CertRecord) -> BoxFut<'_, Result<(), StoreError>> {
         self.write(move |tx| {
-            let mut certs = tx.open_table(CERTS)?;
-            let mut by_account = tx.open_multimap_table(CERTS_BY_ACCOUNT)?;
-            let serial = cert.serial.as_str();
-            let previous: Option<StoredCert> = certs
-                .get(serial)?
-                .map(|g| decode("certs", serial, g.value()))
-                .transpose()?;
-            if let Some(previous) = previous.filter(|p| p.account != cert.account) {
-                by_account.remove(previous.account.as_str(), serial)?;
-            }
             let stored = StoredCert {
                 account: cert.account.clone(),
                 generation: cert.generation,
@@ -583,9 +599,15 @@ impl StateStore for EmbeddedStore {
                 not_after: cert.not_after,
                 issued_at: cert.issued_at,
             };
-            certs.insert(serial, encode(&stored)?.as_slice())?;
-            by_account.insert(cert.account.as_str(), serial)?;
-            Ok(())
+            put_indexed(
+                tx,
+                CERTS,
+                CERTS_BY_ACCOUNT,
+                "certs",
+                &cert.serial,
+                &stored,
+                |s| &s.account,
+            )
         })
     }
 
@@ -626,24 +648,20 @@ impl StateStore for EmbeddedStore {
 
     fn put_ticket(&self, ticket: TicketRecord) -> BoxFut<'_, Result<(), StoreError>> {
         self.write(move |tx| {
-            let mut tickets = tx.open_table(TICKETS)?;
-            let mut by_account = tx.open_multimap_table(TICKETS_BY_ACCOUNT)?;
-            let hash = ticket.hash.as_str();
-            let previous: Option<StoredTicket> = tickets
-                .get(hash)?
-                .map(|g| decode("tickets", hash, g.value()))
-                .transpose()?;
-            if let Some(previous) = previous.filter(|p| p.account != ticket.account) {
-                by_account.remove(previous.account.as_str(), hash)?;
-            }
             let stored = StoredTicket {
                 account: ticket.account.clone(),
                 generation: ticket.generation,
                 expires_at: ticket.expires_at,
             };
-            tickets.insert(hash, encode(&stored)?.as_slice())?;
-            by_account.insert(ticket.account.as_str(), hash)?;
-            Ok(())
+            put_indexed(
+                tx,
+                TICKETS,
+                TICKETS_BY_ACCOUNT,
+                "tickets",
+                &ticket.hash,
+                &stored,
+                |s| &s.account,
+            )
         })
     }
 
@@ -771,178 +789,4 @@ impl StateStore for EmbeddedStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn temp_store() -> (tempfile::TempDir, EmbeddedStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open_or_create(&dir.path().join("state/certgate.db")).unwrap();
-        (dir, store)
-    }
-
-    #[tokio::test]
-    async fn corrupt_value_is_an_error_not_a_panic() {
-        let (_dir, store) = temp_store();
-        {
-            let tx = store.db.begin_write().unwrap();
-            tx.open_table(ACCOUNTS)
-                .unwrap()
-                .insert("alice", b"{not json".as_slice())
-                .unwrap();
-            tx.open_table(REVOKED)
-                .unwrap()
-                .insert("0a", b"\x00\x01".as_slice())
-                .unwrap();
-            tx.commit().unwrap();
-        }
-        assert!(matches!(
-            store.account("alice").await,
-            Err(StoreError::Corrupt(_))
-        ));
-        assert!(matches!(
-            store.enable_two_factor("alice", 1).await,
-            Err(StoreError::Corrupt(_))
-        ));
-        assert!(matches!(
-            store.revocation("0a").await,
-            Err(StoreError::Corrupt(_))
-        ));
-        assert!(matches!(
-            store.revocations().await,
-            Err(StoreError::Corrupt(_))
-        ));
-        // The failed write changed nothing, and the damaged revocation does not stop a sweep.
-        assert!(matches!(
-            store.account("alice").await,
-            Err(StoreError::Corrupt(_))
-        ));
-        assert_eq!(store.sweep(i64::MAX / 2).await.unwrap(), 0);
-    }
-
-    #[tokio::test]
-    async fn second_open_of_the_same_file_is_refused() {
-        let (dir, _store) = temp_store();
-        let err = EmbeddedStore::open(&dir.path().join("state/certgate.db")).unwrap_err();
-        match err {
-            StoreError::Unavailable(m) => assert!(m.contains("locked"), "{m}"),
-            other => panic!("expected Unavailable, got {other:?}"),
-        }
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn new_folder_and_file_are_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a/b/certgate.db");
-        let _store = EmbeddedStore::open_or_create(&path).unwrap();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&path), 0o600);
-        assert_eq!(mode(&dir.path().join("a/b")), 0o700);
-        assert_eq!(mode(&dir.path().join("a")), 0o700);
-    }
-
-    #[tokio::test]
-    async fn a_missing_or_empty_file_is_refused_not_replaced_by_an_empty_store() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data/certgate.db");
-        let unavailable = |r: Result<EmbeddedStore, StoreError>| match r {
-            Err(StoreError::Unavailable(m)) => m,
-            other => panic!("expected Unavailable, got {other:?}"),
-        };
-
-        let m = unavailable(EmbeddedStore::open(&path));
-        assert!(
-            m.contains("does not exist") && m.contains("--create-store"),
-            "{m}"
-        );
-        assert!(!path.exists(), "open must not create the file");
-        assert!(
-            !path.parent().unwrap().exists(),
-            "open must not create the folder"
-        );
-
-        // Made when asked; then a revocation is kept across reopening.
-        let store = EmbeddedStore::open_or_create(&path).unwrap();
-        store
-            .revoke(Revocation {
-                serial: "0a".into(),
-                reason: RevocationReason::KeyCompromise,
-                revoked_at: 1,
-                not_after: None,
-            })
-            .await
-            .unwrap();
-        drop(store);
-        let store = EmbeddedStore::open(&path).unwrap();
-        assert!(store.revocation("0a").await.unwrap().is_some());
-        drop(store);
-        // open_or_create opens an existing store as it is.
-        let store = EmbeddedStore::open_or_create(&path).unwrap();
-        assert!(store.revocation("0a").await.unwrap().is_some());
-        drop(store);
-
-        // Truncated to 0 bytes: refused by both, and left as it is for the operator.
-        std::fs::File::create(&path).unwrap();
-        for r in [
-            EmbeddedStore::open(&path),
-            EmbeddedStore::open_or_create(&path),
-        ] {
-            let m = unavailable(r);
-            assert!(m.contains("empty (0 bytes)"), "{m}");
-        }
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
-
-        // Deleted: refused again.
-        std::fs::remove_file(&path).unwrap();
-        assert!(unavailable(EmbeddedStore::open(&path)).contains("does not exist"));
-    }
-
-    #[test]
-    fn garbage_file_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("certgate.db");
-        std::fs::write(&path, vec![0x5a; 64 * 1024]).unwrap();
-        assert!(EmbeddedStore::open(&path).is_err());
-    }
-
-    #[test]
-    fn newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("certgate.db");
-        drop(EmbeddedStore::open_or_create(&path).unwrap());
-        {
-            let db = Database::create(&path).unwrap();
-            let tx = db.begin_write().unwrap();
-            tx.open_table(META)
-                .unwrap()
-                .insert(META_SCHEMA_VERSION, SCHEMA_VERSION + 1)
-                .unwrap();
-            tx.commit().unwrap();
-        }
-        match EmbeddedStore::open(&path).unwrap_err() {
-            StoreError::Unavailable(m) => assert!(m.contains("schema version"), "{m}"),
-            other => panic!("expected Unavailable, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn sweep_keeps_revocations_within_the_retention_window() {
-        let (_dir, store) = temp_store();
-        let now = 1_800_000_000;
-        let rev = |serial: &str, not_after| Revocation {
-            serial: serial.into(),
-            reason: RevocationReason::Superseded,
-            revoked_at: now - 100,
-            not_after,
-        };
-        store.revoke(rev("01", Some(now - 10))).await.unwrap();
-        store
-            .revoke(rev("02", Some(now - REVOCATION_RETENTION_AFTER_EXPIRY - 1)))
-            .await
-            .unwrap();
-        assert_eq!(store.sweep(now).await.unwrap(), 1);
-        assert!(store.revocation("01").await.unwrap().is_some());
-        assert!(store.revocation("02").await.unwrap().is_none());
-    }
-}
+mod tests;
