@@ -18,14 +18,13 @@ use certgate::core::clock::ManualClock;
 use certgate::core::clock::now;
 use certgate::metrics::{CacheLabels, CacheResult, Metrics};
 use certgate::state::cache::StateCache;
+use certgate::state::memory::MemoryStore;
 use certgate::state::redis::RedisStore;
 use certgate::state::{
     AccountState, BoxFut, CertRecord, Revocation, RevocationReason, StateStore, StoreError,
     TicketRecord,
 };
-use state_support::{
-    EmbeddedFactory, MemoryFactory, RedisFactory, StoreFactory, TestStore, redis_server,
-};
+use state_support::{EmbeddedFactory, MemoryFactory, RedisFactory, StoreFactory, redis_server};
 
 // ---------------------------------------------------------------------------------------
 // Allocation counting (per thread), to check that a cache hit allocates nothing.
@@ -1115,8 +1114,7 @@ fn state_config(on_error: OnError) -> StateConfig {
 }
 
 struct Fixture {
-    _factory: EmbeddedFactory,
-    store: Arc<TestStore>,
+    store: Arc<MemoryStore>,
     cache: Arc<StateCache>,
     clock: Arc<ManualClock>,
     metrics: Metrics,
@@ -1124,8 +1122,7 @@ struct Fixture {
 
 impl Fixture {
     async fn new(on_error: OnError) -> Self {
-        let factory = EmbeddedFactory::new();
-        let store = TestStore::new(factory.open().await);
+        let store = Arc::new(MemoryStore::new());
         let metrics = Metrics::new();
         let clock = Arc::new(ManualClock::new());
         let cache = Arc::new(StateCache::with_clock(
@@ -1135,7 +1132,6 @@ impl Fixture {
             Arc::clone(&clock) as _,
         ));
         Self {
-            _factory: factory,
             store,
             cache,
             clock,
@@ -1143,8 +1139,10 @@ impl Fixture {
         }
     }
 
-    fn inner(&self) -> &Arc<dyn StateStore> {
-        self.store.inner()
+    /// The store behind the cache: writes through it are not seen by the cache until
+    /// entries age out.
+    fn inner(&self) -> &MemoryStore {
+        &self.store
     }
 
     fn counted(&self, result: CacheResult) -> u64 {
@@ -1176,7 +1174,7 @@ async fn hit_does_not_touch_the_store() {
         assert_eq!(got.account.as_ref(), Some(&alice));
     }
     assert_eq!(
-        (fx.store.revocation_calls(), fx.store.account_calls()),
+        (fx.store.revocation_reads(), fx.store.account_reads()),
         (1, 1)
     );
     assert_eq!(
@@ -1198,13 +1196,13 @@ async fn negative_answers_are_cached() {
         assert_eq!((got.revocation, got.account), (None, None));
     }
     assert_eq!(
-        (fx.store.revocation_calls(), fx.store.account_calls()),
+        (fx.store.revocation_reads(), fx.store.account_reads()),
         (1, 1)
     );
     // Without an account, only the serial is read.
     fx.cache.lookup("98", None).await.unwrap();
     assert_eq!(
-        (fx.store.revocation_calls(), fx.store.account_calls()),
+        (fx.store.revocation_reads(), fx.store.account_reads()),
         (2, 1)
     );
 }
@@ -1215,10 +1213,10 @@ async fn entries_expire_after_ttl() {
     fx.cache.lookup("01", None).await.unwrap();
     fx.clock.advance(TTL - Duration::from_millis(1));
     fx.cache.lookup("01", None).await.unwrap();
-    assert_eq!(fx.store.revocation_calls(), 1, "still fresh");
+    assert_eq!(fx.store.revocation_reads(), 1, "still fresh");
     fx.clock.advance(Duration::from_millis(2));
     fx.cache.lookup("01", None).await.unwrap();
-    assert_eq!(fx.store.revocation_calls(), 2, "older than ttl: read again");
+    assert_eq!(fx.store.revocation_reads(), 2, "older than ttl: read again");
 }
 
 #[tokio::test]
@@ -1308,7 +1306,7 @@ async fn concurrent_misses_share_one_store_call() {
             tokio::spawn(async move { cache.lookup("04", Some("alice")).await })
         })
         .collect();
-    wait_until(|| fx.store.revocation_calls() >= 1 && fx.store.account_calls() >= 1).await;
+    wait_until(|| fx.store.revocation_reads() >= 1 && fx.store.account_reads() >= 1).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     fx.store.release_reads();
 
@@ -1316,7 +1314,7 @@ async fn concurrent_misses_share_one_store_call() {
         assert_eq!(l.await.unwrap().unwrap().revocation, Some(r.clone()));
     }
     assert_eq!(
-        (fx.store.revocation_calls(), fx.store.account_calls()),
+        (fx.store.revocation_reads(), fx.store.account_reads()),
         (1, 1)
     );
     assert_eq!(fx.counted(CacheResult::miss), 32);
@@ -1330,7 +1328,7 @@ async fn invalidation_during_a_read_is_not_lost() {
     fx.store.hold_reads();
     let cache = Arc::clone(&fx.cache);
     let early = tokio::spawn(async move { cache.lookup("05", None).await });
-    wait_until(|| fx.store.revocation_calls() == 1).await;
+    wait_until(|| fx.store.revocation_reads() == 1).await;
 
     let r = revocation("05", RevocationReason::KeyCompromise, now(), None);
     fx.cache.revoke(r.clone()).await.unwrap();
@@ -1351,7 +1349,7 @@ async fn cancelled_read_does_not_strand_later_lookups() {
     fx.store.hold_reads();
     let cache = Arc::clone(&fx.cache);
     let cancelled = tokio::spawn(async move { cache.lookup("09", None).await });
-    wait_until(|| fx.store.revocation_calls() == 1).await;
+    wait_until(|| fx.store.revocation_reads() == 1).await;
     cancelled.abort();
     assert!(cancelled.await.unwrap_err().is_cancelled());
     fx.store.release_reads();
@@ -1360,13 +1358,13 @@ async fn cancelled_read_does_not_strand_later_lookups() {
     fx.inner().revoke(r.clone()).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(10), fx.cache.lookup("09", None)).await;
     assert_eq!(got.expect("not stuck").unwrap().revocation, Some(r));
-    assert_eq!(fx.store.revocation_calls(), 2);
+    assert_eq!(fx.store.revocation_reads(), 2);
 }
 
 #[tokio::test]
 async fn fail_closed_refuses_without_a_fresh_entry() {
     let fx = Fixture::new(OnError::FailClosed).await;
-    fx.store.set_down(true);
+    fx.store.set_failing(Some("test store is down"));
     assert!(
         fx.cache.lookup("06", None).await.is_err(),
         "nothing cached, store down"
@@ -1376,10 +1374,10 @@ async fn fail_closed_refuses_without_a_fresh_entry() {
     assert_eq!(fx.store_up(), 0);
     assert!(!fx.cache.ready());
 
-    fx.store.set_down(false);
+    fx.store.set_failing(None);
     fx.cache.lookup("06", Some("alice")).await.unwrap();
     assert_eq!(fx.store_up(), 1);
-    fx.store.set_down(true);
+    fx.store.set_failing(Some("test store is down"));
     fx.clock.advance(TTL / 2);
     assert!(
         fx.cache.lookup("06", Some("alice")).await.is_ok(),
@@ -1405,7 +1403,7 @@ async fn serve_stale_answers_until_max_stale() {
     fx.inner().enable_two_factor("alice", now()).await.unwrap();
     fx.cache.lookup("07", Some("alice")).await.unwrap();
 
-    fx.store.set_down(true);
+    fx.store.set_failing(Some("test store is down"));
     fx.clock.advance(TTL + Duration::from_secs(20));
     let got = fx.cache.lookup("07", Some("alice")).await.unwrap();
     assert_eq!(got.revocation, Some(r.clone()));
@@ -1423,7 +1421,7 @@ async fn serve_stale_answers_until_max_stale() {
     );
     assert_eq!(fx.counted(CacheResult::error), 2);
 
-    fx.store.set_down(false);
+    fx.store.set_failing(None);
     assert_eq!(
         fx.cache
             .lookup("07", Some("alice"))
@@ -1440,21 +1438,21 @@ async fn serve_stale_answers_until_max_stale() {
 async fn ready_once_the_store_answered() {
     let fx = Fixture::new(OnError::FailClosed).await;
     assert!(!fx.cache.ready());
-    fx.store.set_down(true);
+    fx.store.set_failing(Some("test store is down"));
     assert!(!fx.cache.probe().await);
     assert!(!fx.cache.ready());
     assert_eq!(fx.store_up(), 0);
-    fx.store.set_down(false);
+    fx.store.set_failing(None);
     assert!(fx.cache.probe().await);
     assert!(fx.cache.ready());
     assert_eq!(fx.store_up(), 1);
     // Not ready during an outage (requests whose state is not cached cannot be decided),
     // ready again once the store answers.
-    fx.store.set_down(true);
+    fx.store.set_failing(Some("test store is down"));
     assert!(!fx.cache.probe().await);
     assert!(!fx.cache.ready());
     assert_eq!(fx.store_up(), 0);
-    fx.store.set_down(false);
+    fx.store.set_failing(None);
     assert!(fx.cache.probe().await);
     assert!(fx.cache.ready());
 }
@@ -1472,7 +1470,7 @@ async fn hit_does_not_allocate() {
         assert!(got.account.is_some());
     }
     let allocations = allocations_on_this_thread() - before;
-    assert_eq!(fx.store.account_calls(), 1);
+    assert_eq!(fx.store.account_reads(), 1);
     // The lookup itself allocates nothing. moka runs its housekeeping on the caller's
     // thread every few dozen reads, and that may flush a crossbeam-epoch garbage bag (one
     // allocation); seen: 4 to ~160 per 10 000 hits. One allocation per hit would be 10 000.
@@ -1506,7 +1504,7 @@ async fn hit_cost() {
     }
     let owned = start.elapsed() / N;
     println!("cache hit: lookup_shared {shared:?}/op, lookup {owned:?}/op");
-    assert_eq!(fx.store.account_calls(), 1001);
+    assert_eq!(fx.store.account_reads(), 1001);
 }
 
 async fn wait_until(mut done: impl FnMut() -> bool) {

@@ -1,12 +1,16 @@
 //! An in-memory [`StateStore`] for tests (`cfg(any(test, feature = "test-util"))`): the
-//! contract of the embedded store without a file, plus a switch that makes every call
-//! fail (with a message of the test's choosing) and a count of the writes that reached it.
+//! contract of the embedded store without a file, plus what tests of the layers above
+//! need: a switch that makes every call fail (with a message of the test's choosing),
+//! counts of the writes and of the per-request reads (`revocation`, `account`) that
+//! reached it, and a gate that holds those reads until the test releases them.
 //! It passes the same contract suite as the real backends (`tests/state_contract.rs`).
 //! Never part of a release build's behaviour: nothing but tests constructs it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
 
 use super::{
     AccountState, BoxFut, CertRecord, REVOCATION_RETENTION_AFTER_EXPIRY, Revocation, StateStore,
@@ -20,6 +24,9 @@ pub struct MemoryStore {
     /// `Some(message)`: every call fails with `Unavailable(message)`.
     failing: Mutex<Option<String>>,
     writes: AtomicUsize,
+    revocation_reads: AtomicUsize,
+    account_reads: AtomicUsize,
+    hold: Mutex<Option<Arc<Semaphore>>>,
 }
 
 /// What the store holds, for tests that look inside (see [`MemoryStore::records`]).
@@ -51,6 +58,45 @@ impl MemoryStore {
     /// How many writes reached the store (failed calls do not count).
     pub fn writes(&self) -> usize {
         self.writes.load(Ordering::SeqCst)
+    }
+
+    /// How many `revocation` calls reached the store (failed ones included).
+    pub fn revocation_reads(&self) -> usize {
+        self.revocation_reads.load(Ordering::SeqCst)
+    }
+
+    /// How many `account` calls reached the store (failed ones included).
+    pub fn account_reads(&self) -> usize {
+        self.account_reads.load(Ordering::SeqCst)
+    }
+
+    /// From now on `revocation` and `account` wait, after reading, until
+    /// [`MemoryStore::release_reads`].
+    pub fn hold_reads(&self) {
+        *lock(&self.hold) = Some(Arc::new(Semaphore::new(0)));
+    }
+
+    pub fn release_reads(&self) {
+        if let Some(s) = lock(&self.hold).take() {
+            s.add_permits(Semaphore::MAX_PERMITS / 2);
+        }
+    }
+
+    /// A per-request read: counted, and held while [`MemoryStore::hold_reads`] is on.
+    fn held_read<T: Send + 'static>(
+        &self,
+        counter: &AtomicUsize,
+        f: impl FnOnce(&Records) -> T,
+    ) -> BoxFut<'_, Result<T, StoreError>> {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let out = self.check().map(|()| f(&lock(&self.data)));
+        let gate = lock(&self.hold).clone();
+        Box::pin(async move {
+            if let Some(gate) = gate {
+                let _permit = gate.acquire().await;
+            }
+            out
+        })
     }
 
     fn check(&self) -> Result<(), StoreError> {
@@ -101,7 +147,9 @@ impl StateStore for MemoryStore {
 
     fn account(&self, account: &str) -> BoxFut<'_, Result<Option<AccountState>, StoreError>> {
         let account = account.to_owned();
-        self.read(move |m| m.accounts.get(&account).cloned())
+        self.held_read(&self.account_reads, move |m| {
+            m.accounts.get(&account).cloned()
+        })
     }
 
     fn enable_two_factor(
@@ -141,7 +189,9 @@ impl StateStore for MemoryStore {
 
     fn revocation(&self, serial: &str) -> BoxFut<'_, Result<Option<Revocation>, StoreError>> {
         let serial = serial.to_owned();
-        self.read(move |m| m.revoked.get(&serial).cloned())
+        self.held_read(&self.revocation_reads, move |m| {
+            m.revoked.get(&serial).cloned()
+        })
     }
 
     fn revoke(&self, r: Revocation) -> BoxFut<'_, Result<Revocation, StoreError>> {

@@ -1,4 +1,7 @@
 //! Config tests: inline YAML against a PKI generated at test time.
+//!
+//! Why this file is over 800 lines: every key of `certgate.yaml` has its good and bad
+//! values tested here, on one generated PKI; it follows `file.rs` section by section.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
