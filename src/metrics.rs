@@ -27,6 +27,7 @@ pub mod names {
     pub const STATE_CACHE: &str = "certgate_state_cache";
     pub const STATE_STORE_ERRORS: &str = "certgate_state_store_errors";
     pub const STATE_STORE_UP: &str = "certgate_state_store_up";
+    pub const STATE_STORE_OUTAGES: &str = "certgate_state_store_outages";
     pub const STATE_STORE_DATA_LOST: &str = "certgate_state_store_data_lost";
     pub const STATE_STORE_DATA_LOSS_EVENTS: &str = "certgate_state_store_data_loss_events";
     pub const ENROLLMENTS: &str = "certgate_enrollments";
@@ -135,6 +136,8 @@ pub struct Metrics {
     /// 1 while the Redis backend refuses every call because its data appears lost.
     pub state_store_data_lost: Gauge,
     pub state_store_data_loss_events: Counter,
+    /// Outages: a failed store call after a successful one.
+    pub state_store_outages: Counter,
     pub enrollments: Family<OutcomeLabels, Counter>,
     pub config_reloads: Family<OutcomeLabels, Counter>,
     pub config_last_reload_success: Gauge,
@@ -205,6 +208,12 @@ impl Metrics {
             "1 when the last state store call succeeded",
             Gauge::default(),
         );
+        let state_store_outages = register(
+            &mut r,
+            STATE_STORE_OUTAGES,
+            "State store outages begun (a failed call after a successful one)",
+            Counter::default(),
+        );
         let state_store_data_lost = register(
             &mut r,
             STATE_STORE_DATA_LOST,
@@ -267,6 +276,7 @@ impl Metrics {
             state_cache,
             state_store_errors,
             state_store_up,
+            state_store_outages,
             state_store_data_lost,
             state_store_data_loss_events,
             enrollments,

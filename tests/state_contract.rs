@@ -17,12 +17,12 @@ use certgate::config::{
 use certgate::core::clock::ManualClock;
 use certgate::core::clock::now;
 use certgate::metrics::{CacheLabels, CacheResult, Metrics};
-use certgate::state::cache::StateCache;
+use certgate::state::cache::{RETRY_WHILE_DOWN, StateCache};
 use certgate::state::memory::MemoryStore;
 use certgate::state::redis::RedisStore;
 use certgate::state::{
-    AccountState, BoxFut, CertRecord, Revocation, RevocationReason, StateStore, StoreError,
-    TicketRecord,
+    AccountState, BoxFut, CertRecord, Invalidation, Revocation, RevocationReason, StateStore,
+    StoreError, TicketRecord,
 };
 use state_support::{EmbeddedFactory, MemoryFactory, RedisFactory, StoreFactory, redis_server};
 
@@ -1159,6 +1159,10 @@ impl Fixture {
     fn store_up(&self) -> i64 {
         self.metrics.state_store_up.get()
     }
+
+    fn outages(&self) -> u64 {
+        self.metrics.state_store_outages.get()
+    }
 }
 
 #[tokio::test]
@@ -1421,7 +1425,9 @@ async fn serve_stale_answers_until_max_stale() {
     );
     assert_eq!(fx.counted(CacheResult::error), 2);
 
+    // Back: the next lookup after RETRY_WHILE_DOWN reads the store again.
     fx.store.set_failing(None);
+    fx.clock.advance(RETRY_WHILE_DOWN);
     assert_eq!(
         fx.cache
             .lookup("07", Some("alice"))
@@ -1446,15 +1452,96 @@ async fn ready_once_the_store_answered() {
     assert!(fx.cache.probe().await);
     assert!(fx.cache.ready());
     assert_eq!(fx.store_up(), 1);
-    // Not ready during an outage (requests whose state is not cached cannot be decided),
-    // ready again once the store answers.
+    assert!(!fx.cache.degraded());
+    // Still ready during an outage that began after the store answered (cached answers
+    // serve; the instance stays in the load balancer), but degraded until it answers again.
     fx.store.set_failing(Some("test store is down"));
     assert!(!fx.cache.probe().await);
-    assert!(!fx.cache.ready());
+    assert!(fx.cache.ready());
+    assert!(fx.cache.degraded());
     assert_eq!(fx.store_up(), 0);
+    assert_eq!(fx.outages(), 1);
     fx.store.set_failing(None);
     assert!(fx.cache.probe().await);
     assert!(fx.cache.ready());
+    assert!(!fx.cache.degraded());
+    assert_eq!(fx.outages(), 1);
+}
+
+/// While the store is down, lookups do not wait for it: one per RETRY_WHILE_DOWN tries,
+/// the others are answered from the cache or refused without a store call.
+#[tokio::test]
+async fn an_outage_is_not_waited_for_by_every_lookup() {
+    let fx = Fixture::new(OnError::FailClosed).await;
+    fx.cache.lookup("0a", None).await.unwrap();
+    fx.store.set_failing(Some("test store is down"));
+    let reads = fx.store.revocation_reads();
+    assert!(fx.cache.lookup("0b", None).await.is_err(), "first failure");
+    assert_eq!(fx.store.revocation_reads(), reads + 1);
+    for serial in ["0c", "0d", "0e"] {
+        assert!(fx.cache.lookup(serial, None).await.is_err());
+    }
+    assert_eq!(
+        fx.store.revocation_reads(),
+        reads + 1,
+        "no store call within RETRY_WHILE_DOWN of the failure"
+    );
+    assert!(
+        fx.cache.lookup("0a", None).await.is_ok(),
+        "a fresh entry answers during the outage"
+    );
+    fx.clock.advance(RETRY_WHILE_DOWN);
+    assert!(fx.cache.lookup("0c", None).await.is_err());
+    assert_eq!(fx.store.revocation_reads(), reads + 2, "one trial");
+    fx.store.set_failing(None);
+    fx.clock.advance(RETRY_WHILE_DOWN);
+    assert!(
+        fx.cache.lookup("0c", None).await.is_ok(),
+        "the trial succeeds"
+    );
+    assert!(
+        fx.cache.lookup("0d", None).await.is_ok(),
+        "up again: every lookup"
+    );
+}
+
+/// A lost event link keeps the cache (it is what answers while the store is away); the
+/// link coming back clears it, so revocations published meanwhile are seen.
+#[tokio::test]
+async fn a_lost_link_keeps_entries_and_its_return_clears_them() {
+    let fx = Fixture::new(OnError::FailClosed).await;
+    let r = revocation("10", RevocationReason::KeyCompromise, now(), None);
+    fx.inner().revoke(r.clone()).await.unwrap();
+    fx.cache.lookup("10", None).await.unwrap();
+    fx.cache.lookup("11", None).await.unwrap();
+    fx.cache.apply(&Invalidation::LinkLost);
+    fx.store.set_failing(Some("test store is down"));
+    assert_eq!(
+        fx.cache.lookup("10", None).await.unwrap().revocation,
+        Some(r.clone()),
+        "revoked before the outage: still refused"
+    );
+    assert!(
+        fx.cache
+            .lookup("11", None)
+            .await
+            .unwrap()
+            .revocation
+            .is_none()
+    );
+    fx.clock.advance(TTL);
+    assert!(fx.cache.lookup("11", None).await.is_err(), "older than ttl");
+
+    // Meanwhile another instance revoked 11; the link comes back.
+    fx.store.set_failing(None);
+    let r11 = revocation("11", RevocationReason::KeyCompromise, now(), None);
+    fx.inner().revoke(r11.clone()).await.unwrap();
+    fx.clock.advance(RETRY_WHILE_DOWN);
+    fx.cache.apply(&Invalidation::Resubscribed);
+    assert_eq!(
+        fx.cache.lookup("11", None).await.unwrap().revocation,
+        Some(r11)
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]

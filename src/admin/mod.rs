@@ -444,13 +444,24 @@ fn healthz() -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, r#"{"status":"ok"}"#.into())
 }
 
-/// 200 while protected traffic can be decided (see [`StateCache::ready`]). While not
-/// ready, the probe itself pings the store, so readiness comes back without other traffic.
+/// `/readyz`: 200 `{"status":"ok"}` while protected traffic can be decided; 200
+/// `{"status":"degraded"}` during a store outage that began after the store had answered
+/// (cached answers still serve; see [`StateCache::ready`] for why the instance stays in
+/// the load balancer); 503 `not_ready` before the store has ever answered and while its
+/// data cannot be trusted. While not ready, the probe itself pings the store, so readiness
+/// comes back without other traffic.
 async fn readyz(cache: &StateCache) -> Response<Full<Bytes>> {
-    if cache.ready() || (cache.probe().await && cache.ready()) {
-        healthz()
+    let ready = cache.ready() || (cache.probe().await && cache.ready());
+    if !ready {
+        return ApiError::NotReady.into_response();
+    }
+    if cache.degraded() {
+        json_response(
+            StatusCode::OK,
+            r#"{"status":"degraded","message":"the state store does not answer: cached answers are used as state.on_error allows, other protected requests get 503"}"#.into(),
+        )
     } else {
-        ApiError::NotReady.into_response()
+        healthz()
     }
 }
 

@@ -1053,6 +1053,26 @@ impl Ctx<'_> {
                 ),
             ));
         }
+        let timeout = match &r.timeout {
+            None => Duration::from_millis(defaults::REDIS_TIMEOUT_MS),
+            Some(v) => {
+                let d = units::parse_duration(&v.value)
+                    .map_err(|e| self.fail_at("state.redis.timeout", v, e.to_string()))?;
+                if d < Duration::from_millis(10) || d > Duration::from_secs(30) {
+                    return Err(self.fail_at(
+                        "state.redis.timeout",
+                        v,
+                        format!(
+                            "{:?} must be between 10ms and 30s: it is how long a request waits \
+                             for Redis before it is answered from the cache or refused (e.g. \
+                             \"500ms\")",
+                            v.value
+                        ),
+                    ));
+                }
+                d
+            }
+        };
         Ok(RedisConfig {
             mode,
             url,
@@ -1061,6 +1081,7 @@ impl Ctx<'_> {
             password,
             tls_ca,
             key_prefix: prefix.to_string(),
+            timeout,
         })
     }
 

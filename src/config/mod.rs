@@ -55,6 +55,16 @@ pub enum OnError {
     ServeStale,
 }
 
+impl OnError {
+    /// The YAML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnError::FailClosed => "fail_closed",
+            OnError::ServeStale => "serve_stale",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -255,6 +265,9 @@ pub struct RedisConfig {
     pub tls_ca: Option<PemCerts>,
     /// Literal prefix of every key and of the `events` channel (no hash tag).
     pub key_prefix: String,
+    /// `state.redis.timeout`: how long one per-request read (and the probe) may take,
+    /// connecting included. Writes get at least [`crate::state::redis::WRITE_TIMEOUT`].
+    pub timeout: Duration,
 }
 
 impl RedisConfig {

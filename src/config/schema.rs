@@ -101,6 +101,7 @@ pub struct RedisFile {
     pub password_file: Option<S<String>>,
     pub tls_ca_file: Option<S<String>>,
     pub key_prefix: Option<S<String>>,
+    pub timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +164,8 @@ pub mod defaults {
     pub const STATE_PATH: &str = "data/certgate.db";
     pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
     pub const REDIS_KEY_PREFIX: &str = "certgate:";
+    /// `state.redis.timeout`: the bound on one per-request read (and the probe).
+    pub const REDIS_TIMEOUT_MS: u64 = 500;
     pub const ENROLL_CA_CERT: &str = "certs/enroll-ca.pem";
     pub const ENROLL_CA_KEY: &str = "certs/enroll-ca.key";
     pub const PUBLIC_URL: &str = "https://localhost:8443";

@@ -20,6 +20,12 @@
 //!   `moka::sync::Cache`: `future::Cache` only invalidates from async code.
 //! - Store failure, no fresh entry: `fail_closed` refuses ([`Unavailable`] → 503);
 //!   `serve_stale` answers from an entry up to `state.max_stale` old, then refuses. Never open.
+//! - An outage does not empty the cache. While the store is unreachable, lookups do not wait
+//!   for it: after a failed call, one lookup per [`RETRY_WHILE_DOWN`] tries the store (and
+//!   the background probe does); the rest are answered from the cache or refused at once.
+//!   While the store's event link is lost, entries keep answering for `ttl` (no invalidation
+//!   can arrive: a revocation elsewhere reaches this instance within `ttl`, as without
+//!   events); once the link is back the cache starts afresh, when lookups work again.
 //!
 //! A hit takes no lock and allocates nothing ([`StateCache::lookup_shared`]): moka looks the
 //! `&str` up and hands back an `Arc`.
@@ -264,6 +270,20 @@ impl CacheCounters {
     }
 }
 
+/// While the store is down, how often a lookup tries it (the others do not wait).
+pub const RETRY_WHILE_DOWN: Duration = Duration::from_millis(250);
+
+/// What the cache knows of the store's health (changed on the slow path only).
+#[derive(Debug, Default)]
+struct Health {
+    /// When the current outage began (the first failed call after a success).
+    down_since: Option<Instant>,
+    /// While down: the earliest time a lookup may try the store again.
+    next_trial: Option<Instant>,
+    /// The event link is lost: no invalidation can arrive until it is back.
+    unlinked_since: Option<Instant>,
+}
+
 pub struct StateCache {
     store: Arc<dyn StateStore>,
     metrics: Metrics,
@@ -278,6 +298,7 @@ pub struct StateCache {
     ready: AtomicBool,
     /// The last store call succeeded (logs only the transitions).
     up: AtomicBool,
+    health: Mutex<Health>,
 }
 
 impl StateCache {
@@ -314,6 +335,7 @@ impl StateCache {
             accounts: Table::new(max, keep),
             ready: AtomicBool::new(false),
             up: AtomicBool::new(false),
+            health: Mutex::new(Health::default()),
         }
     }
 
@@ -418,7 +440,12 @@ impl StateCache {
             self.note(&r);
             r
         };
-        match table.load(key, &*self.clock, fetch).await {
+        let loaded = if self.may_try() {
+            table.load(key, &*self.clock, fetch).await
+        } else {
+            Err(LoadFailed)
+        };
+        match loaded {
             Ok(c) => (CacheResult::miss, Some(c.value.clone())),
             Err(LoadFailed) => {
                 let now = self.clock.now();
@@ -435,23 +462,64 @@ impl StateCache {
         }
     }
 
+    /// Whether a lookup may call the store now: always while it is up; while it is down,
+    /// one lookup per [`RETRY_WHILE_DOWN`] (the others are answered without waiting).
+    fn may_try(&self) -> bool {
+        if self.up.load(Ordering::Acquire) || !self.ready.load(Ordering::Acquire) {
+            return true;
+        }
+        let now = self.clock.now();
+        let mut h = lock(&self.health);
+        match h.next_trial {
+            Some(t) if now < t => false,
+            _ => {
+                h.next_trial = Some(now + RETRY_WHILE_DOWN);
+                true
+            }
+        }
+    }
+
     /// Records the outcome of one store call: readiness, `certgate_state_store_up`,
-    /// `certgate_state_store_errors_total`, and a log line when the store goes down or
-    /// comes back (not one per failed call).
+    /// `certgate_state_store_errors_total`, and one log line when an outage begins and one
+    /// when it ends, with its duration (not one per failed call).
     fn note<T>(&self, r: &Result<T, StoreError>) {
         match r {
             Ok(_) => {
                 self.ready.store(true, Ordering::Release);
                 self.metrics.state_store_up.set(1);
                 if !self.up.swap(true, Ordering::AcqRel) {
-                    tracing::info!("state store is answering");
+                    let began = {
+                        let mut h = lock(&self.health);
+                        h.next_trial = None;
+                        h.down_since.take()
+                    };
+                    match began {
+                        Some(t) => tracing::warn!(
+                            outage_ms =
+                                self.clock.now().saturating_duration_since(t).as_millis() as u64,
+                            "state store outage over: the store answers again"
+                        ),
+                        None => tracing::info!("state store is answering"),
+                    }
                 }
             }
             Err(e) => {
                 self.metrics.state_store_errors.inc();
                 self.metrics.state_store_up.set(0);
                 if self.up.swap(false, Ordering::AcqRel) {
-                    tracing::warn!(error = %e, "state store failed; lookups follow state.on_error");
+                    let now = self.clock.now();
+                    {
+                        let mut h = lock(&self.health);
+                        h.down_since = Some(now);
+                        h.next_trial = Some(now + RETRY_WHILE_DOWN);
+                    }
+                    self.metrics.state_store_outages.inc();
+                    tracing::warn!(
+                        error = %e,
+                        on_error = self.on_error.as_str(),
+                        "state store outage: the store does not answer; cached answers are \
+                         used as state.on_error allows, other protected requests get 503"
+                    );
                 } else {
                     tracing::debug!(error = %e, "state store call failed");
                 }
@@ -459,13 +527,18 @@ impl StateCache {
         }
     }
 
-    /// Ready for protected traffic: the store has answered at least once, its last call
-    /// succeeded, and it trusts its own data (see [`StateStore::trusted`]). False during
-    /// an outage: requests whose state is not cached cannot be decided then.
+    /// Whether the store failed its last call (an outage is on).
+    pub fn degraded(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.up.load(Ordering::Acquire)
+    }
+
+    /// Ready for protected traffic: the store has answered at least once and trusts its
+    /// own data (see [`StateStore::trusted`]). Stays true during an outage that began
+    /// after that ([`StateCache::degraded`]): the cache still answers what it holds, and
+    /// every instance of a shared store is in the same outage, so taking them all out of a
+    /// load balancer would only turn a partial outage into a total one.
     pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-            && self.up.load(Ordering::Acquire)
-            && self.store.trusted()
+        self.ready.load(Ordering::Acquire) && self.store.trusted()
     }
 
     /// Pings the store; updates readiness and `certgate_state_store_up`.
@@ -495,13 +568,31 @@ impl StateCache {
             Invalidation::Serial(serial) => self.invalidate_serial(serial),
             Invalidation::Account(account) => self.invalidate_account(account),
             Invalidation::LinkLost => {
-                // Events published while the link is away are lost: forget everything.
-                self.invalidate_all();
-                tracing::warn!("state store event link lost; state cache cleared");
+                // Keep every entry: they are what answers while the store is away. No event
+                // can arrive now, so `ttl` alone bounds how old an answer is.
+                let mut h = lock(&self.health);
+                if h.unlinked_since.is_none() {
+                    h.unlinked_since = Some(self.clock.now());
+                    tracing::warn!(
+                        ttl_ms = self.ttl.as_millis() as u64,
+                        "state store event link lost; cached answers are kept for up to \
+                         state.cache.ttl until it is back"
+                    );
+                }
             }
             Invalidation::Resubscribed => {
+                // Subscribed again, so the store answers: what was published while away is
+                // unknown, so start afresh (lookups read the store again from now on).
                 self.invalidate_all();
-                tracing::debug!("subscribed to state events; state cache cleared");
+                let was = lock(&self.health).unlinked_since.take();
+                match was {
+                    Some(t) => tracing::info!(
+                        away_ms = self.clock.now().saturating_duration_since(t).as_millis() as u64,
+                        "state store event link back; state cache cleared to pick up what was \
+                         missed"
+                    ),
+                    None => tracing::debug!("subscribed to state events; state cache cleared"),
+                }
             }
             Invalidation::All => self.invalidate_all(),
         }

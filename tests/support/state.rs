@@ -86,6 +86,7 @@ pub fn redis_config(url: &str) -> RedisConfig {
         password: None,
         tls_ca: None,
         key_prefix: "certgate:".into(),
+        timeout: std::time::Duration::from_millis(500),
     }
 }
 

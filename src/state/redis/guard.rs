@@ -410,7 +410,7 @@ impl RedisStore {
         if self.per_slot() {
             // Claimed by the acknowledgement itself; written here, not in the background,
             // so that `certgate admin acknowledge-data-loss` finishes it before it exits.
-            // Bounded by the claim, not by CALL_TIMEOUT.
+            // Bounded by the claim, not by the call timeouts.
             let (_, conn) = self.timed(self.link.conn()).await?;
             let script = &self.scripts.slots_marked;
             let took = tokio::time::timeout(

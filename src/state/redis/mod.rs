@@ -67,13 +67,16 @@
 //! connection manager does not follow a failover, so on I/O errors, `READONLY` replies, a
 //! disconnect, or a probe that finds the node is no longer a master, the link is dropped and
 //! the next call resolves the master again. Cluster: the cluster client's async connection.
-//! Every call is bounded by [`CALL_TIMEOUT`], so a dead Redis fails fast with
-//! [`StoreError::Unavailable`] and the cache's `state.on_error` policy decides.
+//! Every call is bounded: the per-request reads (`revocation`, `account`) and the probe by
+//! `state.redis.timeout` (default 500 ms), everything else by that or [`WRITE_TIMEOUT`],
+//! whichever is longer. A dead or hung Redis fails with [`StoreError::Unavailable`] and the
+//! cache's `state.on_error` policy decides.
 //!
 //! Invalidation. The same RESP3 connection subscribes to `{p}events`; pushes go to
 //! [`RedisStore::spawn_listener`]'s task, which reports each as an [`Invalidation`] (a
 //! serial, an account) to the cache that follows this store, and reports a lost link and
-//! every (re)subscription too (events may have been lost); the cache decides what to drop.
+//! every (re)subscription too (events may have been lost while away); the cache keeps its
+//! entries while the link is away and starts afresh once it is back.
 //!
 //! Data-loss guard. On first contact the store writes `{p}meta` with a random `store_id`
 //! (or, when `meta` is missing but data exists, marks the store as having lost data). If
@@ -156,9 +159,10 @@ use link::*;
 use meta::GuardState;
 use scripts::*;
 
-/// The bound on one store call, connection included. Longer than one connection attempt
-/// (`CONNECT_TIMEOUT`), shorter than a client's patience.
-pub const CALL_TIMEOUT: Duration = Duration::from_millis(2500);
+/// The least bound on one write, connection included (`state.redis.timeout` when that is
+/// longer): a write may also wait [`REPLICA_WAIT`] for a replica, and an operator's call
+/// can wait longer than a request.
+pub const WRITE_TIMEOUT: Duration = Duration::from_millis(2500);
 
 /// Sentinel and Cluster mode: how long a write waits for a replica to confirm it.
 pub const REPLICA_WAIT: Duration = Duration::from_millis(500);
@@ -194,6 +198,9 @@ pub struct RedisStore {
     lost: AtomicBool,
     metrics: OnceLock<Metrics>,
     events: OnceLock<Events>,
+    /// `state.redis.timeout`: the bound on a per-request read and the probe.
+    read_timeout: Duration,
+    write_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -322,6 +329,8 @@ impl RedisStore {
             lost: AtomicBool::new(false),
             metrics: OnceLock::new(),
             events: OnceLock::new(),
+            read_timeout: cfg.timeout,
+            write_timeout: cfg.timeout.max(WRITE_TIMEOUT),
         })
     }
 
@@ -341,17 +350,20 @@ impl RedisStore {
         self.link.is_cluster()
     }
 
-    /// Runs `fut` within [`CALL_TIMEOUT`].
+    /// Runs a read within `state.redis.timeout`.
     async fn timed<T>(
         &self,
         fut: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(CALL_TIMEOUT, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "redis did not answer within {CALL_TIMEOUT:?}"
-            ))),
-        }
+        within(self.read_timeout, "state.redis.timeout", fut).await
+    }
+
+    /// Runs a write within `state.redis.timeout`, at least [`WRITE_TIMEOUT`].
+    async fn timed_write<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        within(self.write_timeout, "the write timeout", fut).await
     }
 
     /// Maps a command's error, dropping a Sentinel link that points at a lost master.
@@ -479,6 +491,19 @@ impl RedisStore {
     }
 }
 
+async fn within<T>(
+    limit: Duration,
+    name: &str,
+    fut: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "redis did not answer within {limit:?} ({name})"
+        ))),
+    }
+}
+
 impl StateStore for RedisStore {
     fn ping(&self) -> BoxFut<'_, Result<(), StoreError>> {
         Box::pin(self.timed(self.ping_inner()))
@@ -496,7 +521,7 @@ impl StateStore for RedisStore {
     ) -> BoxFut<'_, Result<AccountState, StoreError>> {
         let account = account.to_owned();
         Box::pin(async move {
-            self.timed(self.enable_two_factor_inner(&account, now))
+            self.timed_write(self.enable_two_factor_inner(&account, now))
                 .await
         })
     }
@@ -507,7 +532,10 @@ impl StateStore for RedisStore {
         now: UnixTime,
     ) -> BoxFut<'_, Result<AccountState, StoreError>> {
         let account = account.to_owned();
-        Box::pin(async move { self.timed(self.reset_account_inner(&account, now)).await })
+        Box::pin(async move {
+            self.timed_write(self.reset_account_inner(&account, now))
+                .await
+        })
     }
 
     fn revocation(&self, serial: &str) -> BoxFut<'_, Result<Option<Revocation>, StoreError>> {
@@ -516,29 +544,29 @@ impl StateStore for RedisStore {
     }
 
     fn revoke(&self, revocation: Revocation) -> BoxFut<'_, Result<Revocation, StoreError>> {
-        Box::pin(self.timed(self.revoke_inner(revocation)))
+        Box::pin(self.timed_write(self.revoke_inner(revocation)))
     }
 
     fn revocations(&self) -> BoxFut<'_, Result<Vec<Revocation>, StoreError>> {
-        Box::pin(self.timed(self.revocations_inner()))
+        Box::pin(self.timed_write(self.revocations_inner()))
     }
 
     fn record_certificate(&self, cert: CertRecord) -> BoxFut<'_, Result<(), StoreError>> {
-        Box::pin(self.timed(self.record_certificate_inner(cert)))
+        Box::pin(self.timed_write(self.record_certificate_inner(cert)))
     }
 
     fn certificate(&self, serial: &str) -> BoxFut<'_, Result<Option<CertRecord>, StoreError>> {
         let serial = serial.to_owned();
-        Box::pin(async move { self.timed(self.certificate_inner(&serial)).await })
+        Box::pin(async move { self.timed_write(self.certificate_inner(&serial)).await })
     }
 
     fn certificates_of(&self, account: &str) -> BoxFut<'_, Result<Vec<CertRecord>, StoreError>> {
         let account = account.to_owned();
-        Box::pin(async move { self.timed(self.certificates_of_inner(&account)).await })
+        Box::pin(async move { self.timed_write(self.certificates_of_inner(&account)).await })
     }
 
     fn put_ticket(&self, ticket: TicketRecord) -> BoxFut<'_, Result<(), StoreError>> {
-        Box::pin(self.timed(self.put_ticket_inner(ticket)))
+        Box::pin(self.timed_write(self.put_ticket_inner(ticket)))
     }
 
     fn peek_ticket(
@@ -547,7 +575,7 @@ impl StateStore for RedisStore {
         now: UnixTime,
     ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>> {
         let hash = hash.to_owned();
-        Box::pin(async move { self.timed(self.peek_ticket_inner(&hash, now)).await })
+        Box::pin(async move { self.timed_write(self.peek_ticket_inner(&hash, now)).await })
     }
 
     fn consume_ticket(
@@ -556,15 +584,18 @@ impl StateStore for RedisStore {
         now: UnixTime,
     ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>> {
         let hash = hash.to_owned();
-        Box::pin(async move { self.timed(self.consume_ticket_inner(&hash, now)).await })
+        Box::pin(async move {
+            self.timed_write(self.consume_ticket_inner(&hash, now))
+                .await
+        })
     }
 
     fn next_crl_number(&self) -> BoxFut<'_, Result<u64, StoreError>> {
-        Box::pin(self.timed(self.next_crl_number_inner()))
+        Box::pin(self.timed_write(self.next_crl_number_inner()))
     }
 
     fn sweep(&self, now: UnixTime) -> BoxFut<'_, Result<u64, StoreError>> {
-        Box::pin(self.timed(self.sweep_inner(now)))
+        Box::pin(self.timed_write(self.sweep_inner(now)))
     }
 
     fn trusted(&self) -> bool {
