@@ -386,7 +386,8 @@ async fn readyz(h: &Harness) -> (u16, String) {
         .await
         .expect("readyz");
     let status = resp.status().as_u16();
-    let v: serde_json::Value = resp.json().await.expect("readyz answers JSON");
+    let text = resp.text().await.expect("readyz body");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("readyz answers JSON");
     let word = v["status"].as_str().or(v["error"].as_str()).unwrap_or("");
     (status, word.to_string())
 }
