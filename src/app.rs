@@ -245,15 +245,23 @@ pub(crate) fn build_runtime(
     })
 }
 
-/// Probes the store every `every` without traffic (see `StateStore::probe_interval`).
+/// Probes the store every `every` without traffic (see `StateStore::probe_interval`), and
+/// every [`PROBE_WHILE_DOWN`] during an outage, so an instance without traffic (one that
+/// only takes admin calls, say) notices the store is back within that.
 async fn prober(cache: Arc<StateCache>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        let wait = if cache.degraded() {
+            every.min(PROBE_WHILE_DOWN)
+        } else {
+            every
+        };
+        tokio::time::sleep(wait).await;
         cache.probe().await;
     }
 }
+
+/// How often the store is probed while it does not answer.
+const PROBE_WHILE_DOWN: Duration = Duration::from_millis(500);
 
 async fn sweeper(store: Arc<dyn StateStore>, cache: Arc<StateCache>) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
