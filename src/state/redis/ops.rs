@@ -127,15 +127,13 @@ impl RedisStore {
             .invoke_async::<(i64, Vec<String>)>(&mut conn)
             .await;
         let (written, existing) = self.check(id, r, "revoke")?;
-        self.replicated(id, &mut conn, &self.keys.revoked(&serial))
-            .await?;
         let stored = if written == 1 {
             revocation
         } else {
             decode_revocation(&serial, &pairs(existing))?
         };
-        // Index and event: repeated on a repeated revoke, so a crash after the record
-        // leaves nothing a retry does not finish.
+        // The CRL index entry, on the same connection, after the record: a crash between
+        // the two leaves the record, and a repeated revoke (idempotent) adds the entry.
         let score = stored
             .not_after
             .map(|na| {
@@ -143,9 +141,23 @@ impl RedisStore {
                     .to_string()
             })
             .unwrap_or_else(|| "+inf".into());
-        let mut zadd = redis::cmd("ZADD");
-        zadd.arg(self.keys.revoked_index()).arg(score).arg(&serial);
-        self.each::<i64>(vec![zadd], "index revocation").await?;
+        let r = redis::cmd("ZADD")
+            .arg(self.keys.revoked_index())
+            .arg(score)
+            .arg(&serial)
+            .query_async::<i64>(&mut conn)
+            .await;
+        self.check(id, r, "index revocation")?;
+        // Both steps reach a replica before the revocation counts as done, so a failover
+        // right after it loses neither the refusal nor the CRL entry. One `WAIT` covers
+        // every earlier write on a connection; in Cluster the index lives in another slot,
+        // so its master is asked separately.
+        self.replicated(id, &mut conn, &self.keys.revoked(&serial))
+            .await?;
+        if self.link.is_cluster() {
+            self.replicated(id, &mut conn, &self.keys.revoked_index())
+                .await?;
+        }
         self.publish(format!("revoke {serial}")).await;
         Ok(stored)
     }
