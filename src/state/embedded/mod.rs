@@ -149,9 +149,16 @@ impl StoredTicket {
 
 /// The redb-backed [`StateStore`]. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    /// The open file. After an I/O error (a full disk, say) redb refuses every later call
+    /// until the file is opened again; `poisoned` is then set and the next call reopens it.
+    db: std::sync::Mutex<Option<Arc<Database>>>,
+    poisoned: std::sync::atomic::AtomicBool,
     path: PathBuf,
 }
+
+/// The start of the message of every error that leaves the open file unusable (redb's
+/// I/O errors): the store reopens the file on the next call.
+const IO_FAILED: &str = "the store file could not be written or read";
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -242,6 +249,14 @@ impl EmbeddedStore {
 
     /// Opens (or, for a file just created, formats) the redb file at `path`.
     fn open_file(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            db: std::sync::Mutex::new(Some(Arc::new(Self::open_database(path)?))),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
+            path: path.to_owned(),
+        })
+    }
+
+    fn open_database(path: &Path) -> Result<Database, StoreError> {
         let shown = path.display();
         let db = Database::builder()
             .set_cache_size(PAGE_CACHE_BYTES)
@@ -283,10 +298,54 @@ impl EmbeddedStore {
             }
         }
         tx.commit()?;
-        Ok(Self {
-            db: Arc::new(db),
-            path: path.to_owned(),
+        Ok(db)
+    }
+
+    /// The open file, opened again first when an I/O error left it unusable (once no call
+    /// still holds the old handle; until then, calls go on failing on it).
+    fn database(&self) -> Result<Arc<Database>, StoreError> {
+        use std::sync::atomic::Ordering;
+        let mut slot = self
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stale = self.poisoned.load(Ordering::Acquire)
+            && slot.as_ref().is_none_or(|db| Arc::strong_count(db) == 1);
+        if stale {
+            // redb locks the file: the old handle must be closed before the new one opens.
+            drop(slot.take());
+            match Self::open_database(&self.path) {
+                Ok(fresh) => {
+                    *slot = Some(Arc::new(fresh));
+                    self.poisoned.store(false, Ordering::Release);
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        "embedded state store file opened again after an I/O error"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(
+                        path = %self.path.display(),
+                        error = %e,
+                        "embedded state store file cannot be opened again"
+                    );
+                    return Err(e);
+                }
+            }
+        }
+        slot.as_ref().map(Arc::clone).ok_or_else(|| {
+            StoreError::Unavailable(format!("{IO_FAILED}: {} is not open", self.path.display()))
         })
+    }
+
+    /// Notes an error that leaves the open file unusable.
+    fn after<T>(&self, r: &Result<T, StoreError>) {
+        if let Err(StoreError::Unavailable(m)) = r
+            && m.contains(IO_FAILED)
+        {
+            self.poisoned
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// The file this store lives in.
@@ -300,11 +359,16 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
-        Box::pin(blocking(move || {
-            let tx = db.begin_read()?;
-            f(&tx)
-        }))
+        Box::pin(async move {
+            let db = self.database()?;
+            let r = blocking(move || {
+                let tx = db.begin_read()?;
+                f(&tx)
+            })
+            .await;
+            self.after(&r);
+            r
+        })
     }
 
     /// Runs `f` in a write transaction on the blocking pool and commits it durably. If `f`
@@ -314,15 +378,20 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
-        Box::pin(blocking(move || {
-            let mut tx = db.begin_write()?;
-            tx.set_durability(Durability::Immediate)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        }))
+        Box::pin(async move {
+            let db = self.database()?;
+            let r = blocking(move || {
+                let mut tx = db.begin_write()?;
+                tx.set_durability(Durability::Immediate)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let out = f(&tx)?;
+                tx.commit()?;
+                Ok(out)
+            })
+            .await;
+            self.after(&r);
+            r
+        })
     }
 }
 
@@ -359,6 +428,9 @@ impl From<redb::Error> for StoreError {
             redb::Error::Corrupted(m) => StoreError::Corrupt(m),
             redb::Error::DatabaseAlreadyOpen => {
                 StoreError::Unavailable("the store file is locked by another process".into())
+            }
+            e @ (redb::Error::Io(_) | redb::Error::PreviousIo) => {
+                StoreError::Unavailable(format!("{IO_FAILED} (is the disk full?): {e}"))
             }
             other => StoreError::Unavailable(other.to_string()),
         }

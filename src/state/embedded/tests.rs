@@ -12,7 +12,7 @@ fn temp_store() -> (tempfile::TempDir, EmbeddedStore) {
 async fn corrupt_value_is_an_error_not_a_panic() {
     let (_dir, store) = temp_store();
     {
-        let tx = store.db.begin_write().unwrap();
+        let tx = store.database().unwrap().begin_write().unwrap();
         tx.open_table(ACCOUNTS)
             .unwrap()
             .insert("alice", b"{not json".as_slice())
@@ -172,4 +172,87 @@ async fn sweep_keeps_revocations_within_the_retention_window() {
     assert_eq!(store.sweep(now).await.unwrap(), 1);
     assert!(store.revocation("01").await.unwrap().is_some());
     assert!(store.revocation("02").await.unwrap().is_none());
+}
+
+/// A full disk (here: the file-size limit, which fails a growing write with EFBIG as a full
+/// disk fails it with ENOSPC) fails that write with a clear error, loses no acknowledged
+/// write, and once there is room again the store works without a restart.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_full_disk_fails_the_write_and_keeps_the_store() {
+    let (dir, store) = temp_store();
+    let path = dir.path().join("state/certgate.db");
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let r = revocation(&format!("a{i:02}"));
+        store.revoke(r.clone()).await.unwrap();
+        acknowledged.push(r);
+    }
+    let size = std::fs::metadata(&path).unwrap().len();
+    // Nextest runs each test in its own process, so the limit and the ignored SIGXFSZ
+    // reach no other test.
+    let limit = |bytes: u64| unsafe {
+        let l = libc::rlimit {
+            rlim_cur: bytes as libc::rlim_t,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &l), 0);
+    };
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    limit(size);
+    let mut failure = None;
+    for i in 0..5000 {
+        let r = revocation(&format!("b{i:04}-{}", "f".repeat(200)));
+        match store.revoke(r.clone()).await {
+            Ok(_) => acknowledged.push(r),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    limit(u64::MAX);
+    let failure = failure.expect("a write failed when the file could not grow");
+    let text = failure.to_string();
+    assert!(matches!(failure, StoreError::Unavailable(_)), "{failure:?}");
+    assert!(
+        text.contains("File too large") || text.contains("No space left"),
+        "the error names the cause: {text}"
+    );
+
+    // Room again: the same store answers and writes, without a restart.
+    let after = revocation("c00");
+    store
+        .revoke(after.clone())
+        .await
+        .expect("writes work again");
+    acknowledged.push(after);
+    for r in &acknowledged {
+        assert!(
+            store.revocation(&r.serial).await.unwrap().is_some(),
+            "{}",
+            r.serial
+        );
+    }
+    drop(store);
+    let reopened = EmbeddedStore::open(&path).expect("the file opens again");
+    for r in &acknowledged {
+        assert!(
+            reopened.revocation(&r.serial).await.unwrap().is_some(),
+            "acknowledged {} lost",
+            r.serial
+        );
+    }
+}
+
+#[cfg(unix)]
+fn revocation(serial: &str) -> Revocation {
+    Revocation {
+        serial: serial.to_string(),
+        reason: crate::state::RevocationReason::KeyCompromise,
+        revoked_at: 1_700_000_000,
+        not_after: None,
+    }
 }
