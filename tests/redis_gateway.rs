@@ -474,6 +474,42 @@ async fn sentinel_failover_moves_writes_and_keeps_revocations_propagating() {
         .await;
     assert_eq!(conn_b.get("/app/1").await.status, 200);
 
+    // Load on B through the failover: identities cached before it must never be refused
+    // (cache.ttl is 60 s), and the certificate revoked before it never let through.
+    let stop = tokio::sync::watch::channel(false).0;
+    let mut load = Vec::new();
+    let cached: Vec<Leaf> = (0..4)
+        .map(|i| prepared.pki.client(&format!("cached{i}")))
+        .chain([before.clone()])
+        .collect();
+    for leaf in cached {
+        let mut conn = RawClient::new(b.listen, &prepared.pki.server_ca.der, Some(&leaf))
+            .connect()
+            .await
+            .expect("handshake")
+            .into_http1()
+            .await;
+        let want = if leaf.serial == before.serial {
+            403
+        } else {
+            200
+        };
+        assert_eq!(conn.get("/app/warm").await.status, want);
+        let stop = stop.subscribe();
+        load.push(tokio::spawn(async move {
+            let mut answers = (0usize, Vec::new());
+            while !*stop.borrow() {
+                let status = conn.get("/app/load").await.status;
+                answers.0 += 1;
+                if status != want {
+                    answers.1.push(status);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (want, answers)
+        }));
+    }
+
     sentinel.failover("certgate-test");
     wait_until("sentinel promoted a replica", STEP, || {
         sentinel
@@ -523,6 +559,21 @@ async fn sentinel_failover_moves_writes_and_keeps_revocations_propagating() {
         on_new_master, 1,
         "the revocation did not land on the new master"
     );
+    // Its CRL index entry too, and the one from before the failover.
+    for serial in [&carol.serial, &before.serial] {
+        let score: Option<String> =
+            new_master.cmd(&["ZSCORE", "certgate:index:revoked", serial.as_str()]);
+        assert!(score.is_some(), "{serial} is missing from the CRL index");
+    }
+    stop.send_replace(true);
+    for task in load {
+        let (want, (sent, wrong)) = within("load task", task).await.expect("load task");
+        assert!(sent > 0);
+        assert!(
+            wrong.is_empty(),
+            "a cached identity (expected {want}) got {wrong:?} during the failover ({sent} requests)"
+        );
+    }
 
     // B refuses carol on its open connection (it may first answer 503 while it finds the
     // new master, never 200 after the bound).
