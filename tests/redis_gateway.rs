@@ -696,6 +696,132 @@ async fn cluster_revocations_and_resets_reach_another_instance() {
     b.shutdown().await;
 }
 
+/// A Cluster master killed under load: its replica takes over; identities cached before
+/// never get refused, the certificate revoked before is never let through, and revocations
+/// after the failover reach the other instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_master_failover_under_load() {
+    let Some(mut cluster) = RedisCluster::start_with_replicas(1) else {
+        return;
+    };
+    let urls = cluster
+        .urls()
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let prepared = prepared_with(&[
+        "redis:".to_string(),
+        "  mode: cluster".to_string(),
+        format!("  urls: [{urls}]"),
+        "cache:".to_string(),
+        "  ttl: 60s".to_string(),
+    ])
+    .await;
+    let config = prepared.load_config();
+    let a = within("start A", certgate::app::start(config.clone()))
+        .await
+        .expect("start A");
+    let b = within("start B", certgate::app::start(config))
+        .await
+        .expect("start B");
+    let admin_a = support::Admin::new(a.admin, &prepared.token);
+    let ca = prepared.pki.server_ca.der.clone();
+
+    let revoked = prepared.pki.client("revoked");
+    admin_a.revoke(&revoked.serial).await;
+    let stop = tokio::sync::watch::channel(false).0;
+    let mut load = Vec::new();
+    let leaves: Vec<Leaf> = (0..6)
+        .map(|i| prepared.pki.client(&format!("cached{i}")))
+        .chain([revoked.clone()])
+        .collect();
+    for leaf in leaves {
+        let mut conn = open(b.listen, &ca, &leaf).await;
+        let want = if leaf.serial == revoked.serial {
+            403
+        } else {
+            200
+        };
+        until_status(&mut conn, "/app/warm", want, &[503], STEP).await;
+        let stop = stop.subscribe();
+        load.push(tokio::spawn(async move {
+            let (mut sent, mut wrong) = (0usize, Vec::new());
+            while !*stop.borrow() {
+                let status = conn.get("/app/load").await.status;
+                sent += 1;
+                if status != want {
+                    wrong.push(status);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (want, sent, wrong)
+        }));
+    }
+
+    // Kill the master serving the revoked record, and wait for its replica to take over.
+    let key = format!("certgate:revoked:{}", revoked.serial);
+    let master_port = cluster.node_for(&key).port;
+    let replica_port = cluster.replica_of(master_port).port;
+    cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.port == master_port)
+        .expect("the master")
+        .kill();
+    let killed = Instant::now();
+    wait_until(
+        "the replica serves the slot",
+        Duration::from_secs(30),
+        || {
+            cluster.nodes.iter().filter(|n| n.is_running()).all(|n| {
+                n.cmd::<String>(&["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+            }) && cluster.node_for(&key).port == replica_port
+        },
+    );
+    let promoted = killed.elapsed();
+
+    // After the failover: a new revocation on A reaches B (writes may fail while the
+    // cluster client finds the new topology: retried within a bound).
+    let late = prepared.pki.client("late");
+    let mut conn = open(b.listen, &ca, &late).await;
+    until_status(&mut conn, "/app/before", 200, &[503], STEP).await;
+    let deadline = Instant::now() + STEP;
+    loop {
+        let r = admin_a
+            .post(&format!("/v1/certificates/{}/revoke", late.serial), None)
+            .await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "revoke after the failover: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until_status(&mut conn, "/app/after", 403, &[200], PROPAGATION).await;
+
+    stop.send_replace(true);
+    let mut total = 0;
+    for task in load {
+        let (want, sent, wrong) = within("load task", task).await.expect("load task");
+        total += sent;
+        assert!(
+            wrong.is_empty(),
+            "a cached identity (expected {want}) got {wrong:?} during the failover"
+        );
+    }
+    eprintln!(
+        "cluster failover: replica serving {promoted:?} after the kill; {total} cached \
+         requests answered as before, none refused"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// What Redis sees per gateway request: a bounded loopback load over a fixed set of
 /// certificates, counted with `INFO commandstats`. Prints the figures; asserts only that a
 /// cache hit costs no Redis call.
