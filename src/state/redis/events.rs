@@ -45,7 +45,7 @@ impl RedisStore {
                 }
                 PushKind::Disconnection => {
                     self.link.reset_current();
-                    tracing::warn!("redis connection lost");
+                    tracing::debug!("redis connection lost");
                     self.emit(Invalidation::LinkLost);
                 }
                 PushKind::Subscribe => {
