@@ -143,3 +143,80 @@ async fn underscores_reject_refuses_any_name_with_an_underscore() {
     }
     h.shutdown().await;
 }
+
+/// One raw HTTP/1.x request over TLS without a certificate; the answer's status.
+async fn raw_status(h: &Harness, request: &str) -> u16 {
+    let mut conn = support::RawClient::new(h.listen(), &h.pki.server_ca.der, None)
+        .connect()
+        .await
+        .expect("handshake");
+    conn.write_all(request.as_bytes()).await.expect("write");
+    let out = conn.read_head(support::STEP).await;
+    support::client::RawResponse::parse(&out.bytes).status
+}
+
+/// Paths that the gateway would classify as public but that some upstream resolves to
+/// another (protected) path are refused, not forwarded; so are the path forms hidden in
+/// look-alike characters. Ordinary public requests still pass.
+#[tokio::test]
+async fn path_forms_upstreams_resolve_differently_are_refused() {
+    let h = Harness::with(Options::default()).await;
+    assert_eq!(
+        raw_status(&h, "GET /public/login HTTP/1.1\r\nHost: localhost\r\n\r\n").await,
+        200
+    );
+    for path in [
+        "/public/..;/secret",
+        "/public/..%3b/secret",
+        "/public/.;x/secret",
+        "/public/%252e%252e/secret",
+        "/public/%ef%bc%8e%ef%bc%8e/secret",
+        "/public/%e2%80%a5/secret",
+        "/public%ef%bc%8fsecret",
+    ] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        assert_eq!(raw_status(&h, &req).await, 400, "{path}");
+    }
+}
+
+/// RFC 9112 §3.2: one Host per HTTP/1.1 request; a request target with userinfo, or naming
+/// another host than the Host header, is refused instead of overriding it.
+#[tokio::test]
+async fn host_must_be_present_single_and_agree_with_the_target() {
+    let h = Harness::with(Options::default()).await;
+    for (what, req, want) in [
+        (
+            "control",
+            "GET /public/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            200,
+        ),
+        ("no Host", "GET /public/x HTTP/1.1\r\n\r\n", 400),
+        (
+            "two Hosts",
+            "GET /public/x HTTP/1.1\r\nHost: localhost\r\nHost: evil\r\n\r\n",
+            400,
+        ),
+        (
+            "userinfo",
+            "GET http://a@localhost/public/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            400,
+        ),
+        (
+            "target names another host",
+            "GET http://evil.example/public/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            400,
+        ),
+        (
+            "absolute form agreeing with Host",
+            "GET http://localhost/public/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            200,
+        ),
+        (
+            "HTTP/1.0 needs no Host",
+            "GET /public/x HTTP/1.0\r\n\r\n",
+            200,
+        ),
+    ] {
+        assert_eq!(raw_status(&h, req).await, want, "{what}");
+    }
+}

@@ -173,7 +173,7 @@ const BAD_REQUEST: Page = Page {
     status: StatusCode::BAD_REQUEST,
     token: "bad_request",
     title: "Bad request",
-    message: "The request path is not allowed (\"..\" segments, encoded slashes or backslashes, or invalid escapes).",
+    message: "The request is malformed: its path has \"..\" segments, encoded slashes or backslashes, invalid escapes or look-alike dots, or its Host is missing, repeated or contradicts the address.",
     steps: &["Check the address and try again."],
 };
 

@@ -34,6 +34,33 @@ pub enum PathError {
     BadEncoding,
     #[error("path contains a control character")]
     ControlChar,
+    /// A form that upstream servers resolve differently from each other (and from this
+    /// classification): a dot segment with parameters (`..;`, `.;x`: Tomcat, Jetty and
+    /// Spring read it as `..`), an escape that decodes to another escape (`%252e`: apps
+    /// that decode twice), or a look-alike of `.`, `/` or `\` (fullwidth, one- and
+    /// two-dot leaders, division slash: servers that fold Unicode).
+    #[error(
+        "path contains a segment upstream servers resolve differently (\"..;\", a double-encoded escape, or a look-alike dot or slash)"
+    )]
+    Ambiguous,
+}
+
+/// Characters some servers fold into `.`, `..`, `/` or `\` (NFKC and friends).
+const LOOK_ALIKES: [char; 7] = [
+    '\u{FF0E}', // fullwidth full stop
+    '\u{2024}', // one dot leader
+    '\u{2025}', // two dot leader
+    '\u{FE52}', // small full stop
+    '\u{FF0F}', // fullwidth solidus
+    '\u{2215}', // division slash
+    '\u{FF3C}', // fullwidth reverse solidus
+];
+
+/// `%` followed by two hex digits: after one decoding, a second escape.
+fn has_escape(s: &str) -> bool {
+    s.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
 }
 
 /// Percent-decodes and dot-normalises `path` (without query). `.` segments and empty
@@ -86,12 +113,18 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
         return Err(PathError::ControlChar);
     }
     let decoded = String::from_utf8(decoded).map_err(|_| PathError::BadEncoding)?;
+    if has_escape(&decoded) || decoded.contains(LOOK_ALIKES) {
+        return Err(PathError::Ambiguous);
+    }
     let mut out = String::with_capacity(decoded.len());
     let trailing_slash = decoded.ends_with('/');
     for seg in decoded.split('/') {
         match seg {
             "" | "." => {}
             ".." => return Err(PathError::DotDot),
+            s if matches!(s.split(';').next(), Some("." | "..")) => {
+                return Err(PathError::Ambiguous);
+            }
             s => {
                 out.push('/');
                 out.push_str(s);
@@ -212,6 +245,47 @@ pub fn decide(
     match state {
         Some(Ok(s)) => judge(ident, s, facts, now),
         Some(Err(Unavailable)) | None => Decision::StoreUnavailable,
+    }
+}
+
+/// Why a request's host is refused (400): RFC 9112 §3.2 and the ambiguities a proxy must
+/// not pass on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("an HTTP/1.1 request without a Host header")]
+    Missing,
+    #[error("more than one Host header")]
+    Repeated,
+    #[error("a Host header that is not visible ASCII")]
+    Invalid,
+    #[error("userinfo (user@) in the request target or Host")]
+    UserInfo,
+    #[error("the request target names another host than the Host header")]
+    Conflict,
+}
+
+/// The one host of a request: the target's authority (absolute form, or h2's
+/// `:authority`) or the `Host` header. `hosts` are the `Host` header values (`None` for one
+/// that is not visible ASCII); `requires_host` is true for HTTP/1.1.
+pub fn request_host<'a>(
+    requires_host: bool,
+    authority: Option<&'a str>,
+    hosts: &[Option<&'a str>],
+) -> Result<Option<&'a str>, HostError> {
+    let host = match hosts {
+        [] => None,
+        [one] => Some(one.ok_or(HostError::Invalid)?),
+        _ => return Err(HostError::Repeated),
+    };
+    if authority.is_some_and(|a| a.contains('@')) || host.is_some_and(|h| h.contains('@')) {
+        return Err(HostError::UserInfo);
+    }
+    if requires_host && host.is_none() {
+        return Err(HostError::Missing);
+    }
+    match (authority, host) {
+        (Some(a), Some(h)) if !a.eq_ignore_ascii_case(h) => Err(HostError::Conflict),
+        (a, h) => Ok(a.or(h)),
     }
 }
 
@@ -443,6 +517,69 @@ mod tests {
         assert_eq!(normalize_path("/a%ff"), Err(PathError::BadEncoding));
         assert_eq!(normalize_path("a"), Err(PathError::NotAbsolute));
         assert_eq!(normalize_path("*"), Err(PathError::NotAbsolute));
+    }
+
+    /// Forms that upstreams resolve differently from each other are refused, whatever the
+    /// route (the attacks of a public `/static` route reaching `/secret`).
+    #[test]
+    fn one_host_per_request() {
+        let h = |v: &'static str| Some(v);
+        assert_eq!(request_host(true, None, &[h("a")]), Ok(Some("a")));
+        assert_eq!(request_host(true, None, &[]), Err(HostError::Missing));
+        assert_eq!(request_host(false, None, &[]), Ok(None), "HTTP/1.0");
+        assert_eq!(request_host(false, Some("a"), &[]), Ok(Some("a")), "h2");
+        assert_eq!(
+            request_host(true, None, &[h("a"), h("a")]),
+            Err(HostError::Repeated)
+        );
+        assert_eq!(request_host(true, None, &[None]), Err(HostError::Invalid));
+        assert_eq!(
+            request_host(true, Some("a@evil"), &[h("evil")]),
+            Err(HostError::UserInfo)
+        );
+        assert_eq!(
+            request_host(true, None, &[h("a@evil")]),
+            Err(HostError::UserInfo)
+        );
+        assert_eq!(
+            request_host(true, Some("evil"), &[h("good")]),
+            Err(HostError::Conflict)
+        );
+        assert_eq!(
+            request_host(true, Some("Good:8443"), &[h("good:8443")]),
+            Ok(Some("Good:8443"))
+        );
+    }
+
+    #[test]
+    fn ambiguous_forms_are_refused() {
+        for path in [
+            "/static/..;/secret",
+            "/static/..%3b/secret",
+            "/static/..%3B/secret",
+            "/static/.;x/secret",
+            "/static/..;jsessionid=1/secret",
+            "/static/%252e%252e/secret",
+            "/static/%252e%252e%252fsecret",
+            "/static/%25%32%65",
+            "/static/%ef%bc%8e%ef%bc%8e/secret",
+            "/static/%e2%80%a5/secret",
+            "/static/%e2%80%a4%e2%80%a4/secret",
+            "/static/%ef%b9%92%ef%b9%92/secret",
+            "/static%ef%bc%8fsecret",
+            "/static%e2%88%95..%e2%88%95secret",
+        ] {
+            assert_eq!(normalize_path(path), Err(PathError::Ambiguous), "{path}");
+            assert_eq!(
+                classify(path, &["/static".to_string()]),
+                Err(PathError::Ambiguous),
+                "{path}"
+            );
+        }
+        // Still fine: parameters on ordinary segments, a literal percent, dots in names.
+        assert_eq!(normalize_path("/a;b/c").unwrap(), "/a;b/c");
+        assert_eq!(normalize_path("/files/100%25").unwrap(), "/files/100%");
+        assert_eq!(normalize_path("/a/..b/.c").unwrap(), "/a/..b/.c");
     }
 
     #[test]

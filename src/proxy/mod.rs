@@ -374,15 +374,21 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> (Decision, Response<RespBody>) {
         let headers = req.headers();
-        if self.check_host {
-            let host = req
-                .uri()
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()));
-            if !gate::host_matches_sni(host, conn.sni.as_deref()) {
-                return refuse(Decision::Misdirected, headers);
+        let hosts: Vec<Option<&str>> = headers
+            .get_all(header::HOST)
+            .iter()
+            .map(|h| h.to_str().ok())
+            .collect();
+        let authority = req.uri().authority().map(|a| a.as_str());
+        let host = match gate::request_host(req.version() == Version::HTTP_11, authority, &hosts) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(error = %e, "refusing the request's host");
+                return refuse(Decision::BadRequest, headers);
             }
+        };
+        if self.check_host && !gate::host_matches_sni(host, conn.sni.as_deref()) {
+            return refuse(Decision::Misdirected, headers);
         }
         let route = match gate::classify(req.uri().path(), &self.public) {
             Ok(r) => r,
