@@ -84,7 +84,7 @@ impl Reloader {
     /// connections) use the result; open connections are not dropped.
     pub async fn reload(&self) -> Result<(), ReloadError> {
         let _one = self.serial.lock().await;
-        let result = self.try_reload();
+        let result = self.try_reload().await;
         match &result {
             Ok(()) => {
                 self.metrics.config_reloads.get_or_create(&ok_label()).inc();
@@ -103,8 +103,8 @@ impl Reloader {
         result
     }
 
-    fn try_reload(&self) -> Result<(), ReloadError> {
-        let new = Config::load(&self.path)?;
+    async fn try_reload(&self) -> Result<(), ReloadError> {
+        let new = self.load().await?;
         let old = self.active();
         let changed = restart_only_changes(&old, &new);
         if !changed.is_empty() {
@@ -115,6 +115,35 @@ impl Reloader {
         Ok(())
     }
 }
+
+impl Reloader {
+    /// Reads and validates the file off the async workers, within [`LOAD_TIMEOUT`]: a file
+    /// on a hung mount must not stop the listeners.
+    async fn load(&self) -> Result<Config, ReloadError> {
+        let path = self.path.clone();
+        let timed_out = || crate::config::ConfigError {
+            file: self.path.clone(),
+            line: None,
+            key: "(file)".into(),
+            message: format!(
+                "reading the configuration and the files it names took longer than \
+                 {LOAD_TIMEOUT:?} (a hung mount?)"
+            ),
+        };
+        match tokio::time::timeout(
+            LOAD_TIMEOUT,
+            tokio::task::spawn_blocking(move || Config::load(&path)),
+        )
+        .await
+        {
+            Ok(Ok(loaded)) => Ok(loaded?),
+            Ok(Err(_)) | Err(_) => Err(ReloadError::Config(timed_out())),
+        }
+    }
+}
+
+/// The bound on reading a configuration for a reload.
+const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn ok_label() -> crate::metrics::OutcomeLabels {
     crate::metrics::OutcomeLabels {

@@ -140,7 +140,8 @@ pub fn read_token_file(path: &Path) -> Result<String, ClientError> {
         path: path.display().to_string(),
         detail,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let text =
+        crate::config::read::regular_text(path, 64 * 1024).map_err(|e| err(e.to_string()))?;
     let token = text.trim();
     if token.is_empty() {
         return Err(err("the file is empty".into()));

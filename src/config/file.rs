@@ -44,11 +44,13 @@ use crate::core::identity::AccountSource;
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        line: None,
-        key: "(file)".into(),
-        message: format!("cannot read the config file: {e}"),
+    let text = super::read::regular_text(path, super::read::MAX_CONFIG_BYTES).map_err(|e| {
+        ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: "(file)".into(),
+            message: format!("cannot read the config file: {e}"),
+        }
     })?;
     from_yaml(&text, path)
 }
@@ -227,16 +229,10 @@ impl Ctx<'_> {
         path: &Path,
         missing_hint: &str,
     ) -> Result<Vec<u8>, ConfigError> {
-        std::fs::read(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                self.fail(
-                    key,
-                    line,
-                    format!("{} does not exist{missing_hint}", path.display()),
-                )
-            } else {
-                self.fail(key, line, format!("cannot read {}: {e}", path.display()))
-            }
+        use super::read::{MAX_FILE_BYTES, ReadError, regular_file};
+        regular_file(path, MAX_FILE_BYTES).map_err(|e| match e {
+            ReadError::NotFound(_) => self.fail(key, line, format!("{e}{missing_hint}")),
+            other => self.fail(key, line, other.to_string()),
         })
     }
 

@@ -8,6 +8,7 @@
 //! types; nothing here binds or spawns.
 
 pub mod file;
+pub mod read;
 pub mod schema;
 pub mod units;
 mod yaml;

@@ -1617,3 +1617,52 @@ fn world_readable_enrollment_key_is_an_error() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     pki.load(&yaml).expect("0600 is fine");
 }
+
+/// A config naming a device, a FIFO or a folder gets a clear error at once, never a hang
+/// or a read without end; so does an oversized file.
+#[cfg(unix)]
+#[test]
+fn only_regular_files_are_read() {
+    let pki = Pki::new();
+    let fifo = pki.path("certs/fifo.pem");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    std::fs::write(
+        pki.path("certs/huge.crl"),
+        vec![b'A'; (crate::config::read::MAX_FILE_BYTES + 1) as usize],
+    )
+    .unwrap();
+    for (yaml, key, words) in [
+        (
+            MINIMAL.replace("certs/server.pem", "/dev/zero"),
+            "tls.cert",
+            &["/dev/zero", "not a regular file"][..],
+        ),
+        (
+            MINIMAL.replace("certs/server.key", "certs/fifo.pem"),
+            "tls.key",
+            &["fifo.pem", "not a regular file"][..],
+        ),
+        (
+            MINIMAL.replace("certs/server.pem", "certs"),
+            "tls.cert",
+            &["not a regular file"][..],
+        ),
+        (
+            with("client_auth:\n  crls: [certs/huge.crl]\n"),
+            "client_auth.crls[0]",
+            &["larger than"][..],
+        ),
+    ] {
+        let err = pki.error(&yaml);
+        assert_eq!(err.key, key, "{err}");
+        for w in words {
+            assert!(err.message.contains(w), "{w:?} missing from: {err}");
+        }
+    }
+}
