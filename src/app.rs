@@ -111,6 +111,9 @@ pub fn create_store_if_missing(cfg: &Config) -> Result<bool, AppError> {
 /// ports are in the returned [`Gateway`]) and starts serving.
 pub async fn start(config: Config) -> Result<Gateway, AppError> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    for w in config.warnings() {
+        tracing::warn!("configuration: {w}");
+    }
     let metrics = Metrics::new();
     metrics.config_last_reload_success.set(1);
 

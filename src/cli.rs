@@ -162,6 +162,9 @@ fn check_config(path: &Path) -> ExitCode {
                     "off"
                 },
             );
+            for w in cfg.warnings() {
+                eprintln!("{}: warning: {w}", path.display());
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -170,9 +173,14 @@ fn check_config(path: &Path) -> ExitCode {
 
 fn init_tracing(cfg: &crate::config::LogConfig) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CERTGATE_LOG")
-        .or_else(|_| EnvFilter::try_new(&cfg.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let directives = std::env::var("CERTGATE_LOG").unwrap_or_else(|_| cfg.level.clone());
+    let mut filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The HTTP/2 library warns once per connection it closes for abuse (rapid reset): a
+    // line an attacker can have written a thousand times a second. certgate logs those
+    // itself, rate-limited; the library's own lines only when asked for by name.
+    if !directives.contains("h2") {
+        filter = filter.add_directive("h2=error".parse().expect("a valid directive"));
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

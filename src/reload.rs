@@ -111,6 +111,9 @@ impl Reloader {
             return Err(ReloadError::NeedsRestart(changed.join(", ")));
         }
         (self.apply)(&new).map_err(ReloadError::Build)?;
+        for w in new.warnings() {
+            tracing::warn!("configuration: {w}");
+        }
         *self.active.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
         Ok(())
     }

@@ -76,6 +76,32 @@ async fn check_config_accepts_a_good_file() {
     );
 }
 
+/// Valid but almost certainly a mistake: everything public. check-config says so loudly
+/// and still exits 0; a normal config has no warning.
+#[tokio::test]
+async fn check_config_warns_when_every_path_is_public() {
+    let p = Prepared::new(Options {
+        public: vec!["/".into()],
+        ..Options::default()
+    })
+    .await;
+    let out = check_config(&p.config_path);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: routes.public contains \"/\": every path is public"),
+        "{}",
+        describe(&out)
+    );
+    let normal = Prepared::new(Options::default()).await;
+    let out = check_config(&normal.config_path);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{}",
+        describe(&out)
+    );
+}
+
 #[tokio::test]
 async fn check_config_does_not_bind() {
     let p = Prepared::new(Options::default()).await;

@@ -180,6 +180,23 @@ pub struct RoutesConfig {
     pub public: Vec<String>,
 }
 
+impl Config {
+    /// What is valid but almost certainly not meant: printed by `check-config` and logged
+    /// at every (re)load.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.routes.public.iter().any(|p| p == "/") {
+            out.push(
+                "routes.public contains \"/\": every path is public, so no request needs a \
+                 client certificate and none is forwarded with identity headers (certgate \
+                 only terminates TLS); list the public prefixes instead"
+                    .to_string(),
+            );
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct HeadersConfig {
     pub xfcc: bool,

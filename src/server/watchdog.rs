@@ -88,7 +88,11 @@ pub async fn drive<C>(
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res.into() {
-                    tracing::debug!(error = %e, "connection ended with an error");
+                    let text = crate::core::text::error_chain(&e);
+                    if text.contains("ENHANCE_YOUR_CALM") {
+                        ABUSE_LOG.note(&text);
+                    }
+                    tracing::debug!(error = %text, "connection ended with an error");
                 }
                 return;
             }
@@ -315,5 +319,63 @@ mod tests {
         let (d, action) = a.next_deadline(Instant::now(), &limits());
         assert!(matches!(action, Action::Graceful));
         assert_eq!(d, a.epoch + Duration::from_secs(60));
+    }
+}
+
+/// HTTP/2 connections closed with GOAWAY `ENHANCE_YOUR_CALM` (rapid reset, too many
+/// errored streams): an attacker opens as many as it likes, so they are logged at most
+/// once per [`ABUSE_LOG_EVERY`], with how many there were since the last line.
+pub(crate) struct AbuseLog {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    since: std::sync::atomic::AtomicU64,
+    /// Lines written so far.
+    lines: std::sync::atomic::AtomicU64,
+}
+
+const ABUSE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+pub(crate) static ABUSE_LOG: AbuseLog = AbuseLog::new();
+
+impl AbuseLog {
+    pub(crate) const fn new() -> Self {
+        AbuseLog {
+            last: std::sync::Mutex::new(None),
+            since: std::sync::atomic::AtomicU64::new(0),
+            lines: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn note(&self, error: &str) {
+        use std::sync::atomic::Ordering;
+        let n = self.since.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < ABUSE_LOG_EVERY) {
+            return;
+        }
+        *last = Some(now);
+        self.since.store(0, Ordering::Relaxed);
+        self.lines.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            connections = n,
+            error,
+            "HTTP/2 connections closed for abusing the protocol (GOAWAY ENHANCE_YOUR_CALM); \
+             logged at most every 10 s"
+        );
+    }
+}
+
+#[cfg(test)]
+mod abuse_log_tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_abusive_connections_is_one_line() {
+        let log = AbuseLog::new();
+        for _ in 0..1279 {
+            log.note("connection error: ENHANCE_YOUR_CALM too_many_resets");
+        }
+        assert_eq!(log.lines.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(log.since.load(std::sync::atomic::Ordering::Relaxed), 1278);
     }
 }
