@@ -924,3 +924,58 @@ async fn world_readable_ca_key_is_refused() {
         .expect("0640 key accepted");
     gw.shutdown().await;
 }
+
+/// A browser form posted from another site is refused before the ticket is looked at
+/// (the ticket is the only secret); the gateway's own page (same origin) and clients that
+/// send no Origin (curl, scripts) are not.
+#[tokio::test]
+async fn enrollment_posts_from_another_site_are_refused() {
+    let h = Harness::with(Options::default()).await;
+    let ticket = en::enable(&h, "alice").await;
+    let own_origin = h.url("").trim_end_matches('/').to_string();
+    let post = |headers: Vec<(&'static str, String)>| {
+        let mut b = en::anonymous(&h)
+            .post(h.url("/.certgate/enroll/pkcs12"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("ticket={ticket}&passphrase=short"));
+        for (k, v) in headers {
+            b = b.header(k, v);
+        }
+        b.send()
+    };
+    for (what, headers) in [
+        (
+            "foreign Origin",
+            vec![("origin", "https://evil.example".to_string())],
+        ),
+        (
+            "Sec-Fetch-Site: cross-site",
+            vec![("sec-fetch-site", "cross-site".to_string())],
+        ),
+        (
+            "Sec-Fetch-Site: same-site",
+            vec![("sec-fetch-site", "same-site".to_string())],
+        ),
+        ("Origin null", vec![("origin", "null".to_string())]),
+    ] {
+        let r = Resp::from_reqwest(within(what, post(headers)).await.unwrap()).await;
+        assert_refused(&r, 403, "cross_site_request", what);
+    }
+    // The page's own origin, and no Origin at all, reach the form check (the short
+    // passphrase), so the ticket stays usable.
+    for (what, headers) in [
+        (
+            "same origin",
+            vec![
+                ("origin", own_origin.clone()),
+                ("sec-fetch-site", "same-origin".to_string()),
+            ],
+        ),
+        ("no Origin", vec![]),
+    ] {
+        let r = Resp::from_reqwest(within(what, post(headers)).await.unwrap()).await;
+        assert_refused(&r, 400, "passphrase_too_short", what);
+    }
+    let r = en::pkcs12(&h, &ticket, PASS).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

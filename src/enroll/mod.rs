@@ -217,6 +217,7 @@ impl Enrollment {
         peer: SocketAddr,
         req: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, Refusal> {
+        same_origin(req.headers(), req.uri(), &issuing.public_url)?;
         if issuing.failures.blocked(peer.ip()) {
             return Err(Refusal::TooManyAttempts);
         }
@@ -300,6 +301,7 @@ impl Enrollment {
         peer: SocketAddr,
         req: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, Refusal> {
+        same_origin(req.headers(), req.uri(), &issuing.public_url)?;
         if issuing.failures.blocked(peer.ip()) {
             return Err(Refusal::TooManyAttempts);
         }
@@ -553,6 +555,44 @@ fn audit(peer: SocketAddr, method: &'static str, record: &TicketRecord, issued: 
         %peer,
         "certificate issued"
     );
+}
+
+/// A browser's POST must come from certgate's own page (the ticket is the only secret, so
+/// another site must not be able to submit a form with one it learned). A
+/// `Sec-Fetch-Site` other than `same-origin` or `none` is refused, and so is an `Origin`
+/// that is neither this request's own (`https://` + its host) nor `enrollment.public_url`'s.
+/// Clients that send neither (curl, scripts posting a CSR) are not browsers and pass.
+fn same_origin(
+    headers: &http::HeaderMap,
+    uri: &http::Uri,
+    public_url: &str,
+) -> Result<(), Refusal> {
+    let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{0}"));
+    if let Some(site) = text("sec-fetch-site")
+        && !site.eq_ignore_ascii_case("same-origin")
+        && !site.eq_ignore_ascii_case("none")
+    {
+        return Err(Refusal::CrossSite);
+    }
+    let Some(origin) = text("origin") else {
+        return Ok(());
+    };
+    let host = uri.authority().map(|a| a.as_str()).or_else(|| text("host"));
+    let own = host.map(|h| format!("https://{h}"));
+    let public = origin_of(public_url);
+    let matches = |o: &str| origin.eq_ignore_ascii_case(o);
+    if own.as_deref().is_some_and(matches) || public.is_some_and(matches) {
+        Ok(())
+    } else {
+        Err(Refusal::CrossSite)
+    }
+}
+
+/// `scheme://host[:port]` of a URL.
+fn origin_of(url: &str) -> Option<&str> {
+    let rest_at = url.find("://")? + 3;
+    let end = url[rest_at..].find('/').map_or(url.len(), |i| rest_at + i);
+    Some(&url[..end])
 }
 
 #[cfg(test)]

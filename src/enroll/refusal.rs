@@ -16,6 +16,8 @@ use http_body_util::Full;
 #[derive(Debug)]
 pub(super) enum Refusal {
     TooManyAttempts,
+    /// A browser posted from another site (`Origin`, `Sec-Fetch-Site`).
+    CrossSite,
     MissingTicket,
     MissingBearer,
     /// Unknown, already used or expired: the store cannot tell these apart, and saying
@@ -48,7 +50,9 @@ impl Outcome for Refusal {
         match self {
             Refusal::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
             Refusal::MissingBearer => StatusCode::UNAUTHORIZED,
-            Refusal::UnknownTicket | Refusal::StaleTicket => StatusCode::FORBIDDEN,
+            Refusal::UnknownTicket | Refusal::StaleTicket | Refusal::CrossSite => {
+                StatusCode::FORBIDDEN
+            }
             Refusal::MissingTicket
             | Refusal::ShortPassphrase
             | Refusal::LongPassphrase
@@ -66,6 +70,7 @@ impl Outcome for Refusal {
     fn token(&self) -> &'static str {
         match self {
             Refusal::TooManyAttempts => "too_many_attempts",
+            Refusal::CrossSite => "cross_site_request",
             Refusal::MissingTicket | Refusal::MissingBearer => "missing_ticket",
             Refusal::UnknownTicket => "invalid_ticket",
             Refusal::StaleTicket => "stale_ticket",
@@ -86,6 +91,7 @@ impl Outcome for Refusal {
     fn title(&self) -> &'static str {
         match self {
             Refusal::TooManyAttempts => "Too many attempts",
+            Refusal::CrossSite => "Request from another site",
             Refusal::MissingTicket | Refusal::MissingBearer => "Enrollment link incomplete",
             Refusal::UnknownTicket => "Enrollment link not valid",
             Refusal::StaleTicket => "Enrollment link replaced",
@@ -145,6 +151,9 @@ impl Refusal {
                 "Too many enrollment attempts with links that do not work came from your address. Wait a minute ({} s) and try again.",
                 FAILURE_WINDOW.as_secs()
             ),
+            Refusal::CrossSite => {
+                "This enrollment form was submitted from another web site. Open your enrollment link and submit the form on that page.".into()
+            }
             Refusal::MissingTicket => {
                 "This address lacks its ticket (the part after \"ticket=\"). Open the complete link your administrator sent you.".into()
             }
