@@ -220,3 +220,20 @@ async fn host_must_be_present_single_and_agree_with_the_target() {
         assert_eq!(raw_status(&h, req).await, want, "{what}");
     }
 }
+
+/// A malformed chunked body is the client's fault: 400, not the 502 of an upstream failure.
+#[tokio::test]
+async fn a_malformed_chunked_body_is_a_bad_request() {
+    let h = Harness::with(Options::default()).await;
+    for (what, body) in [
+        ("bad chunk size", "zz\r\nhello\r\n0\r\n\r\n"),
+        ("chunk longer than announced", "3\r\nhello world\r\n0\r\n\r\n"),
+    ] {
+        let req = format!(
+            "POST /public/upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+        );
+        assert_eq!(raw_status(&h, &req).await, 400, "{what}");
+    }
+    let good = "POST /public/upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    assert_eq!(raw_status(&h, good).await, 200, "a well-formed chunked body");
+}

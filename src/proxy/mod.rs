@@ -22,6 +22,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+mod body;
+
+use self::body::{BAD_BODY, ClientBody};
 use crate::config::{Config, Underscores};
 use crate::core::decision::Decision;
 use crate::core::gate::{self, Facts, Route};
@@ -130,7 +133,7 @@ struct Upstream {
 
 /// Shared by every connection; cheap to call concurrently.
 pub struct Proxy {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, ClientBody>,
     upstream: Upstream,
     response_timeout: Duration,
     public: Vec<String>,
@@ -500,6 +503,7 @@ impl Proxy {
             h.insert(header::UPGRADE, up.clone());
         }
 
+        let (body, body_failed) = ClientBody::new(body);
         let upstream_req = Request::from_parts(parts, body);
         let started = Instant::now();
         let result =
@@ -509,6 +513,15 @@ impl Proxy {
             .observe(started.elapsed().as_secs_f64());
         let mut resp = match result {
             Err(_) => return self.upstream_failed(UpstreamError::ResponseTimeout, accept_html),
+            Ok(Err(e)) if body_failed.load(std::sync::atomic::Ordering::Acquire) => {
+                tracing::debug!(error = %crate::core::text::error_chain(&e), "the client's request body could not be read");
+                let r = if accept_html {
+                    pages::html(&BAD_BODY)
+                } else {
+                    pages::json(&BAD_BODY)
+                };
+                return r.map(Either::Right);
+            }
             Ok(Err(e)) => return self.upstream_failed(classify_client_error(&e), accept_html),
             Ok(Ok(r)) => r,
         };
