@@ -227,7 +227,10 @@ async fn a_malformed_chunked_body_is_a_bad_request() {
     let h = Harness::with(Options::default()).await;
     for (what, body) in [
         ("bad chunk size", "zz\r\nhello\r\n0\r\n\r\n"),
-        ("chunk longer than announced", "3\r\nhello world\r\n0\r\n\r\n"),
+        (
+            "chunk longer than announced",
+            "3\r\nhello world\r\n0\r\n\r\n",
+        ),
     ] {
         let req = format!(
             "POST /public/upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
@@ -235,5 +238,9 @@ async fn a_malformed_chunked_body_is_a_bad_request() {
         assert_eq!(raw_status(&h, &req).await, 400, "{what}");
     }
     let good = "POST /public/upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-    assert_eq!(raw_status(&h, good).await, 200, "a well-formed chunked body");
+    assert_eq!(
+        raw_status(&h, good).await,
+        200,
+        "a well-formed chunked body"
+    );
 }

@@ -118,3 +118,103 @@ async fn old_connection_is_closed_gracefully_after_max_connection_age() {
         );
     }
 }
+
+const UPGRADE: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/// Opens a WebSocket-style tunnel to the test upstream's echo at `path`; `None` when the
+/// answer is not a 101.
+async fn tunnel(
+    h: &Harness,
+    leaf: Option<&support::Leaf>,
+    path: &str,
+) -> Option<support::client::TlsConn> {
+    let mut conn = within("connect", h.raw(leaf).connect()).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{UPGRADE}");
+    conn.write_all(req.as_bytes()).await.ok()?;
+    let head = conn.read_head(STEP).await;
+    String::from_utf8_lossy(&head.bytes)
+        .to_ascii_lowercase()
+        .starts_with("http/1.1 101")
+        .then_some(conn)
+}
+
+/// An upgraded tunnel keeps its place in `limits.max_connections` and in
+/// `certgate_connections_active` until it closes.
+#[tokio::test]
+async fn tunnels_count_against_the_connection_limit() {
+    let h = Harness::with(with_limits(&["max_connections: 3"])).await;
+    let alice = h.pki.client("alice");
+    let mut tunnels = Vec::new();
+    for _ in 0..3 {
+        tunnels.push(tunnel(&h, Some(&alice), "/ws/chat").await.expect("101"));
+    }
+    let m = h.metrics_text().await;
+    assert_eq!(sample(&m, "certgate_connections_active"), Some(3.0), "{m}");
+    let fourth = h.raw(Some(&alice)).get_or_refused("/app").await;
+    assert!(
+        fourth.is_err(),
+        "a connection beyond the limit was served while 3 tunnels were open"
+    );
+    // Closing a tunnel gives its place back.
+    drop(tunnels.pop());
+    let deadline = Instant::now() + STEP;
+    while h.raw(Some(&alice)).get_or_refused("/app").await.is_err() {
+        assert!(Instant::now() < deadline, "no room after a tunnel closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A tunnel without a byte either way for `limits.idle_timeout` is closed; one in use is
+/// not.
+#[tokio::test]
+async fn an_idle_tunnel_is_closed_after_idle_timeout() {
+    let h = Harness::with(with_limits(&["idle_timeout: 1s"])).await;
+    let alice = h.pki.client("alice");
+    let mut busy = tunnel(&h, Some(&alice), "/ws/busy").await.expect("101");
+    let mut idle = tunnel(&h, Some(&alice), "/ws/idle").await.expect("101");
+    // Keep one busy for 2 s: an echo every 300 ms.
+    for _ in 0..7 {
+        busy.write_all(b"ping").await.expect("busy tunnel open");
+        let mut buf = [0u8; 16];
+        let n = within(
+            "echo",
+            tokio::io::AsyncReadExt::read(&mut busy.stream, &mut buf),
+        )
+        .await
+        .expect("read");
+        assert!(n > 0, "the busy tunnel was closed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let out = idle.read_until_close(STEP).await;
+    assert!(
+        matches!(out.end, End::Eof | End::Error(_)),
+        "the idle tunnel was still open: {:?}",
+        out.end
+    );
+}
+
+/// Without `routes.public_upgrades`, a request on a public route cannot open a tunnel (it
+/// would carry a client's bytes to the app without a certificate); with it, it can.
+#[tokio::test]
+async fn public_routes_do_not_upgrade_unless_allowed() {
+    let public = |allowed: bool| Options {
+        public: vec!["/public".into(), "/ws-public".into()],
+        public_upgrades: allowed,
+        ..Options::default()
+    };
+    let h = Harness::with(public(false)).await;
+    let _ = tunnel(&h, None, "/ws-public/chat").await;
+    let seen = h.upstream.seen_with_prefix("/ws-public");
+    assert_eq!(seen.len(), 1);
+    assert!(
+        !seen[0]
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("upgrade")),
+        "the upgrade reached the upstream: {:?}",
+        seen[0].headers
+    );
+    let h = Harness::with(public(true)).await;
+    assert!(tunnel(&h, None, "/ws-public/chat").await.is_some());
+}

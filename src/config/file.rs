@@ -827,7 +827,10 @@ impl Ctx<'_> {
                 public.push(route);
             }
         }
-        Ok(RoutesConfig { public })
+        Ok(RoutesConfig {
+            public,
+            public_upgrades: self.bool(&routes.public_upgrades, false),
+        })
     }
 
     fn state(&self, st: StateFile) -> Result<StateConfig, ConfigError> {

@@ -178,6 +178,10 @@ pub struct UpstreamConfig {
 pub struct RoutesConfig {
     /// Normalised public prefixes: leading `/`, no trailing `/` (except the root `/`).
     pub public: Vec<String>,
+    /// `routes.public_upgrades`: whether a request on a public route may upgrade the
+    /// connection (WebSocket). Off: the upgrade is not forwarded, so no tunnel opens
+    /// without a certificate.
+    pub public_upgrades: bool,
 }
 
 impl Config {

@@ -70,6 +70,7 @@ pub struct UpstreamFile {
 #[serde(deny_unknown_fields)]
 pub struct RoutesFile {
     pub public: Option<Vec<S<String>>>,
+    pub public_upgrades: Option<S<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -6,6 +6,7 @@ pub mod decision;
 pub mod gate;
 pub mod identity;
 pub mod outcome;
+pub mod phase;
 pub mod records;
 pub mod text;
 pub mod ticket;

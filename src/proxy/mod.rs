@@ -20,9 +20,12 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 mod body;
+mod tunnel;
+
+pub use self::tunnel::Slot;
 
 use self::body::{BAD_BODY, ClientBody};
 use crate::config::{Config, Underscores};
@@ -41,6 +44,11 @@ pub type RespBody = Either<Incoming, Full<Bytes>>;
 
 /// Per-connection facts, computed once after the handshake.
 pub struct ConnInfo {
+    /// The connection's place in `limits.max_connections` and `certgate_connections_active`
+    /// (given up when the last holder is gone: an upgraded tunnel holds it too).
+    pub slot: Slot,
+    /// The shutdown phase: an upgraded tunnel closes when the drain begins.
+    pub phase: tokio::sync::watch::Receiver<crate::core::phase::Phase>,
     pub identity: Option<Arc<ClientIdentity>>,
     pub peer: SocketAddr,
     /// Lower-case SNI, when sent.
@@ -51,6 +59,8 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     pub fn new(
+        slot: Slot,
+        phase: tokio::sync::watch::Receiver<crate::core::phase::Phase>,
         identity: Option<Arc<ClientIdentity>>,
         peer: SocketAddr,
         sni: Option<String>,
@@ -58,6 +68,8 @@ impl ConnInfo {
         let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ConnInfo {
+            slot,
+            phase,
             identity,
             peer,
             sni,
@@ -139,6 +151,8 @@ pub struct Proxy {
     public: Vec<String>,
     check_host: bool,
     xfcc: bool,
+    public_upgrades: bool,
+    tunnel_limits: tunnel::TunnelLimits,
     underscores: Underscores,
     log_access: bool,
     cache: Arc<StateCache>,
@@ -333,6 +347,11 @@ impl Proxy {
             public: cfg.routes.public.clone(),
             check_host: !cfg.server_names.is_empty(),
             xfcc: cfg.headers.xfcc,
+            public_upgrades: cfg.routes.public_upgrades,
+            tunnel_limits: tunnel::TunnelLimits {
+                idle: cfg.limits.idle_timeout,
+                max_age: cfg.limits.max_connection_age,
+            },
             underscores: cfg.headers.underscores,
             log_access: cfg.log.access,
             cache,
@@ -469,6 +488,8 @@ impl Proxy {
             strip_hop_by_hop(&mut parts.headers);
             None
         };
+        // An upgrade on a public route would be a tunnel without a certificate.
+        let upgrade = upgrade.filter(|_| with_identity || self.public_upgrades);
 
         parts.uri = match self.upstream_uri(&parts.uri) {
             Some(u) => u,
@@ -529,16 +550,13 @@ impl Proxy {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some() {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             if let Some(client_upgrade) = client_upgrade {
-                tokio::spawn(async move {
-                    let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade)
-                    else {
-                        tracing::debug!("protocol upgrade abandoned by one side");
-                        return;
-                    };
-                    let mut client = TokioIo::new(client);
-                    let mut upstream = TokioIo::new(upstream);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                });
+                tokio::spawn(tunnel::run(
+                    client_upgrade,
+                    upstream_upgrade,
+                    self.tunnel_limits,
+                    conn.slot.clone(),
+                    conn.phase.clone(),
+                ));
             }
             return resp.map(Either::Left);
         }

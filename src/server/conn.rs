@@ -9,12 +9,12 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::watchdog::{Activity, ActivityIo, InFlight, drive};
 use super::{Phase, Server};
 use crate::metrics::Metrics;
-use crate::proxy::ConnInfo;
+use crate::proxy::{ConnInfo, Slot};
 use crate::tls;
 
 struct ActiveGuard(Metrics);
@@ -30,9 +30,11 @@ pub async fn serve_connection(
     mut peer: SocketAddr,
     server: Arc<Server>,
     phase: watch::Receiver<Phase>,
+    permit: OwnedSemaphorePermit,
 ) {
     server.metrics.connections_active.inc();
-    let _active = ActiveGuard(server.metrics.clone());
+    // The connection's place in the limits; an upgraded tunnel keeps a clone of it.
+    let slot: Slot = Arc::new((permit, ActiveGuard(server.metrics.clone())));
     let runtime = server.current.load_full();
     if runtime.limits.proxy_protocol {
         let header = tokio::time::timeout(
@@ -65,7 +67,13 @@ pub async fn serve_connection(
     let limits = runtime.limits;
     drop(runtime);
     let h2 = accepted.h2;
-    let conn = Arc::new(ConnInfo::new(accepted.identity, peer, accepted.sni));
+    let conn = Arc::new(ConnInfo::new(
+        slot,
+        phase.clone(),
+        accepted.identity,
+        peer,
+        accepted.sni,
+    ));
     let activity = Arc::new(Activity::new(!h2));
     let io = TokioIo::new(ActivityIo::new(accepted.stream, activity.clone()));
     let server = server.clone();

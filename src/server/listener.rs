@@ -42,10 +42,7 @@ pub async fn accept_loop(
                 let _ = tcp.set_nodelay(true);
                 let server = server.clone();
                 let phase = conn_phase.clone();
-                tokio::spawn(async move {
-                    serve_connection(tcp, peer, server, phase).await;
-                    drop(permit);
-                });
+                tokio::spawn(serve_connection(tcp, peer, server, phase, permit));
             }
         }
     }

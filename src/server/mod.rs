@@ -29,15 +29,7 @@ use crate::tls::TlsMaterial;
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
 
-/// Shutdown phases broadcast to every task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
-    Running,
-    /// Stop accepting; let in-flight requests finish; close idle connections.
-    Draining,
-    /// The drain deadline passed: drop whatever is left.
-    Force,
-}
+pub use crate::core::phase::Phase;
 
 /// Everything a configuration determines that can change without a restart: the TLS
 /// material (certificates, CAs, CRLs, a new session-ticket key), the proxy (upstream,

@@ -27,6 +27,8 @@ pub struct Options {
     pub crl: Option<Vec<u8>>,
     pub server_names: Vec<String>,
     pub public: Vec<String>,
+    /// `routes.public_upgrades`.
+    pub public_upgrades: bool,
     pub xfcc: bool,
     /// `headers.underscores`; `None` leaves the default.
     pub underscores: Option<&'static str>,
@@ -56,6 +58,7 @@ impl Default for Options {
             crl: None,
             server_names: Vec::new(),
             public: vec!["/public".into()],
+            public_upgrades: false,
             xfcc: false,
             underscores: None,
             upstream_url: None,
@@ -182,6 +185,9 @@ impl Prepared {
         let _ = writeln!(y, "  response_timeout: {}", o.response_timeout);
         let _ = writeln!(y, "routes:");
         let _ = writeln!(y, "  public: {}", yaml_list(&o.public));
+        if o.public_upgrades {
+            let _ = writeln!(y, "  public_upgrades: true");
+        }
         let _ = writeln!(y, "headers:");
         let _ = writeln!(y, "  xfcc: {}", o.xfcc);
         if let Some(u) = o.underscores {
