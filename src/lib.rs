@@ -27,6 +27,8 @@ pub mod config;
 pub mod core;
 pub mod demo;
 pub mod enroll;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 pub mod http;
 pub mod metrics;
 pub mod pki;

@@ -557,6 +557,11 @@ fn audit(peer: SocketAddr, method: &'static str, record: &TicketRecord, issued: 
     );
 }
 
+/// Reads a CSR as `POST /enroll/csr` does (PEM or DER, size-checked) into DER.
+pub fn read_csr(body: &[u8]) -> Result<Vec<u8>, crate::pki::ca::CsrError> {
+    form::csr_der(body)
+}
+
 /// A browser's POST must come from certgate's own page (the ticket is the only secret, so
 /// another site must not be able to submit a form with one it learned). A
 /// `Sec-Fetch-Site` other than `same-origin` or `none` is refused, and so is an `Origin`

@@ -1,0 +1,153 @@
+//! Entry points for fuzzing every parser of bytes that come from the network or from
+//! files (feature `fuzzing`): the cargo-fuzz targets in `fuzz/` call these, and
+//! `tests/fuzz_corpus.rs` replays every committed corpus file through them on stable Rust,
+//! so CI runs each target over its corpus. Each function must return for any input; a
+//! panic is a finding. Where a law holds (identity headers never survive sanitising, a
+//! refused path is refused on every route) it is asserted here too.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::Underscores;
+use crate::core::gate;
+use crate::core::identity::AccountSource;
+use crate::tls::identity::{IdentityOptions, parse};
+
+/// A CSR as the enrollment endpoint reads it (PEM or DER), then its public key.
+pub fn csr(data: &[u8]) {
+    if let Ok(der) = crate::enroll::read_csr(data) {
+        let _ = crate::pki::ca::csr_public_key(&der);
+    }
+    let _ = crate::pki::ca::csr_public_key(data);
+}
+
+/// A PKCS#12 bundle built from fuzzed parts: the first byte splits the rest into a
+/// friendly name, a passphrase and a certificate DER, bundled with a fixed valid key.
+pub fn pkcs12(data: &[u8]) {
+    static KEY: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+    let (key, cert) = KEY.get_or_init(|| {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["fuzz".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        (key.serialize_der(), cert.der().to_vec())
+    });
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
+    let at = (split as usize).min(rest.len());
+    let (name, rest) = rest.split_at(at);
+    let at = rest.len() / 2;
+    let (pass, der) = rest.split_at(at);
+    let name = String::from_utf8_lossy(name);
+    let pass = String::from_utf8_lossy(pass);
+    let _ = crate::pki::p12::bundle(&name, key, &[cert], &pass);
+    let _ = crate::pki::p12::bundle(&name, key, &[der], &pass);
+    let _ = crate::pki::p12::bundle(&name, der, &[cert], &pass);
+}
+
+/// The YAML configuration, file → validated config (files it names are looked up in a
+/// folder that does not exist, so only the text is exercised).
+pub fn config_yaml(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::config::file::from_yaml(text, Path::new("/nonexistent/certgate.yaml"));
+    }
+}
+
+/// A PROXY protocol v1 or v2 header at the start of a connection.
+pub fn proxy_protocol(data: &[u8]) {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    let rt = RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+    });
+    let mut input = data;
+    let _ = rt.block_on(crate::server::proxy_protocol::read_header(&mut input));
+}
+
+/// A request path: normalisation and classification. Laws: a path refused on one route
+/// set is refused on every route set (refusals do not depend on the routes), and a path
+/// classifies as its normalised form does (the forwarded path is read the way it was
+/// classified).
+pub fn path(data: &[u8]) {
+    let Ok(path) = std::str::from_utf8(data) else {
+        return;
+    };
+    let public = ["/public".to_string(), "/static".to_string()];
+    let everything = ["/".to_string()];
+    match gate::classify(path, &public) {
+        Err(e) => {
+            assert_eq!(gate::classify(path, &everything), Err(e), "{path:?}");
+            assert_eq!(gate::classify(path, &[]), Err(e), "{path:?}");
+        }
+        Ok(route) => {
+            // Normalising again changes nothing (a decoded `%` would be read as an escape,
+            // so only forms without one).
+            let norm = gate::normalize_path(path).expect("classified paths normalise");
+            if !norm.contains('%') {
+                assert_eq!(
+                    gate::classify(&norm, &public),
+                    Ok(route),
+                    "{path:?} vs {norm:?}"
+                );
+            }
+        }
+    }
+}
+
+/// A client certificate's leaf DER → identity and its headers.
+pub fn identity(data: &[u8]) {
+    let opts = IdentityOptions {
+        account_from: vec![
+            AccountSource::SanUri,
+            AccountSource::SanEmail,
+            AccountSource::SubjectCn,
+        ],
+        uri_prefix: "urn:certgate:account:".into(),
+        enrollment_ca: None,
+    };
+    let _ = parse(data, &opts);
+}
+
+/// Request headers from fuzzed `name: value` lines, sanitised under every
+/// `headers.underscores` policy. Law: no identity header survives, in any spelling.
+pub fn headers(data: &[u8]) {
+    let mut map = HeaderMap::new();
+    for line in data.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(&line[colon + 1..]),
+        ) else {
+            continue;
+        };
+        map.append(name, value);
+    }
+    for policy in [Underscores::Drop, Underscores::Reject, Underscores::Allow] {
+        let mut h = map.clone();
+        if crate::proxy::strip_identity_headers(&mut h, policy).is_err() {
+            assert_eq!(policy, Underscores::Reject);
+            continue;
+        }
+        for name in h.keys() {
+            let spelled = name.as_str().replace('_', "-");
+            assert!(
+                !(spelled.starts_with("x-client-")
+                    || spelled.starts_with("x-forwarded-")
+                    || spelled == "client-cert"
+                    || spelled == "client-cert-chain"
+                    || spelled == "forwarded"),
+                "{name} survived {policy:?}"
+            );
+            if policy == Underscores::Drop {
+                assert!(!name.as_str().contains('_'), "{name} survived drop");
+            }
+        }
+    }
+}
