@@ -218,3 +218,50 @@ async fn public_routes_do_not_upgrade_unless_allowed() {
     let h = Harness::with(public(true)).await;
     assert!(tunnel(&h, None, "/ws-public/chat").await.is_some());
 }
+
+/// A client that stops reading a large response (its socket buffer full, nothing moving)
+/// does not hold the connection, and the upstream connection behind it, past
+/// `limits.idle_timeout` twice over; a client that keeps reading is not cut.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped() {
+    let h = Harness::with(with_limits(&["idle_timeout: 1s"])).await;
+    let alice = h.pki.client("alice");
+    let mut stalled = within("connect", h.raw(Some(&alice)).connect())
+        .await
+        .expect("handshake");
+    stalled
+        .write_all(b"GET /stream?bytes=200000000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut slow = within("connect", h.raw(Some(&alice)).connect())
+        .await
+        .expect("handshake");
+    slow.write_all(b"GET /stream?bytes=200000000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    // The reader takes 64 KiB every 10 ms (a slow download); the stalled one nothing.
+    let started = Instant::now();
+    let mut closed_after = None;
+    while started.elapsed() < Duration::from_secs(6) {
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = within(
+            "slow read",
+            tokio::io::AsyncReadExt::read(&mut slow.stream, &mut buf),
+        )
+        .await
+        .expect("the slow reader's connection stays open");
+        assert!(
+            n > 0,
+            "the slow reader was cut after {:?}",
+            started.elapsed()
+        );
+        let m = h.metrics_text().await;
+        if closed_after.is_none() && sample(&m, "certgate_connections_active") == Some(1.0) {
+            closed_after = Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let closed_after = closed_after.expect("the stalled connection was never dropped");
+    eprintln!("stalled reader dropped after {closed_after:?}");
+    drop(stalled);
+}

@@ -759,6 +759,20 @@ async fn cluster_master_failover_under_load() {
         }));
     }
 
+    // The slot markers are written once, in the background, right after the first start;
+    // a failover in the middle of that clogs the cluster connection with marker writes to
+    // the dead node for a while (see README, Cluster), which is not what this test is about.
+    wait_until(
+        "the slot markers are written",
+        Duration::from_secs(30),
+        || {
+            cluster.node_for("certgate:meta").cmd::<i64>(&[
+                "HEXISTS",
+                "certgate:meta",
+                "slots_marked_at",
+            ]) == 1
+        },
+    );
     // Kill the master serving the revoked record, and wait for its replica to take over.
     let key = format!("certgate:revoked:{}", revoked.serial);
     let master_port = cluster.node_for(&key).port;
@@ -790,7 +804,11 @@ async fn cluster_master_failover_under_load() {
     let settle = Duration::from_secs(20);
     let mut conn = open(b.listen, &ca, &late).await;
     until_status(&mut conn, "/app/before", 200, &[503], settle).await;
-    let deadline = Instant::now() + settle;
+    // Writes may fail for a while after the failover (the cluster client's calls to the
+    // slots that moved time out until it has the new topology; sometimes for tens of
+    // seconds on this machine): retried, and the time printed.
+    let writes_from = Instant::now();
+    let deadline = writes_from + Duration::from_secs(90);
     loop {
         let r = admin_a
             .post(&format!("/v1/certificates/{}/revoke", late.serial), None)
@@ -805,6 +823,7 @@ async fn cluster_master_failover_under_load() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let writes_back = writes_from.elapsed();
     let revoked_at = Instant::now();
     until_status(&mut conn, "/app/after", 403, &[200], settle).await;
     let spread = revoked_at.elapsed();
@@ -821,8 +840,8 @@ async fn cluster_master_failover_under_load() {
     }
     eprintln!(
         "cluster failover: replica serving {promoted:?} after the kill; {total} cached \
-         requests answered as before, none refused; the first revocation after it reached \
-         B in {spread:?}"
+         requests answered as before, none refused; writes accepted again {writes_back:?} \
+         after the failover; the first revocation after it reached B in {spread:?}"
     );
     a.shutdown().await;
     b.shutdown().await;

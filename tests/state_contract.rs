@@ -1604,3 +1604,44 @@ async fn wait_until(mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
+
+/// When the link comes back while the store does not answer (in a Cluster: the
+/// subscription moved to a live node, the entry's slot is still failing over), an entry
+/// within ttl still answers; once the store answers, it is read again.
+#[tokio::test]
+async fn entries_read_before_the_link_came_back_are_checked_again() {
+    let fx = Fixture::new(OnError::FailClosed).await;
+    fx.cache.lookup("20", None).await.unwrap();
+    fx.cache.apply(&Invalidation::LinkLost);
+    fx.clock.advance(RETRY_WHILE_DOWN);
+    fx.cache.apply(&Invalidation::Resubscribed);
+    fx.store.set_failing(Some("slot failing over"));
+    let reads = fx.store.revocation_reads();
+    assert!(
+        fx.cache
+            .lookup("20", None)
+            .await
+            .unwrap()
+            .revocation
+            .is_none(),
+        "within ttl: still answers"
+    );
+    assert_eq!(
+        fx.store.revocation_reads(),
+        reads + 1,
+        "it asked the store first"
+    );
+    // The store answers again, with a revocation made meanwhile.
+    fx.store.set_failing(None);
+    let r = revocation("20", RevocationReason::KeyCompromise, now(), None);
+    fx.inner().revoke(r.clone()).await.unwrap();
+    fx.clock.advance(RETRY_WHILE_DOWN);
+    assert_eq!(
+        fx.cache.lookup("20", None).await.unwrap().revocation,
+        Some(r)
+    );
+    // Read after the resync: a hit again.
+    let reads = fx.store.revocation_reads();
+    fx.cache.lookup("20", None).await.unwrap();
+    assert_eq!(fx.store.revocation_reads(), reads);
+}

@@ -460,9 +460,10 @@ async fn redis_killed_under_load_fail_closed() {
     admin_write_fails_loudly(&h, &late.serial).await;
     tokio::time::sleep(outage.saturating_sub(killed.elapsed())).await;
 
+    // The phase changes first: an answer that races the return counts as after it.
+    rec.outage_ends();
     redis.restart();
     let back = Instant::now();
-    rec.outage_ends();
     let recovered = until_allowed(b.listen, &ca, &after).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     rec.stop.send_replace(true);
@@ -593,8 +594,8 @@ async fn redis_hung_under_load_serve_stale() {
     admin_write_fails_loudly(&h, &late.serial).await;
     tokio::time::sleep(outage.saturating_sub(hung.elapsed())).await;
 
-    redis.resume();
     rec.outage_ends();
+    redis.resume();
     let recovered = until_allowed(b.listen, &ca, &after).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     rec.stop.send_replace(true);

@@ -59,10 +59,31 @@ pub async fn drive<C>(
     let conn = std::pin::pin!(conn);
     let mut conn = conn;
     let mut draining = false;
+    // Once asked to close, the connection must keep making progress: every
+    // `limits.idle_timeout` at least PROGRESS_BYTES must move, or it is dropped (a client
+    // that stops reading, or an h2 client that never opens its flow-control window, only
+    // answering PINGs, would otherwise hold its streams and their upstream connections).
+    let mut progress: Option<(Instant, u64)> = None;
     let sleep = tokio::time::sleep(limits.header_read_timeout);
     tokio::pin!(sleep);
     loop {
         let now = Instant::now();
+        if draining {
+            let moved = activity.moved.load(Ordering::Relaxed);
+            match progress {
+                None => progress = Some((now, moved)),
+                Some((since, at)) if now.duration_since(since) >= limits.idle_timeout => {
+                    if moved.saturating_sub(at) < PROGRESS_BYTES {
+                        tracing::debug!(
+                            "closing connection: no progress since it was asked to close"
+                        );
+                        return;
+                    }
+                    progress = Some((now, moved));
+                }
+                Some(_) => {}
+            }
+        }
         let (deadline, action) = activity.next_deadline(now, &limits);
         if deadline <= now {
             match action {
@@ -81,9 +102,12 @@ pub async fn drive<C>(
         }
         // Wake at the deadline, but at least every half header timeout so a request head
         // that starts arriving on an idle connection is timed from its first byte.
-        let wake = deadline
+        let mut wake = deadline
             .max(now + Duration::from_millis(10))
             .min(now + limits.header_read_timeout / 2);
+        if let Some((since, _)) = progress {
+            wake = wake.min((since + limits.idle_timeout).max(now + Duration::from_millis(10)));
+        }
         sleep.as_mut().reset(wake);
         tokio::select! {
             res = conn.as_mut() => {
@@ -111,6 +135,10 @@ pub async fn drive<C>(
     }
 }
 
+/// How many bytes a closing connection must move per `limits.idle_timeout` to be let
+/// finish (a keep-alive PING exchange is a few dozen).
+const PROGRESS_BYTES: u64 = 4096;
+
 pub enum Action {
     /// Drop the connection now (slow request head).
     Close,
@@ -131,6 +159,8 @@ pub struct Activity {
     head_started: AtomicU64,
     /// ms when the last request finished (0 = none yet).
     last_done: AtomicU64,
+    /// Bytes read from and written to the client so far.
+    moved: AtomicU64,
 }
 
 impl Activity {
@@ -143,7 +173,12 @@ impl Activity {
             // completes TLS and sends nothing does not hold the connection.
             head_started: AtomicU64::new(if track_heads { 1 } else { 0 }),
             last_done: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
         }
+    }
+
+    fn moved(&self, n: usize) {
+        self.moved.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     fn ms(&self) -> u64 {
@@ -228,6 +263,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.activity.on_read();
+            self.activity.moved(buf.filled().len() - before);
         }
         res
     }
@@ -239,7 +275,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            self.activity.moved(n);
+        }
+        res
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -252,7 +292,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = res {
+            self.activity.moved(n);
+        }
+        res
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

@@ -25,14 +25,15 @@
 //!   the background probe does); the rest are answered from the cache or refused at once.
 //!   While the store's event link is lost, entries keep answering for `ttl` (no invalidation
 //!   can arrive: a revocation elsewhere reaches this instance within `ttl`, as without
-//!   events); once the link is back the cache starts afresh, when lookups work again.
+//!   events); once the link is back, entries read before are checked with the store again
+//!   before they answer (one within `ttl` still answers while the store cannot be read).
 //!
 //! A hit takes no lock and allocates nothing ([`StateCache::lookup_shared`]): moka looks the
 //! `&str` up and hands back an `Arc`.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -150,9 +151,15 @@ impl<T: Send + Sync + 'static> Table<T> {
         }
     }
 
-    fn peek(&self, key: &str, now: Instant, ttl: Duration) -> Peek<T> {
+    /// `resync`: entries read before it (before the event link came back) are checked
+    /// with the store again before they answer.
+    fn peek(&self, key: &str, now: Instant, ttl: Duration, resync: Instant) -> Peek<T> {
         match self.entries.get(key) {
-            Some(c) if now.saturating_duration_since(c.fetched_at) < ttl => Peek::Fresh(c),
+            Some(c)
+                if now.saturating_duration_since(c.fetched_at) < ttl && c.fetched_at >= resync =>
+            {
+                Peek::Fresh(c)
+            }
             other => Peek::Expired(other),
         }
     }
@@ -299,6 +306,10 @@ pub struct StateCache {
     /// The last store call succeeded (logs only the transitions).
     up: AtomicBool,
     health: Mutex<Health>,
+    /// When the event link last came back (see [`StateCache::apply`]), as nanoseconds
+    /// after `origin` (an atomic: every lookup reads it).
+    origin: Instant,
+    resync: AtomicU64,
 }
 
 impl StateCache {
@@ -322,6 +333,7 @@ impl StateCache {
             OnError::ServeStale => ttl.max(cfg.max_stale),
         }
         .max(Duration::from_millis(1));
+        let now_at_start = clock.now();
         let max = cfg.cache.max_entries;
         Self {
             store,
@@ -336,6 +348,8 @@ impl StateCache {
             ready: AtomicBool::new(false),
             up: AtomicBool::new(false),
             health: Mutex::new(Health::default()),
+            origin: now_at_start,
+            resync: AtomicU64::new(0),
         }
     }
 
@@ -375,8 +389,9 @@ impl StateCache {
         account: Option<&str>,
     ) -> Result<SharedCertState, Unavailable> {
         let now = self.clock.now();
-        let rev = self.revocations.peek(serial, now, self.ttl);
-        let acct = account.map(|a| self.accounts.peek(a, now, self.ttl));
+        let resync = self.resync_at();
+        let rev = self.revocations.peek(serial, now, self.ttl, resync);
+        let acct = account.map(|a| self.accounts.peek(a, now, self.ttl, resync));
 
         // The hot path: everything fresh, no await, no lock, no allocation.
         if let Peek::Fresh(r) = &rev {
@@ -449,10 +464,19 @@ impl StateCache {
             Ok(c) => (CacheResult::miss, Some(c.value.clone())),
             Err(LoadFailed) => {
                 let now = self.clock.now();
+                let age = |c: &Cached<T>| now.saturating_duration_since(c.fetched_at);
+                // A store that distrusts its own data (the data-loss guard) refuses every
+                // lookup, cached or not, until the loss is acknowledged.
+                let trusted = self.store.trusted();
                 match stale {
                     Some(c)
-                        if self.on_error == OnError::ServeStale
-                            && now.saturating_duration_since(c.fetched_at) <= self.max_stale =>
+                        if trusted
+                            && (self.on_error == OnError::ServeStale
+                                && age(&c) <= self.max_stale)
+                            // Read before the event link came back, still within ttl: it
+                            // was good enough while the link was away, and still is while
+                            // the store cannot say otherwise.
+                            || (trusted && c.fetched_at < self.resync_at() && age(&c) < self.ttl) =>
                     {
                         (CacheResult::stale, Some(c.value.clone()))
                     }
@@ -527,6 +551,10 @@ impl StateCache {
         }
     }
 
+    fn resync_at(&self) -> Instant {
+        self.origin + Duration::from_nanos(self.resync.load(Ordering::Acquire))
+    }
+
     /// Whether the store failed its last call (an outage is on).
     pub fn degraded(&self) -> bool {
         self.ready.load(Ordering::Acquire) && !self.up.load(Ordering::Acquire)
@@ -581,17 +609,23 @@ impl StateCache {
                 }
             }
             Invalidation::Resubscribed => {
-                // Subscribed again, so the store answers: what was published while away is
-                // unknown, so start afresh (lookups read the store again from now on).
-                self.invalidate_all();
+                // Subscribed again: what was published while away is unknown, so every
+                // entry read before now is checked with the store again before it answers.
+                // Entries are not dropped: in a Cluster the subscription can be back while
+                // some slots are not, and an entry within ttl must still answer then.
+                let since = self.clock.now().saturating_duration_since(self.origin);
+                self.resync.store(
+                    u64::try_from(since.as_nanos()).unwrap_or(u64::MAX),
+                    Ordering::Release,
+                );
                 let was = lock(&self.health).unlinked_since.take();
                 match was {
                     Some(t) => tracing::info!(
                         away_ms = self.clock.now().saturating_duration_since(t).as_millis() as u64,
-                        "state store event link back; state cache cleared to pick up what was \
-                         missed"
+                        "state store event link back; cached entries are checked with the store \
+                         again to pick up what was missed"
                     ),
-                    None => tracing::debug!("subscribed to state events; state cache cleared"),
+                    None => tracing::debug!("subscribed to state events"),
                 }
             }
             Invalidation::All => self.invalidate_all(),
