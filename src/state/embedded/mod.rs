@@ -37,12 +37,14 @@ use redb::{
     Database, Durability, MultimapTableDefinition, ReadTransaction, ReadableDatabase,
     ReadableTable, TableDefinition, WriteTransaction,
 };
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+
+use self::records::{StoredAccount, StoredCert, StoredRevocation, StoredTicket};
 
 use super::{
-    AccountState, BoxFut, CertRecord, REVOCATION_RETENTION_AFTER_EXPIRY, Revocation,
-    RevocationReason, StateStore, StoreError, TicketRecord, UnixTime,
+    AccountState, BoxFut, CertRecord, REVOCATION_RETENTION_AFTER_EXPIRY, Revocation, StateStore,
+    StoreError, TicketRecord, UnixTime,
 };
 
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
@@ -63,89 +65,6 @@ const SCHEMA_VERSION: u64 = 1;
 /// redb's page cache. The state is a few MB at most; redb's default (1 GiB) is only a cap,
 /// but a small explicit cap keeps the gateway's memory predictable.
 const PAGE_CACHE_BYTES: usize = 32 * 1024 * 1024;
-
-#[derive(Serialize, Deserialize)]
-struct StoredAccount {
-    generation: u64,
-    two_factor: bool,
-    created_at: UnixTime,
-    reset_at: Option<UnixTime>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredRevocation {
-    reason: RevocationReason,
-    revoked_at: UnixTime,
-    not_after: Option<UnixTime>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredCert {
-    account: String,
-    generation: u64,
-    fingerprint: String,
-    not_after: UnixTime,
-    issued_at: UnixTime,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredTicket {
-    account: String,
-    generation: u64,
-    expires_at: UnixTime,
-}
-
-impl StoredAccount {
-    fn into_state(self, account: &str) -> AccountState {
-        AccountState {
-            account: account.to_owned(),
-            generation: self.generation,
-            two_factor: self.two_factor,
-            created_at: self.created_at,
-            reset_at: self.reset_at,
-        }
-    }
-}
-
-impl StoredRevocation {
-    fn into_revocation(self, serial: &str) -> Revocation {
-        Revocation {
-            serial: serial.to_owned(),
-            reason: self.reason,
-            revoked_at: self.revoked_at,
-            not_after: self.not_after,
-        }
-    }
-}
-
-impl StoredCert {
-    fn into_record(self, serial: &str) -> CertRecord {
-        CertRecord {
-            serial: serial.to_owned(),
-            account: self.account,
-            generation: self.generation,
-            fingerprint: self.fingerprint,
-            not_after: self.not_after,
-            issued_at: self.issued_at,
-        }
-    }
-}
-
-impl StoredTicket {
-    fn into_record(self, hash: &str) -> TicketRecord {
-        TicketRecord {
-            hash: hash.to_owned(),
-            account: self.account,
-            generation: self.generation,
-            expires_at: self.expires_at,
-        }
-    }
-
-    /// A ticket is usable strictly before `expires_at`.
-    fn expired(&self, now: UnixTime) -> bool {
-        now >= self.expires_at
-    }
-}
 
 /// The redb-backed [`StateStore`]. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct EmbeddedStore {
@@ -859,6 +778,8 @@ impl StateStore for EmbeddedStore {
         })
     }
 }
+
+mod records;
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! The embedded store against real files: creation, reopening, damage and full writes.
 
 use super::*;
+use crate::state::RevocationReason;
 
 fn temp_store() -> (tempfile::TempDir, EmbeddedStore) {
     let dir = tempfile::tempdir().unwrap();
