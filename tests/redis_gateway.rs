@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use certgate::app::Gateway;
 use rustls_pki_types::CertificateDer;
 use support::redis::{RedisCluster, RedisServer, Sentinel, ServerSpec, wait_until};
-use support::{H1, Harness, Leaf, Options, RawClient, STEP, within};
+use support::{H1, Harness, Leaf, Options, RawClient, STEP, metric, within};
 
 /// The contract's bound on a revocation reaching every instance.
 const PROPAGATION: Duration = Duration::from_secs(1);
@@ -44,30 +44,6 @@ async fn open(listen: SocketAddr, server_ca: &CertificateDer<'static>, leaf: &Le
         .expect("handshake")
         .into_http1()
         .await
-}
-
-/// The value of an unlabelled metric on `metrics`.
-async fn metric(metrics: SocketAddr, name: &str) -> f64 {
-    let text = within(
-        "GET /metrics",
-        reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap()
-            .get(format!("http://{metrics}/metrics"))
-            .send(),
-    )
-    .await
-    .expect("metrics")
-    .text()
-    .await
-    .expect("metrics body");
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            (k == name).then(|| v.trim().parse::<f64>().ok()).flatten()
-        })
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
 }
 
 /// Polls `status` on `conn` until it is `want`; every other answer must be in `allowed`.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use certgate::app::Gateway;
 use rustls_pki_types::CertificateDer;
 use support::redis::{RedisServer, ServerSpec};
-use support::{H1, Harness, Leaf, Options, RawClient, within};
+use support::{H1, Harness, Leaf, Options, RawClient, metric, within};
 
 /// The contract's bound on a revocation reaching every instance.
 const PROPAGATION: Duration = Duration::from_secs(1);
@@ -388,32 +388,6 @@ async fn admin_write_fails_loudly(h: &Harness, serial: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the CLI reported success: {stderr}");
     assert!(stderr.contains("store_unavailable"), "{stderr}");
-}
-
-/// The value of one series on a metrics listener.
-async fn metric(metrics: SocketAddr, series: &str) -> f64 {
-    let text = within(
-        "GET /metrics",
-        reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap()
-            .get(format!("http://{metrics}/metrics"))
-            .send(),
-    )
-    .await
-    .expect("metrics")
-    .text()
-    .await
-    .expect("metrics body");
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == series)
-                .then(|| v.trim().parse::<f64>().ok())
-                .flatten()
-        })
-        .unwrap_or_else(|| panic!("{series} not in /metrics:\n{text}"))
 }
 
 fn leaves(h: &Harness, prefix: &str, n: usize) -> Vec<Leaf> {

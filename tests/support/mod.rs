@@ -61,6 +61,32 @@ pub async fn wait_until_past(t: time::OffsetDateTime) {
     }
 }
 
+/// The value of one series (exactly as named, labels included) on a metrics listener.
+pub async fn metric(metrics: std::net::SocketAddr, series: &str) -> f64 {
+    let text = within(
+        "GET /metrics",
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("http://{metrics}/metrics"))
+            .send(),
+    )
+    .await
+    .expect("metrics")
+    .text()
+    .await
+    .expect("metrics body");
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == series)
+                .then(|| v.trim().parse::<f64>().ok())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("{series} not in /metrics:\n{text}"))
+}
+
 /// The value of one sample in Prometheus text, e.g.
 /// `certgate_enrollments_total{result="success"}`; `None` when absent.
 pub fn sample(text: &str, name: &str) -> Option<f64> {
