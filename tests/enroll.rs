@@ -956,7 +956,20 @@ async fn enrollment_posts_from_another_site_are_refused() {
             "Sec-Fetch-Site: same-site",
             vec![("sec-fetch-site", "same-site".to_string())],
         ),
-        ("Origin null", vec![("origin", "null".to_string())]),
+        (
+            "Origin null from another site",
+            vec![
+                ("origin", "null".to_string()),
+                ("sec-fetch-site", "cross-site".to_string()),
+            ],
+        ),
+        (
+            "same-origin claimed by Origin, cross-site by Sec-Fetch-Site",
+            vec![
+                ("origin", own_origin.clone()),
+                ("sec-fetch-site", "cross-site".to_string()),
+            ],
+        ),
     ] {
         let r = Resp::from_reqwest(within(what, post(headers)).await.unwrap()).await;
         assert_refused(&r, 403, "cross_site_request", what);
@@ -972,6 +985,14 @@ async fn enrollment_posts_from_another_site_are_refused() {
             ],
         ),
         ("no Origin", vec![]),
+        (
+            // What a browser sends for the page's own form (the page is no-referrer).
+            "Origin null, same-origin",
+            vec![
+                ("origin", "null".to_string()),
+                ("sec-fetch-site", "same-origin".to_string()),
+            ],
+        ),
     ] {
         let r = Resp::from_reqwest(within(what, post(headers)).await.unwrap()).await;
         assert_refused(&r, 400, "passphrase_too_short", what);

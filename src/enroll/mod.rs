@@ -563,23 +563,26 @@ pub fn read_csr(body: &[u8]) -> Result<Vec<u8>, crate::pki::ca::CsrError> {
 }
 
 /// A browser's POST must come from certgate's own page (the ticket is the only secret, so
-/// another site must not be able to submit a form with one it learned). A
-/// `Sec-Fetch-Site` other than `same-origin` or `none` is refused, and so is an `Origin`
-/// that is neither this request's own (`https://` + its host) nor `enrollment.public_url`'s.
-/// Clients that send neither (curl, scripts posting a CSR) are not browsers and pass.
+/// another site must not be able to submit a form with one it learned). Browsers that send
+/// `Sec-Fetch-Site` (every current one) are judged by it: `same-origin` or `none` pass.
+/// Without it, an `Origin` that is neither this request's own (`https://` + its host) nor
+/// `enrollment.public_url`'s is refused; `Origin: null` passes then, since the page's
+/// `Referrer-Policy: no-referrer` makes browsers send it for the page's own form. Clients
+/// that send neither header (curl, scripts posting a CSR) are not browsers and pass.
 fn same_origin(
     headers: &http::HeaderMap,
     uri: &http::Uri,
     public_url: &str,
 ) -> Result<(), Refusal> {
     let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{0}"));
-    if let Some(site) = text("sec-fetch-site")
-        && !site.eq_ignore_ascii_case("same-origin")
-        && !site.eq_ignore_ascii_case("none")
-    {
-        return Err(Refusal::CrossSite);
+    if let Some(site) = text("sec-fetch-site") {
+        return if site.eq_ignore_ascii_case("same-origin") || site.eq_ignore_ascii_case("none") {
+            Ok(())
+        } else {
+            Err(Refusal::CrossSite)
+        };
     }
-    let Some(origin) = text("origin") else {
+    let Some(origin) = text("origin").filter(|o| *o != "null") else {
         return Ok(());
     };
     let host = uri.authority().map(|a| a.as_str()).or_else(|| text("host"));
