@@ -113,8 +113,8 @@ pub fn identity(data: &[u8]) {
     let _ = parse(data, &opts);
 }
 
-/// Request headers from fuzzed `name: value` lines, sanitised under every
-/// `headers.underscores` policy. Law: no identity header survives, in any spelling.
+/// Request headers from fuzzed `name: value` lines: the one-host rule, and sanitising under
+/// every `headers.underscores` policy. Law: no identity header survives, in any spelling.
 pub fn headers(data: &[u8]) {
     let mut map = HeaderMap::new();
     for line in data.split(|&b| b == b'\n') {
@@ -129,6 +129,12 @@ pub fn headers(data: &[u8]) {
         };
         map.append(name, value);
     }
+    // The one-host rule over the same headers (never panics; a refusal is an answer).
+    let hosts = map
+        .get_all(http::header::HOST)
+        .iter()
+        .map(|h| h.to_str().ok());
+    let _ = gate::request_host(true, None, hosts);
     for policy in [Underscores::Drop, Underscores::Reject, Underscores::Allow] {
         let mut h = map.clone();
         if crate::proxy::strip_identity_headers(&mut h, policy).is_err() {

@@ -427,14 +427,7 @@ async fn sentinel_failover_moves_writes_and_keeps_revocations_propagating() {
         "  ttl: 60s".to_string(),
     ];
     let prepared = prepared_with(&redis_block).await;
-    let config = prepared.load_config();
-    let a = within("start A", certgate::app::start(config.clone()))
-        .await
-        .expect("start A");
-    let b = within("start B", certgate::app::start(config))
-        .await
-        .expect("start B");
-    let admin_a = support::Admin::new(a.admin, &prepared.token);
+    let (a, b, admin_a) = two_instances(&prepared).await;
 
     let before = prepared.pki.client("before");
     admin_a.revoke(&before.serial).await;
@@ -580,6 +573,37 @@ async fn sentinel_failover_moves_writes_and_keeps_revocations_propagating() {
     drop(sentinel);
 }
 
+/// A gateway setup on `cluster` with `cache.ttl: 60s`.
+async fn cluster_prepared(cluster: &RedisCluster) -> support::Prepared {
+    let urls = cluster
+        .urls()
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    prepared_with(&[
+        "redis:".to_string(),
+        "  mode: cluster".to_string(),
+        format!("  urls: [{urls}]"),
+        "cache:".to_string(),
+        "  ttl: 60s".to_string(),
+    ])
+    .await
+}
+
+/// Two gateway instances A and B from the same files, and A's admin API.
+async fn two_instances(prepared: &support::Prepared) -> (Gateway, Gateway, support::Admin) {
+    let config = prepared.load_config();
+    let a = within("start A", certgate::app::start(config.clone()))
+        .await
+        .expect("start A");
+    let b = within("start B", certgate::app::start(config))
+        .await
+        .expect("start B");
+    let admin = support::Admin::new(a.admin, &prepared.token);
+    (a, b, admin)
+}
+
 /// A gateway setup whose `state:` section is `backend: redis` plus `redis_block` (a whole
 /// `redis:` block, e.g. for sentinel or cluster mode, and any `cache:` lines).
 async fn prepared_with(redis_block: &[String]) -> support::Prepared {
@@ -603,29 +627,9 @@ async fn cluster_revocations_and_resets_reach_another_instance() {
     let Some(cluster) = RedisCluster::start() else {
         return;
     };
-    let urls = cluster
-        .urls()
-        .iter()
-        .map(|u| format!("{u:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let prepared = prepared_with(&[
-        "redis:".to_string(),
-        "  mode: cluster".to_string(),
-        format!("  urls: [{urls}]"),
-        // A long TTL: only pub/sub can explain a refusal within a second.
-        "cache:".to_string(),
-        "  ttl: 60s".to_string(),
-    ])
-    .await;
-    let config = prepared.load_config();
-    let a = within("start A", certgate::app::start(config.clone()))
-        .await
-        .expect("start A");
-    let b = within("start B", certgate::app::start(config))
-        .await
-        .expect("start B");
-    let admin_a = support::Admin::new(a.admin, &prepared.token);
+    // A long TTL: only pub/sub can explain a refusal within a second.
+    let prepared = cluster_prepared(&cluster).await;
+    let (a, b, admin_a) = two_instances(&prepared).await;
 
     // Enough serials that the records spread over the three masters.
     let mut nodes_used = std::collections::HashSet::new();
@@ -680,28 +684,8 @@ async fn cluster_master_failover_under_load() {
     let Some(mut cluster) = RedisCluster::start_with_replicas(1) else {
         return;
     };
-    let urls = cluster
-        .urls()
-        .iter()
-        .map(|u| format!("{u:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let prepared = prepared_with(&[
-        "redis:".to_string(),
-        "  mode: cluster".to_string(),
-        format!("  urls: [{urls}]"),
-        "cache:".to_string(),
-        "  ttl: 60s".to_string(),
-    ])
-    .await;
-    let config = prepared.load_config();
-    let a = within("start A", certgate::app::start(config.clone()))
-        .await
-        .expect("start A");
-    let b = within("start B", certgate::app::start(config))
-        .await
-        .expect("start B");
-    let admin_a = support::Admin::new(a.admin, &prepared.token);
+    let prepared = cluster_prepared(&cluster).await;
+    let (a, b, admin_a) = two_instances(&prepared).await;
     let ca = prepared.pki.server_ca.der.clone();
 
     let revoked = prepared.pki.client("revoked");

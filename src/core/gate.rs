@@ -266,16 +266,18 @@ pub enum HostError {
 
 /// The one host of a request: the target's authority (absolute form, or h2's
 /// `:authority`) or the `Host` header. `hosts` are the `Host` header values (`None` for one
-/// that is not visible ASCII); `requires_host` is true for HTTP/1.1.
+/// that is not visible ASCII; at most two are looked at, so no list is built per request);
+/// `requires_host` is true for HTTP/1.1.
 pub fn request_host<'a>(
     requires_host: bool,
     authority: Option<&'a str>,
-    hosts: &[Option<&'a str>],
+    hosts: impl IntoIterator<Item = Option<&'a str>>,
 ) -> Result<Option<&'a str>, HostError> {
-    let host = match hosts {
-        [] => None,
-        [one] => Some(one.ok_or(HostError::Invalid)?),
-        _ => return Err(HostError::Repeated),
+    let mut hosts = hosts.into_iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (None, _) => None,
+        (Some(one), None) => Some(one.ok_or(HostError::Invalid)?),
+        (Some(_), Some(_)) => return Err(HostError::Repeated),
     };
     if authority.is_some_and(|a| a.contains('@')) || host.is_some_and(|h| h.contains('@')) {
         return Err(HostError::UserInfo);
@@ -524,29 +526,33 @@ mod tests {
     #[test]
     fn one_host_per_request() {
         let h = |v: &'static str| Some(v);
-        assert_eq!(request_host(true, None, &[h("a")]), Ok(Some("a")));
-        assert_eq!(request_host(true, None, &[]), Err(HostError::Missing));
-        assert_eq!(request_host(false, None, &[]), Ok(None), "HTTP/1.0");
-        assert_eq!(request_host(false, Some("a"), &[]), Ok(Some("a")), "h2");
+        assert_eq!(request_host(true, None, [h("a")]), Ok(Some("a")));
+        assert_eq!(request_host(true, None, [None; 0]), Err(HostError::Missing));
+        assert_eq!(request_host(false, None, [None; 0]), Ok(None), "HTTP/1.0");
         assert_eq!(
-            request_host(true, None, &[h("a"), h("a")]),
+            request_host(false, Some("a"), [None; 0]),
+            Ok(Some("a")),
+            "h2"
+        );
+        assert_eq!(
+            request_host(true, None, [h("a"), h("a")]),
             Err(HostError::Repeated)
         );
-        assert_eq!(request_host(true, None, &[None]), Err(HostError::Invalid));
+        assert_eq!(request_host(true, None, [None]), Err(HostError::Invalid));
         assert_eq!(
-            request_host(true, Some("a@evil"), &[h("evil")]),
+            request_host(true, Some("a@evil"), [h("evil")]),
             Err(HostError::UserInfo)
         );
         assert_eq!(
-            request_host(true, None, &[h("a@evil")]),
+            request_host(true, None, [h("a@evil")]),
             Err(HostError::UserInfo)
         );
         assert_eq!(
-            request_host(true, Some("evil"), &[h("good")]),
+            request_host(true, Some("evil"), [h("good")]),
             Err(HostError::Conflict)
         );
         assert_eq!(
-            request_host(true, Some("Good:8443"), &[h("good:8443")]),
+            request_host(true, Some("Good:8443"), [h("good:8443")]),
             Ok(Some("Good:8443"))
         );
     }

@@ -396,13 +396,12 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> (Decision, Response<RespBody>) {
         let headers = req.headers();
-        let hosts: Vec<Option<&str>> = headers
+        let hosts = headers
             .get_all(header::HOST)
             .iter()
-            .map(|h| h.to_str().ok())
-            .collect();
+            .map(|h| h.to_str().ok());
         let authority = req.uri().authority().map(|a| a.as_str());
-        let host = match gate::request_host(req.version() == Version::HTTP_11, authority, &hosts) {
+        let host = match gate::request_host(req.version() == Version::HTTP_11, authority, hosts) {
             Ok(h) => h,
             Err(e) => {
                 tracing::debug!(error = %e, "refusing the request's host");
