@@ -179,6 +179,7 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
     let server = Arc::new(Server {
         current: ArcSwap::from_pointee(runtime),
         metrics: metrics.clone(),
+        responses: crate::server::budget::Budget::new(config.limits.response_buffer),
     });
     let apply = {
         let (server, cache, metrics) = (server.clone(), cache.clone(), metrics.clone());

@@ -176,6 +176,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.metrics.listen != new.metrics.listen {
         out.push("metrics.listen");
     }
+    if old.limits.response_buffer != new.limits.response_buffer {
+        out.push("limits.response_buffer");
+    }
     if old.limits.max_connections != new.limits.max_connections {
         out.push("limits.max_connections");
     }

@@ -1,4 +1,4 @@
-//! Connection limits: `limits.max_connections`, `limits.idle_timeout` and
+//! Connection limits: `limits.max_connections`, `limits.idle_timeout`, `limits.send_timeout` and
 //! `limits.max_connection_age`, over real TLS connections.
 
 mod support;
@@ -273,4 +273,120 @@ async fn a_client_that_stops_reading_is_dropped() {
         .await
         .expect("the reader kept its connection");
     drop(stalled);
+}
+
+/// One HTTP/2 connection that asks for `streams` responses and never opens its
+/// flow-control window (`SETTINGS_INITIAL_WINDOW_SIZE = 0`, no WINDOW_UPDATE), answering
+/// PINGs all the while. Resolves when the gateway has closed the connection.
+async fn stalled_h2(
+    h: &Harness,
+    identity: Option<&support::Leaf>,
+    path: &str,
+    streams: usize,
+) -> tokio::task::JoinHandle<Instant> {
+    let raw = support::client::RawClient::build(
+        h.listen(),
+        &h.pki.server_ca.der,
+        identity,
+        vec![b"h2".to_vec()],
+    );
+    let tls = within("connect", raw.connect())
+        .await
+        .expect("handshake")
+        .stream;
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .expect("h2 handshake");
+    let ended = tokio::spawn(async move {
+        let _ = conn.await;
+        Instant::now()
+    });
+    let uri = format!("https://localhost{path}");
+    let mut pending = Vec::new();
+    let mut client = client;
+    for _ in 0..streams {
+        client = within("stream slot", client.ready())
+            .await
+            .expect("a stream slot");
+        let req = http::Request::get(&uri).body(()).expect("request");
+        let (resp, _) = client.send_request(req, true).expect("send request");
+        pending.push(resp);
+    }
+    // Keeps the client side (and its streams) alive until the connection ends.
+    tokio::spawn(async move {
+        let _keep = (client, pending);
+        ended.await.expect("connection task")
+    })
+}
+
+/// Issue #10 item 2: clients that set an initial window of 0, open 256 streams each and
+/// never send WINDOW_UPDATE, on a public path with 30 KB upstream responses and on
+/// `/.certgate/ca.pem` without a certificate. They are dropped after `send_timeout`, the
+/// upstream connections their streams pinned are released, and a legitimate client is
+/// served throughout.
+#[tokio::test]
+async fn h2_clients_that_never_open_their_window_are_dropped() {
+    let h = Harness::with(Options {
+        public: vec!["/public".into(), "/stream".into()],
+        ..with_limits(&["send_timeout: 2s", "idle_timeout: 60s"])
+    })
+    .await;
+    let alice = h.pki.client("alice");
+    let started = Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        stalled.push(stalled_h2(&h, None, "/stream?bytes=30000", 256).await);
+    }
+    stalled.push(stalled_h2(&h, None, "/.certgate/ca.pem", 256).await);
+    // Every public stream reached the upstream and holds a connection there.
+    support::eventually("the stalled streams reach the upstream", STEP, || {
+        h.upstream.open_connections() >= 3 * 256
+    })
+    .await;
+    let pinned = h.upstream.open_connections();
+
+    // A legitimate client meanwhile, over HTTP/2 with a certificate.
+    let client = h.client(Some(&alice));
+    let (mut ok, mut failed) = (0, 0);
+    let mut ended = Vec::new();
+    while !stalled.is_empty() {
+        match client.get(h.url("/public/x")).send().await {
+            Ok(r) if r.status() == 200 => ok += 1,
+            _ => failed += 1,
+        }
+        for s in std::mem::take(&mut stalled) {
+            if s.is_finished() {
+                ended.push(s.await.expect("stalled client") - started);
+            } else {
+                stalled.push(s);
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "stalled HTTP/2 connections still open after {:?} (send_timeout 2s): {} of 4 ended",
+            started.elapsed(),
+            4 - stalled.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "4 stalled h2 connections (1024 streams, {pinned} upstream connections pinned) \
+         dropped after {ended:?}; legitimate client: {ok} ok, {failed} failed"
+    );
+    assert_eq!(
+        failed, 0,
+        "the legitimate client failed while the attack ran"
+    );
+    assert!(ok > 0);
+    support::eventually("the pinned upstream connections are released", STEP, || {
+        h.upstream.open_connections() <= 4
+    })
+    .await;
+    let m = h.metrics_text().await;
+    assert!(
+        sample(&m, "certgate_connections_active").unwrap_or(0.0) <= 1.0,
+        "only the legitimate client's connection is left"
+    );
 }

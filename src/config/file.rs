@@ -1171,6 +1171,24 @@ impl Ctx<'_> {
             }
         };
         let age = self.duration("limits.max_connection_age", &l.max_connection_age, 0)?;
+        let response_buffer = match &l.response_buffer {
+            None => defaults::RESPONSE_BUFFER,
+            Some(v) => {
+                let n = units::parse_size(&v.value)
+                    .map_err(|e| self.fail_at("limits.response_buffer", v, e.to_string()))?;
+                if !(1024 * 1024..=1024 * 1024 * 1024 * 1024).contains(&n) {
+                    return Err(self.fail_at(
+                        "limits.response_buffer",
+                        v,
+                        format!(
+                            "{:?} is out of range (must be between 1MiB and 1TiB)",
+                            v.value
+                        ),
+                    ));
+                }
+                n
+            }
+        };
         Ok(LimitsConfig {
             max_connections: to_usize(self.number(
                 "limits.max_connections",
@@ -1204,6 +1222,12 @@ impl Ctx<'_> {
             )?)
             .unwrap_or(u32::MAX),
             max_connection_age: (!age.is_zero()).then_some(age),
+            send_timeout: self.positive_duration(
+                "limits.send_timeout",
+                &l.send_timeout,
+                defaults::SEND_TIMEOUT,
+            )?,
+            response_buffer: to_usize(response_buffer),
         })
     }
 

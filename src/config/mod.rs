@@ -387,6 +387,10 @@ pub struct LimitsConfig {
     pub h2_max_concurrent_streams: u32,
     /// `None` = unlimited.
     pub max_connection_age: Option<Duration>,
+    /// Response data the client has not taken for this long drops its connection.
+    pub send_timeout: Duration,
+    /// Response bytes buffered for clients in all connections together.
+    pub response_buffer: usize,
 }
 
 #[derive(Debug, Clone)]

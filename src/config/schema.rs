@@ -146,6 +146,8 @@ pub struct LimitsFile {
     pub idle_timeout: Option<S<String>>,
     pub h2_max_concurrent_streams: Option<S<u64>>,
     pub max_connection_age: Option<S<String>>,
+    pub send_timeout: Option<S<String>>,
+    pub response_buffer: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,4 +188,6 @@ pub mod defaults {
     pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
     pub const IDLE_TIMEOUT: u64 = 60;
     pub const H2_MAX_CONCURRENT_STREAMS: u64 = 256;
+    pub const SEND_TIMEOUT: u64 = 60;
+    pub const RESPONSE_BUFFER: u64 = 256 * 1024 * 1024;
 }

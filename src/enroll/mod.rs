@@ -80,6 +80,15 @@ pub struct Enrollment {
     metrics: Metrics,
 }
 
+/// What a ticket lookup is for.
+#[derive(Clone, Copy)]
+enum Use {
+    /// Showing the page: the ticket stays valid.
+    Peek,
+    /// Issuing: the ticket is spent.
+    Consume,
+}
+
 /// What enrollment needs when it is on.
 struct Issuing {
     ca: Arc<CaIssuer>,
@@ -165,12 +174,12 @@ impl Enrollment {
             "/enroll/pkcs12" if post => {
                 let headers = req.headers().clone();
                 let result = self.pkcs12(issuing, peer, req).await;
-                self.finish(issuing, peer, "pkcs12", result, &headers)
+                self.finish(peer, "pkcs12", result, &headers)
             }
             "/enroll/csr" if post => {
                 let headers = req.headers().clone();
                 let result = self.csr(issuing, peer, req).await;
-                self.finish(issuing, peer, "csr", result, &headers)
+                self.finish(peer, "csr", result, &headers)
             }
             "/ca.pem" | "/crl" | "/enroll" => method_not_allowed("GET, HEAD", req.headers()),
             "/enroll/pkcs12" | "/enroll/csr" => method_not_allowed("POST", req.headers()),
@@ -186,19 +195,13 @@ impl Enrollment {
         req: &Request<Incoming>,
     ) -> Response<Full<Bytes>> {
         let headers = req.headers();
-        if issuing.failures.blocked(peer.ip()) {
-            return refusal(Refusal::TooManyAttempts, headers);
-        }
         let Some(presented) = query_param(req.uri().query().unwrap_or(""), "ticket") else {
             return refusal(Refusal::MissingTicket, headers);
         };
-        let record = match self.peek_ticket(&presented).await {
+        let record = match self.ticket(issuing, peer, &presented, Use::Peek).await {
             Ok(r) => r,
             Err(refused) => {
-                if refused.is_ticket_failure() {
-                    issuing.failures.failed(peer.ip());
-                    tracing::info!(target: "certgate::enroll", %peer, reason = refused.token(), "enrollment page refused");
-                }
+                tracing::info!(target: "certgate::enroll", %peer, reason = refused.token(), "enrollment page refused");
                 return refusal(refused, headers);
             }
         };
@@ -218,9 +221,6 @@ impl Enrollment {
         req: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, Refusal> {
         same_origin(req.headers(), req.uri(), &issuing.public_url)?;
-        if issuing.failures.blocked(peer.ip()) {
-            return Err(Refusal::TooManyAttempts);
-        }
         let form_type = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -255,7 +255,7 @@ impl Enrollment {
             return Err(Refusal::LongPassphrase);
         }
 
-        let record = self.use_ticket(&presented).await?;
+        let record = self.ticket(issuing, peer, &presented, Use::Consume).await?;
         let ca = issuing.ca.clone();
         let (account, generation, validity) =
             (record.account.clone(), record.generation, issuing.validity);
@@ -302,9 +302,6 @@ impl Enrollment {
         req: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, Refusal> {
         same_origin(req.headers(), req.uri(), &issuing.public_url)?;
-        if issuing.failures.blocked(peer.ip()) {
-            return Err(Refusal::TooManyAttempts);
-        }
         let presented = bearer_token(req.headers())
             .map(str::to_string)
             .ok_or(Refusal::MissingBearer)?;
@@ -312,7 +309,7 @@ impl Enrollment {
         let der = csr_der(&body).map_err(Refusal::BadCsr)?;
         let spki = ca::csr_public_key(&der).map_err(Refusal::BadCsr)?;
 
-        let record = self.use_ticket(&presented).await?;
+        let record = self.ticket(issuing, peer, &presented, Use::Consume).await?;
         let issued = match issuing.ca.issue_client(
             &spki,
             &record.account,
@@ -339,7 +336,6 @@ impl Enrollment {
     /// enrollment headers.
     fn finish(
         &self,
-        issuing: &Issuing,
         peer: SocketAddr,
         method: &'static str,
         result: Result<Response<Full<Bytes>>, Refusal>,
@@ -357,9 +353,6 @@ impl Enrollment {
         match result {
             Ok(resp) => no_store(resp),
             Err(refused) => {
-                if refused.is_ticket_failure() {
-                    issuing.failures.failed(peer.ip());
-                }
                 match &refused {
                     Refusal::Internal(detail) => {
                         tracing::error!(%peer, method, error = %detail, "enrollment failed")
@@ -373,6 +366,42 @@ impl Enrollment {
                 }
                 refusal(refused, headers)
             }
+        }
+    }
+
+    /// Looks `presented` up (for the page) or consumes it (for issuing), under the
+    /// failure limits of [`limiter`]: a valid ticket is always honoured; failures count
+    /// per address and per ticket, and past the limit they are answered with 429.
+    async fn ticket(
+        &self,
+        issuing: &Issuing,
+        peer: SocketAddr,
+        presented: &str,
+        how: Use,
+    ) -> Result<TicketRecord, Refusal> {
+        let hash = plausible_ticket(presented).then(|| ticket::hash(presented));
+        if hash
+            .as_deref()
+            .is_some_and(|h| issuing.failures.ticket_over(h))
+        {
+            // Failed too often already: not worth a store round trip.
+            return Err(Refusal::TooManyAttempts);
+        }
+        let limited = issuing.failures.address_over(peer.ip());
+        let looked = match how {
+            Use::Peek => self.peek_ticket(presented).await,
+            Use::Consume => self.use_ticket(presented).await,
+        };
+        match looked {
+            Err(refused) if refused.is_ticket_failure() => {
+                issuing.failures.failed(peer.ip(), hash.as_deref());
+                Err(if limited {
+                    Refusal::TooManyAttempts
+                } else {
+                    refused
+                })
+            }
+            other => other,
         }
     }
 

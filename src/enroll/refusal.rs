@@ -148,7 +148,7 @@ impl Refusal {
     fn message_text(&self) -> String {
         match self {
             Refusal::TooManyAttempts => format!(
-                "Too many enrollment attempts with links that do not work came from your address. Wait a minute ({} s) and try again.",
+                "Too many enrollment attempts with links that do not work came from your address, or with this link. A link that works is never refused: check that you opened the complete, latest link your administrator sent you, or wait a minute ({} s) and try again.",
                 FAILURE_WINDOW.as_secs()
             ),
             Refusal::CrossSite => {

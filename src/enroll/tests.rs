@@ -63,19 +63,33 @@ fn limiter_counts_per_address_and_v6_block() {
     let a: IpAddr = "192.0.2.1".parse().unwrap();
     let b: IpAddr = "192.0.2.2".parse().unwrap();
     for _ in 0..MAX_FAILED_ATTEMPTS {
-        assert!(!l.blocked(a));
-        l.failed(a);
+        assert!(!l.address_over(a));
+        l.failed(a, None);
     }
-    assert!(l.blocked(a));
-    assert!(!l.blocked(b));
+    assert!(l.address_over(a));
+    assert!(!l.address_over(b));
     let v6a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
     let v6b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
     for _ in 0..MAX_FAILED_ATTEMPTS {
-        l.failed(v6a);
+        l.failed(v6a, None);
     }
-    assert!(l.blocked(v6b), "same /64");
+    assert!(l.address_over(v6b), "same /64");
     let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-    assert!(l.blocked(mapped));
+    assert!(l.address_over(mapped));
+}
+
+#[test]
+fn limiter_counts_per_ticket_across_addresses() {
+    let l = FailureLimiter::new();
+    let spent = ticket::hash("a-used-link-opened-again-and-again");
+    for i in 0..MAX_FAILED_ATTEMPTS {
+        assert!(!l.ticket_over(&spent));
+        // A different address each time: the ticket's own count still grows.
+        l.failed(IpAddr::from([198, 51, 100, i as u8]), Some(&spent));
+    }
+    assert!(l.ticket_over(&spent));
+    assert!(!l.ticket_over(&ticket::hash("another-ticket-entirely")));
+    assert!(!l.address_over(IpAddr::from([198, 51, 100, 1])));
 }
 
 #[test]

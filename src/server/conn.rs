@@ -11,6 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
+use super::outbound::{H2_STREAM_BUFFER, Outbound};
 use super::watchdog::{Activity, ActivityIo, InFlight, drive};
 use super::{Phase, Server};
 use crate::metrics::Metrics;
@@ -74,7 +75,7 @@ pub async fn serve_connection(
         peer,
         accepted.sni,
     ));
-    let activity = Arc::new(Activity::new(!h2));
+    let activity = Arc::new(Activity::new(!h2, server.responses.clone()));
     let io = TokioIo::new(ActivityIo::new(accepted.stream, activity.clone()));
     let server = server.clone();
     let act = activity.clone();
@@ -84,16 +85,18 @@ pub async fn serve_connection(
         let proxy = server.current.load().proxy.clone();
         let conn = conn.clone();
         let guard = InFlight::begin(&act);
+        let act = act.clone();
         async move {
             let resp = proxy.handle(&conn, req).await;
             drop(guard);
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(resp.map(|b| Outbound::new(b, act)))
         }
     });
     if h2 {
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .max_concurrent_streams(limits.h2_streams)
+            .max_send_buf_size(H2_STREAM_BUFFER)
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));

@@ -9,8 +9,10 @@
 //! `app` builds the [`Runtime`] of a configuration and owns the [`Server`]; a reload swaps
 //! the runtime whole, so new handshakes and new requests of open connections use it.
 
+pub mod budget;
 pub mod conn;
 pub mod listener;
+pub mod outbound;
 pub mod plain;
 pub mod proxy_protocol;
 pub mod watchdog;
@@ -54,6 +56,9 @@ pub struct ConnLimits {
     pub max_age: Option<Duration>,
     pub max_header_bytes: usize,
     pub h2_streams: u32,
+    /// A connection whose responses have data the client has not taken for this long
+    /// is dropped ([`outbound`]).
+    pub send_timeout: Duration,
 }
 
 impl ConnLimits {
@@ -66,6 +71,7 @@ impl ConnLimits {
             max_age: cfg.limits.max_connection_age,
             max_header_bytes: cfg.limits.max_header_bytes,
             h2_streams: cfg.limits.h2_max_concurrent_streams,
+            send_timeout: cfg.limits.send_timeout,
         }
     }
 }
@@ -77,4 +83,6 @@ pub struct Server {
     /// request (proxy).
     pub current: ArcSwap<Runtime>,
     pub metrics: Metrics,
+    /// `limits.response_buffer`: response bytes buffered in all connections together.
+    pub responses: Arc<budget::Budget>,
 }

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::budget::Budget;
 use super::{ConnLimits, Phase};
 
 /// A served connection that can be asked to finish gracefully.
@@ -84,6 +85,14 @@ pub async fn drive<C>(
                 Some(_) => {}
             }
         }
+        let stall = activity.stall_deadline(limits.send_timeout);
+        if stall.is_some_and(|d| d <= now) {
+            tracing::debug!(
+                "closing connection: the client took none of the response data it was sent \
+                 within limits.send_timeout"
+            );
+            return;
+        }
         let (deadline, action) = activity.next_deadline(now, &limits);
         if deadline <= now {
             match action {
@@ -107,6 +116,9 @@ pub async fn drive<C>(
             .min(now + limits.header_read_timeout / 2);
         if let Some((since, _)) = progress {
             wake = wake.min((since + limits.idle_timeout).max(now + Duration::from_millis(10)));
+        }
+        if let Some(d) = stall {
+            wake = wake.min(d.max(now + Duration::from_millis(10)));
         }
         sleep.as_mut().reset(wake);
         tokio::select! {
@@ -161,10 +173,18 @@ pub struct Activity {
     last_done: AtomicU64,
     /// Bytes read from and written to the client so far.
     moved: AtomicU64,
+    /// Response bodies holding data the client has not taken (see `outbound`).
+    owed: AtomicU32,
+    /// ms when `owed` last rose from 0.
+    owed_since: AtomicU64,
+    /// ms when a response body was last asked for data, or a chunk was written.
+    last_taken: AtomicU64,
+    /// `limits.response_buffer`, shared by all connections.
+    budget: Arc<Budget>,
 }
 
 impl Activity {
-    pub fn new(track_heads: bool) -> Self {
+    pub fn new(track_heads: bool, budget: Arc<Budget>) -> Self {
         Activity {
             epoch: Instant::now(),
             track_heads,
@@ -174,7 +194,45 @@ impl Activity {
             head_started: AtomicU64::new(if track_heads { 1 } else { 0 }),
             last_done: AtomicU64::new(0),
             moved: AtomicU64::new(0),
+            owed: AtomicU32::new(0),
+            owed_since: AtomicU64::new(0),
+            last_taken: AtomicU64::new(0),
+            budget,
         }
+    }
+
+    pub(super) fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    /// A response body, or a chunk of one, holds data the client has not taken yet.
+    pub(super) fn owe(&self) {
+        if self.owed.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.owed_since.store(self.ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// That data was taken (or is gone).
+    pub(super) fn settle(&self) {
+        self.owed.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A response body was asked for data: the client is taking what it is sent.
+    pub(super) fn took(&self) {
+        self.last_taken.store(self.ms(), Ordering::Relaxed);
+    }
+
+    /// When the connection counts as stalled: data owed and none taken for
+    /// `send_timeout` (`None` while nothing is owed).
+    pub(super) fn stall_deadline(&self, send_timeout: Duration) -> Option<Instant> {
+        if self.owed.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let since = self
+            .owed_since
+            .load(Ordering::Relaxed)
+            .max(self.last_taken.load(Ordering::Relaxed));
+        Some(self.at(since) + send_timeout)
     }
 
     fn moved(&self, n: usize) {
@@ -316,12 +374,13 @@ mod tests {
             max_age: None,
             max_header_bytes: 65536,
             h2_streams: 100,
+            send_timeout: Duration::from_secs(30),
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn first_request_head_is_due_within_header_timeout() {
-        let a = Activity::new(true);
+        let a = Activity::new(true, Budget::new(1 << 20));
         let (d, action) = a.next_deadline(Instant::now(), &limits());
         assert!(matches!(action, Action::Close));
         assert_eq!(d, a.epoch + Duration::from_secs(10));
@@ -329,7 +388,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_after_a_request_uses_idle_timeout_then_head_timer() {
-        let a = Arc::new(Activity::new(true));
+        let a = Arc::new(Activity::new(true, Budget::new(1 << 20)));
         let g = InFlight::begin(&a);
         let (_, action) = a.next_deadline(Instant::now(), &limits());
         assert!(matches!(action, Action::Recheck), "in flight: nothing due");
@@ -348,7 +407,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn max_age_wins_when_earlier() {
-        let a = Activity::new(false);
+        let a = Activity::new(false, Budget::new(1 << 20));
         let mut l = limits();
         l.max_age = Some(Duration::from_secs(30));
         let (d, action) = a.next_deadline(Instant::now(), &l);
@@ -358,7 +417,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn h2_connections_do_not_time_heads() {
-        let a = Activity::new(false);
+        let a = Activity::new(false, Budget::new(1 << 20));
         a.on_read();
         let (d, action) = a.next_deadline(Instant::now(), &limits());
         assert!(matches!(action, Action::Graceful));

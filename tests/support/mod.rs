@@ -48,6 +48,15 @@ pub async fn get(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) 
     Resp::from_reqwest(resp).await
 }
 
+/// Polls `check` every 50 ms until it holds; panics naming `what` after `limit`.
+pub async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until the wall clock is past `t` (a certificate's `notAfter` or `notBefore`).
 pub async fn wait_until_past(t: time::OffsetDateTime) {
     loop {

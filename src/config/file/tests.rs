@@ -242,6 +242,8 @@ limits:
   idle_timeout: 7s
   h2_max_concurrent_streams: 9
   max_connection_age: 1h
+  send_timeout: 15s
+  response_buffer: 64MiB
 log:
   format: json
   level: \"certgate=debug,info\"
@@ -302,6 +304,8 @@ log:
     assert_eq!(c.limits.idle_timeout, Duration::from_secs(7));
     assert_eq!(c.limits.h2_max_concurrent_streams, 9);
     assert_eq!(c.limits.max_connection_age, Some(Duration::from_secs(3600)));
+    assert_eq!(c.limits.send_timeout, Duration::from_secs(15));
+    assert_eq!(c.limits.response_buffer, 64 * 1024 * 1024);
     assert_eq!(c.log.format, LogFormat::Json);
     assert_eq!(c.log.level, "certgate=debug,info");
     assert!(c.log.access);
@@ -363,6 +367,8 @@ fn defaults_are_applied() {
     assert_eq!(c.limits.max_header_bytes, 64 * 1024);
     assert_eq!(c.limits.idle_timeout, Duration::from_secs(60));
     assert_eq!(c.limits.h2_max_concurrent_streams, 256);
+    assert_eq!(c.limits.send_timeout, Duration::from_secs(60));
+    assert_eq!(c.limits.response_buffer, 256 * 1024 * 1024);
     assert_eq!(c.limits.max_connection_age, None);
     assert_eq!(c.log.format, LogFormat::Text);
     assert_eq!(c.log.level, "info");
@@ -686,6 +692,16 @@ fn out_of_range_numbers() {
         Some(line_of(&yaml, "max_connections")),
         "limits.max_connections",
         &["0 is out of range"],
+    );
+
+    let yaml = with("limits:\n  response_buffer: 64KiB\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "response_buffer")),
+        "limits.response_buffer",
+        &["out of range", "1MiB"],
     );
 }
 
