@@ -123,6 +123,9 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         &config.state,
         metrics.clone(),
     ));
+    let live = crate::live::Registry::new(metrics.clone());
+    let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
+    cache.report_changes(changes_tx);
     let (events, follower) = cache.follow();
     let mut store_tasks = store.clone().start_background(events, metrics.clone());
     store_tasks.push(follower);
@@ -151,15 +154,18 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         let _ = rx.wait_for(|p| *p != Phase::Running).await;
     };
 
-    let admin_state = Arc::new(AdminState::new(
-        cache.clone(),
-        metrics.clone(),
-        config.admin.token_file.clone(),
-        config
-            .enrollment
-            .as_ref()
-            .map(admin::EnrollmentInfo::from_config),
-    ));
+    let admin_state = Arc::new(
+        AdminState::new(
+            cache.clone(),
+            metrics.clone(),
+            config.admin.token_file.clone(),
+            config
+                .enrollment
+                .as_ref()
+                .map(admin::EnrollmentInfo::from_config),
+        )
+        .with_live(live.clone()),
+    );
     let mut side_tasks = vec![
         tokio::spawn(admin::serve_admin(
             admin_listener,
@@ -174,12 +180,18 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         )),
     ];
     side_tasks.push(tokio::spawn(sweeper(store.clone(), cache.clone())));
+    side_tasks.push(tokio::spawn(crate::live::follow(
+        live.clone(),
+        cache.clone(),
+        changes_rx,
+    )));
     side_tasks.extend(store_tasks);
 
     let server = Arc::new(Server {
         current: ArcSwap::from_pointee(runtime),
         metrics: metrics.clone(),
         responses: crate::server::budget::Budget::new(config.limits.response_buffer),
+        live: live.clone(),
     });
     let apply = {
         let (server, cache, metrics) = (server.clone(), cache.clone(), metrics.clone());

@@ -63,7 +63,7 @@ pub enum Command {
         #[arg(long, default_value = "demo")]
         dir: PathBuf,
     },
-    /// Admin API client: enable two-factor, reset, tickets, revoke, status.
+    /// Admin API client: enable two-factor, reset, tickets, revoke, status, open connections.
     Admin(AdminArgs),
 }
 
@@ -102,6 +102,17 @@ pub enum AdminAction {
     /// were applied again, mark the store as trusted so protected traffic flows again.
     /// Talks to Redis directly (the gateways refuse lookups until then).
     AcknowledgeDataLoss,
+    /// List this instance's open connections of an account (peer, serial, protocol, opened
+    /// at, requests served); with --close, close them.
+    Connections {
+        account: String,
+        /// Close them (a tunnel is cut, HTTP/2 gets GOAWAY, HTTP/1.1 is closed).
+        #[arg(long)]
+        close: bool,
+        /// With --close: only the connections of this certificate serial.
+        #[arg(long, requires = "close")]
+        serial: Option<String>,
+    },
     /// Show an account (generation, two-factor, certificates) or, with --serial, a certificate.
     Status {
         /// Account id.
@@ -458,6 +469,21 @@ fn admin(config: &Path, args: &AdminArgs) -> ExitCode {
         AdminAction::Revoke { serial, reason } => AdminCommand::Revoke {
             serial: serial.clone(),
             reason: Some(reason.clone()),
+        },
+        AdminAction::Connections {
+            account,
+            close: false,
+            ..
+        } => AdminCommand::Connections {
+            account: account.clone(),
+        },
+        AdminAction::Connections {
+            account,
+            close: true,
+            serial,
+        } => AdminCommand::CloseConnections {
+            account: account.clone(),
+            serial: serial.clone(),
         },
         AdminAction::Status {
             account: _,

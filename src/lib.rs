@@ -13,6 +13,7 @@
 //! - [`http`]: one rendering of any outcome (HTML or JSON), bearer credentials, limited
 //!   bodies.
 //! - [`enroll`]: certgate's own `/.certgate/` endpoints (enrollment, CA, CRL).
+//! - [`live`]: the open connections with a certificate, closed when the decision changes.
 //! - [`proxy`]: one request: strip, classify, decide, forward or refuse.
 //! - [`admin`]: the admin API, its CLI client, and the route table and bodies both share.
 //! - [`server`]: connections (accept, PROXY → TLS → h1/h2, watchdog, plain HTTP/1).
@@ -30,6 +31,7 @@ pub mod enroll;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod pki;
 pub mod proxy;

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::core::decision::Decision;
+use crate::core::decision::{CloseReason, Decision};
 
 /// Metric names, without the `_total` suffix prometheus-client appends to counters.
 pub mod names {
@@ -24,6 +24,7 @@ pub mod names {
     pub const TLS_HANDSHAKES: &str = "certgate_tls_handshakes";
     pub const CONNECTIONS_ACTIVE: &str = "certgate_connections_active";
     pub const CONNECTIONS_REFUSED: &str = "certgate_connections_refused";
+    pub const CONNECTIONS_CLOSED: &str = "certgate_connections_closed";
     pub const STATE_CACHE: &str = "certgate_state_cache";
     pub const STATE_STORE_ERRORS: &str = "certgate_state_store_errors";
     pub const STATE_STORE_UP: &str = "certgate_state_store_up";
@@ -44,6 +45,17 @@ impl EncodeLabelValue for Decision {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         EncodeLabelValue::encode(&self.as_str(), encoder)
     }
+}
+
+impl EncodeLabelValue for CloseReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionsClosedLabels {
+    pub reason: CloseReason,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +142,9 @@ pub struct Metrics {
     pub tls_handshakes: Family<HandshakeLabels, Counter>,
     pub connections_active: Gauge,
     pub connections_refused: Counter,
+    /// Open connections closed because their certificate was revoked, reset, expired or
+    /// an operator asked.
+    pub connections_closed: Family<ConnectionsClosedLabels, Counter>,
     pub state_cache: Family<CacheLabels, Counter>,
     pub state_store_errors: Counter,
     pub state_store_up: Gauge,
@@ -189,6 +204,13 @@ impl Metrics {
             CONNECTIONS_REFUSED,
             "Connections closed at once because limits.max_connections was reached",
             Counter::default(),
+        );
+        let connections_closed = register(
+            &mut r,
+            CONNECTIONS_CLOSED,
+            "Open connections closed because their certificate was revoked, its account reset, \
+             it expired, or an operator asked",
+            Family::<ConnectionsClosedLabels, Counter>::default(),
         );
         let state_cache = register(
             &mut r,
@@ -273,6 +295,7 @@ impl Metrics {
             tls_handshakes,
             connections_active,
             connections_refused,
+            connections_closed,
             state_cache,
             state_store_errors,
             state_store_up,

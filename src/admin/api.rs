@@ -21,6 +21,10 @@ pub enum Endpoint<'a> {
     Tickets(&'a str),
     Certificate(&'a str),
     Revoke(&'a str),
+    /// This instance's open connections of an account.
+    Connections(&'a str),
+    /// Closes this instance's open connections of an account (or of one serial of it).
+    CloseConnections(&'a str),
 }
 
 /// Characters escaped in a path segment: everything but RFC 3986 unreserved ones. The
@@ -42,6 +46,8 @@ impl<'a> Endpoint<'a> {
             ["v1", "accounts", id, "two-factor"] => Endpoint::EnableTwoFactor(id),
             ["v1", "accounts", id, "reset"] => Endpoint::Reset(id),
             ["v1", "accounts", id, "tickets"] => Endpoint::Tickets(id),
+            ["v1", "accounts", id, "connections"] => Endpoint::Connections(id),
+            ["v1", "accounts", id, "connections", "close"] => Endpoint::CloseConnections(id),
             ["v1", "certificates", serial] => Endpoint::Certificate(serial),
             ["v1", "certificates", serial, "revoke"] => Endpoint::Revoke(serial),
             _ => return None,
@@ -63,6 +69,10 @@ impl<'a> Endpoint<'a> {
             Endpoint::EnableTwoFactor(id) => format!("/v1/accounts/{}/two-factor", seg(id)),
             Endpoint::Reset(id) => format!("/v1/accounts/{}/reset", seg(id)),
             Endpoint::Tickets(id) => format!("/v1/accounts/{}/tickets", seg(id)),
+            Endpoint::Connections(id) => format!("/v1/accounts/{}/connections", seg(id)),
+            Endpoint::CloseConnections(id) => {
+                format!("/v1/accounts/{}/connections/close", seg(id))
+            }
             Endpoint::Certificate(s) => format!("/v1/certificates/{}", seg(s)),
             Endpoint::Revoke(s) => format!("/v1/certificates/{}/revoke", seg(s)),
         }
@@ -77,6 +87,8 @@ impl<'a> Endpoint<'a> {
             Endpoint::EnableTwoFactor(_) => "/v1/accounts/{id}/two-factor",
             Endpoint::Reset(_) => "/v1/accounts/{id}/reset",
             Endpoint::Tickets(_) => "/v1/accounts/{id}/tickets",
+            Endpoint::Connections(_) => "/v1/accounts/{id}/connections",
+            Endpoint::CloseConnections(_) => "/v1/accounts/{id}/connections/close",
             Endpoint::Certificate(_) => "/v1/certificates/{serial}",
             Endpoint::Revoke(_) => "/v1/certificates/{serial}/revoke",
         }
@@ -87,6 +99,7 @@ impl<'a> Endpoint<'a> {
             Endpoint::Healthz
             | Endpoint::Readyz
             | Endpoint::Account(_)
+            | Endpoint::Connections(_)
             | Endpoint::Certificate(_) => Method::GET,
             _ => Method::POST,
         }
@@ -183,6 +196,42 @@ pub struct CertificateStatus {
     pub revoked_at: Option<String>,
 }
 
+/// Body of `POST /v1/accounts/{id}/connections/close` (optional): only the connections of
+/// this certificate serial.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloseConnectionsRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+/// One open connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Connection {
+    pub peer: String,
+    pub serial: String,
+    /// `http/1.1`, `h2` or `upgraded` (a WebSocket or other tunnel after a 101).
+    pub protocol: String,
+    pub opened_at: String,
+    pub requests: u64,
+}
+
+/// Answer of the connection routes: this instance's open connections of the account
+/// (after `close`: the ones it closed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Connections {
+    /// Which instance answered (host name and process id): each instance knows only its
+    /// own connections.
+    pub instance: String,
+    pub account: String,
+    pub connections: Vec<Connection>,
+    /// How many were closed (the close route only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed: Option<usize>,
+}
+
 /// Every error answer: `{"error": "<code>", "message": "…"}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -206,6 +255,8 @@ mod tests {
             Endpoint::Tickets("alice"),
             Endpoint::Certificate("abcd"),
             Endpoint::Revoke("abcd"),
+            Endpoint::Connections("alice"),
+            Endpoint::CloseConnections("alice"),
         ] {
             let path = e.path();
             assert_eq!(Endpoint::parse(&path), Some(e), "{path}");

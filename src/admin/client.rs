@@ -24,7 +24,8 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use super::api::{
-    AccountChange, AccountStatus, CertificateStatus, Endpoint, ErrorBody, RevokeRequest, Revoked,
+    AccountChange, AccountStatus, CertificateStatus, CloseConnectionsRequest, Endpoint, ErrorBody,
+    RevokeRequest, Revoked,
 };
 pub use super::render::render;
 
@@ -86,6 +87,13 @@ pub enum AdminCommand {
     Status { account: String },
     /// `admin status --serial <serial>`: one certificate and its revocation.
     CertificateStatus { serial: String },
+    /// `admin connections <account>`: this instance's open connections of the account.
+    Connections { account: String },
+    /// `admin connections <account> --close [--serial S]`: close them.
+    CloseConnections {
+        account: String,
+        serial: Option<String>,
+    },
 }
 
 impl AdminCommand {
@@ -102,6 +110,8 @@ impl AdminCommand {
             AdminCommand::Revoke { serial, .. } => Endpoint::Revoke(serial),
             AdminCommand::Status { account } => Endpoint::Account(account),
             AdminCommand::CertificateStatus { serial } => Endpoint::Certificate(serial),
+            AdminCommand::Connections { account } => Endpoint::Connections(account),
+            AdminCommand::CloseConnections { account, .. } => Endpoint::CloseConnections(account),
         }
     }
 
@@ -116,6 +126,12 @@ impl AdminCommand {
                 reason: Some(r), ..
             } => serde_json::to_value(RevokeRequest {
                 reason: Some(r.clone()),
+            })
+            .ok(),
+            AdminCommand::CloseConnections {
+                serial: Some(s), ..
+            } => serde_json::to_value(CloseConnectionsRequest {
+                serial: Some(s.clone()),
             })
             .ok(),
             _ => None,

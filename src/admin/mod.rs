@@ -35,8 +35,8 @@ use hyper::body::Body;
 use tokio::net::TcpListener;
 
 use self::api::{
-    Account, AccountChange, AccountStatus, CertificateStatus, CertificateSummary, Endpoint,
-    NoFields, RevokeRequest, Revoked,
+    Account, AccountChange, AccountStatus, CertificateStatus, CertificateSummary,
+    CloseConnectionsRequest, Connection, Connections, Endpoint, NoFields, RevokeRequest, Revoked,
 };
 use crate::config::EnrollmentConfig;
 use crate::core::clock::now;
@@ -98,6 +98,8 @@ pub struct AdminState {
     pub enrollment: Option<EnrollmentInfo>,
     /// Set while the token file is unusable, so the error is logged once per outage.
     token_unusable: AtomicBool,
+    /// The gateway's open connections with a certificate.
+    live: Arc<crate::live::Registry>,
 }
 
 impl AdminState {
@@ -108,12 +110,19 @@ impl AdminState {
         enrollment: Option<EnrollmentInfo>,
     ) -> Self {
         AdminState {
+            live: crate::live::Registry::new(metrics.clone()),
             cache,
             metrics,
             token_file,
             enrollment,
             token_unusable: AtomicBool::new(false),
         }
+    }
+
+    /// The registry of the gateway's open connections (a fresh, empty one by default).
+    pub fn with_live(mut self, live: Arc<crate::live::Registry>) -> Self {
+        self.live = live;
+        self
     }
 
     /// Checks `Authorization: Bearer <token>` against the token file.
@@ -379,6 +388,13 @@ where
                     .ok_or_else(|| ApiError::InvalidReason(name.to_string()))?,
             };
             revoke(state, &serial, reason, &peer).await
+        }
+        Endpoint::Connections(id) => Ok(connections(state, &account_id(id)?, None)),
+        Endpoint::CloseConnections(id) => {
+            let account = account_id(id)?;
+            let body: CloseConnectionsRequest = parse_json(&body)?;
+            let only = body.serial.as_deref().map(serial).transpose()?;
+            Ok(connections(state, &account, Some((only, &peer))))
         }
         // Answered above, before the token check.
         Endpoint::Healthz | Endpoint::Readyz => Err(ApiError::NotFound),
@@ -704,6 +720,61 @@ async fn get_certificate(
         reason: revocation.as_ref().map(|r| r.reason.as_str().to_string()),
         revoked_at: time(revocation.as_ref().map(|r| r.revoked_at)),
     }))
+}
+
+/// Lists this instance's open connections of `account`; with `close`, closes them (those
+/// of one serial when it names one) and lists the ones it closed.
+fn connections(
+    state: &AdminState,
+    account: &str,
+    close: Option<(Option<String>, &str)>,
+) -> Response<Full<Bytes>> {
+    let mut conns = state.live.of_account(account);
+    let mut closed = None;
+    if let Some((only, peer)) = close {
+        if let Some(s) = &only {
+            conns.retain(|c| c.identity.serial == *s);
+        }
+        let n = conns
+            .iter()
+            .filter(|c| {
+                state
+                    .live
+                    .close(c, crate::core::decision::CloseReason::Admin)
+            })
+            .count();
+        let mut audit = Audit::new("close-connections", peer);
+        audit.account = Some(account.to_string());
+        audit.serial = only;
+        audit.log(&Ok::<(), ApiError>(()));
+        closed = Some(n);
+    }
+    json_ok(&Connections {
+        instance: instance_name(),
+        account: account.to_string(),
+        connections: conns
+            .iter()
+            .map(|c| Connection {
+                peer: c.peer.to_string(),
+                serial: c.identity.serial.clone(),
+                protocol: c.protocol().to_string(),
+                opened_at: rfc3339(c.opened_at),
+                requests: c.requests(),
+            })
+            .collect(),
+        closed,
+    })
+}
+
+/// This instance, as the connection routes name it: host name and process id.
+fn instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("{host} (pid {})", std::process::id())
 }
 
 /// A 200 answer with a typed body.

@@ -5,7 +5,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::api::{AccountChange, AccountStatus, CertificateStatus, Revoked};
+use super::api::{AccountChange, AccountStatus, CertificateStatus, Connections, Revoked};
 use super::client::AdminCommand;
 
 /// Human-readable text of a successful answer to `cmd` (ends with a newline).
@@ -17,7 +17,48 @@ pub fn render(cmd: &AdminCommand, v: &Value) -> String {
         AdminCommand::Revoke { .. } => revoked(&read(v)),
         AdminCommand::Status { .. } => status(&read(v)),
         AdminCommand::CertificateStatus { .. } => certificate(&read(v)),
+        AdminCommand::Connections { .. } | AdminCommand::CloseConnections { .. } => {
+            connections(&read(v))
+        }
     }
+}
+
+fn connections(v: &Connections) -> String {
+    let mut out = match v.closed {
+        Some(n) => format!(
+            "Closed {n} open connection(s) of account {} on {}.\n",
+            dash(&v.account),
+            dash(&v.instance)
+        ),
+        None => format!(
+            "Open connections of account {} on {}: {}\n",
+            dash(&v.account),
+            dash(&v.instance),
+            v.connections.len()
+        ),
+    };
+    if !v.connections.is_empty() {
+        out.push_str(&format!(
+            "\n{:<40} {:<34} {:<9} {:<21} {}\n",
+            "peer", "serial", "protocol", "opened at", "requests"
+        ));
+        for c in &v.connections {
+            out.push_str(&format!(
+                "{:<40} {:<34} {:<9} {:<21} {}\n",
+                dash(&c.peer),
+                dash(&c.serial),
+                dash(&c.protocol),
+                dash(&c.opened_at),
+                c.requests
+            ));
+        }
+    }
+    if v.closed.is_none() {
+        out.push_str(
+            "\nEach instance lists only its own connections; ask every instance's admin API.\n",
+        );
+    }
+    out
 }
 
 fn read<T: DeserializeOwned + Default>(v: &Value) -> T {

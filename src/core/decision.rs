@@ -177,6 +177,54 @@ const BAD_REQUEST: Page = Page {
     steps: &["Check the address and try again."],
 };
 
+/// Why a connection was closed by the registry (the `reason` label of
+/// `certgate_connections_closed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    Revoked,
+    Reset,
+    Expired,
+    /// An operator asked (`certgate admin connections ACCOUNT --close`).
+    Admin,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 4] = [
+        CloseReason::Revoked,
+        CloseReason::Reset,
+        CloseReason::Expired,
+        CloseReason::Admin,
+    ];
+
+    pub fn from_u8(v: u8) -> Option<CloseReason> {
+        CloseReason::ALL
+            .get(usize::from(v).checked_sub(1)?)
+            .copied()
+    }
+
+    pub fn to_u8(self) -> u8 {
+        self as u8 + 1
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Revoked => "revoked",
+            CloseReason::Reset => "reset",
+            CloseReason::Expired => "expired",
+            CloseReason::Admin => "admin",
+        }
+    }
+
+    pub fn of_decision(decision: Decision) -> Option<CloseReason> {
+        match decision {
+            Decision::Revoked => Some(CloseReason::Revoked),
+            Decision::Reset => Some(CloseReason::Reset),
+            Decision::Expired => Some(CloseReason::Expired),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,9 @@ pub struct ConnInfo {
     pub sni: Option<String>,
     /// The peer's IP as a header value (for `X-Forwarded-For`).
     pub peer_ip: HeaderValue,
+    /// The connection's entry among the open connections with a certificate (closed when
+    /// the certificate is revoked, reset or expires); an upgraded tunnel holds it too.
+    pub live: Option<Arc<crate::live::LiveConn>>,
 }
 
 impl ConnInfo {
@@ -74,7 +77,14 @@ impl ConnInfo {
             peer,
             sni,
             peer_ip,
+            live: None,
         }
+    }
+
+    /// The same connection, registered among the open connections.
+    pub fn with_live(mut self, live: Option<Arc<crate::live::LiveConn>>) -> Self {
+        self.live = live;
+        self
     }
 }
 
@@ -555,6 +565,7 @@ impl Proxy {
                     self.tunnel_limits,
                     conn.slot.clone(),
                     conn.phase.clone(),
+                    conn.live.clone(),
                 ));
             }
             return resp.map(Either::Left);

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::core::phase::Phase;
+use crate::live::{LiveConn, PROTO_UPGRADED};
 
 /// What keeps a connection counted (its permit of `limits.max_connections` and its place
 /// in `certgate_connections_active`); opaque here, the server fills it.
@@ -34,11 +35,15 @@ pub(super) async fn run(
     limits: TunnelLimits,
     slot: Slot,
     mut phase: tokio::sync::watch::Receiver<Phase>,
+    live: Option<Arc<LiveConn>>,
 ) {
     let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
         tracing::debug!("protocol upgrade abandoned by one side");
         return;
     };
+    if let Some(l) = &live {
+        l.set_protocol(PROTO_UPGRADED);
+    }
     let started = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
     let mut client = Touch::new(TokioIo::new(client), started, last.clone());
@@ -72,6 +77,10 @@ pub(super) async fn run(
                     tracing::debug!("closing an upgraded connection: shutting down");
                     break;
                 }
+            }
+            reason = async { live.as_deref().expect("set").closed().await }, if live.is_some() => {
+                tracing::debug!(reason = reason.as_str(), "closing an upgraded connection: its certificate is no longer allowed");
+                break;
             }
         }
     }

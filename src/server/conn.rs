@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use super::outbound::{H2_STREAM_BUFFER, Outbound};
 use super::watchdog::{Activity, ActivityIo, InFlight, drive};
 use super::{Phase, Server};
+use crate::live::{PROTO_H1, PROTO_H2};
 use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Slot};
 use crate::tls;
@@ -68,13 +69,14 @@ pub async fn serve_connection(
     let limits = runtime.limits;
     drop(runtime);
     let h2 = accepted.h2;
-    let conn = Arc::new(ConnInfo::new(
-        slot,
-        phase.clone(),
-        accepted.identity,
-        peer,
-        accepted.sni,
-    ));
+    let live = accepted.identity.as_ref().map(|id| {
+        let proto = if h2 { PROTO_H2 } else { PROTO_H1 };
+        server.live.open(id.clone(), peer, proto)
+    });
+    let conn = Arc::new(
+        ConnInfo::new(slot, phase.clone(), accepted.identity, peer, accepted.sni)
+            .with_live(live.clone()),
+    );
     let activity = Arc::new(Activity::new(!h2, server.responses.clone()));
     let io = TokioIo::new(ActivityIo::new(accepted.stream, activity.clone()));
     let server = server.clone();
@@ -85,6 +87,9 @@ pub async fn serve_connection(
         let proxy = server.current.load().proxy.clone();
         let conn = conn.clone();
         let guard = InFlight::begin(&act);
+        if let Some(l) = &conn.live {
+            l.request();
+        }
         let act = act.clone();
         async move {
             let resp = proxy.handle(&conn, req).await;
@@ -101,7 +106,7 @@ pub async fn serve_connection(
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
         let conn = b.serve_connection(io, svc);
-        Box::pin(drive(conn, &activity, limits, phase)).await;
+        Box::pin(drive(conn, &activity, limits, phase, live.as_deref())).await;
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
@@ -114,6 +119,6 @@ pub async fn serve_connection(
             .max_buf_size((limits.max_header_bytes * 2).max(64 * 1024))
             .keep_alive(true);
         let conn = b.serve_connection(io, svc).with_upgrades();
-        drive(conn, &activity, limits, phase).await;
+        drive(conn, &activity, limits, phase, live.as_deref()).await;
     }
 }

@@ -85,4 +85,6 @@ pub struct Server {
     pub metrics: Metrics,
     /// `limits.response_buffer`: response bytes buffered in all connections together.
     pub responses: Arc<budget::Budget>,
+    /// The open connections with a client certificate.
+    pub live: Arc<crate::live::Registry>,
 }

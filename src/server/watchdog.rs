@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::budget::Budget;
 use super::{ConnLimits, Phase};
+use crate::live::LiveConn;
 
 /// A served connection that can be asked to finish gracefully.
 pub trait Graceful: Future {
@@ -53,6 +54,7 @@ pub async fn drive<C>(
     activity: &Activity,
     limits: ConnLimits,
     mut phase: watch::Receiver<Phase>,
+    live: Option<&LiveConn>,
 ) where
     C: Graceful,
     C::Output: Into<Result<(), hyper::Error>>,
@@ -143,9 +145,24 @@ pub async fn drive<C>(
                 }
             }
             _ = &mut sleep => {}
+            reason = async { live.expect("set").closed().await }, if live.is_some() => {
+                // GOAWAY on HTTP/2 (Connection: close on an idle HTTP/1.1 connection), a
+                // moment to write it, then the connection is dropped: requests still in
+                // flight are cut.
+                tracing::debug!(reason = reason.as_str(), "closing connection: its certificate is no longer allowed");
+                if !draining {
+                    conn.as_mut().graceful();
+                }
+                let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;
+                return;
+            }
         }
     }
 }
+
+/// How long a connection closed by the open-connection registry gets to write its GOAWAY
+/// (or finish an idle HTTP/1.1 close) before it is dropped.
+pub const CLOSE_GRACE: Duration = Duration::from_millis(100);
 
 /// How many bytes a closing connection must move per `limits.idle_timeout` to be let
 /// finish (a keep-alive PING exchange is a few dozen).

@@ -310,6 +310,8 @@ pub struct StateCache {
     /// after `origin` (an atomic: every lookup reads it).
     origin: Instant,
     resync: AtomicU64,
+    /// Where every change this cache learns is reported (the open-connection registry).
+    changes: std::sync::OnceLock<Events>,
 }
 
 impl StateCache {
@@ -350,6 +352,7 @@ impl StateCache {
             health: Mutex::new(Health::default()),
             origin: now_at_start,
             resync: AtomicU64::new(0),
+            changes: std::sync::OnceLock::new(),
         }
     }
 
@@ -590,6 +593,19 @@ impl StateCache {
         (tx, task)
     }
 
+    /// Reports every change this cache learns from now on to `to`, after the cache has
+    /// applied it: a serial or account invalidated (by an event of the store or by this
+    /// cache's own write-through), the event link back, the store replaced. Set once.
+    pub fn report_changes(&self, to: Events) {
+        let _ = self.changes.set(to);
+    }
+
+    fn report(&self, change: Invalidation) {
+        if let Some(to) = self.changes.get() {
+            let _ = to.send(change);
+        }
+    }
+
     /// Applies one event of the store.
     pub fn apply(&self, event: &Invalidation) {
         match event {
@@ -627,6 +643,7 @@ impl StateCache {
                     ),
                     None => tracing::debug!("subscribed to state events"),
                 }
+                self.report(Invalidation::Resubscribed);
             }
             Invalidation::All => self.invalidate_all(),
         }
@@ -635,17 +652,20 @@ impl StateCache {
     /// Drops the cached revocation status of `serial`; the next lookup reads the store.
     pub fn invalidate_serial(&self, serial: &str) {
         self.revocations.invalidate(serial);
+        self.report(Invalidation::Serial(serial.to_string()));
     }
 
     /// Drops the cached record of `account`; the next lookup reads the store.
     pub fn invalidate_account(&self, account: &str) {
         self.accounts.invalidate(account);
+        self.report(Invalidation::Account(account.to_string()));
     }
 
     /// Drops everything (e.g. after a pub/sub reconnect, when events may have been missed).
     pub fn invalidate_all(&self) {
         self.revocations.invalidate_all();
         self.accounts.invalidate_all();
+        self.report(Invalidation::All);
     }
 
     /// Write-through: revoke, then drop the cached entry so the next request sees it.
