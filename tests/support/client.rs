@@ -411,6 +411,21 @@ impl H1 {
         })
     }
 
+    /// Waits up to `limit` for the server to close the connection; true when it did.
+    pub async fn wait_closed(&mut self, limit: Duration) -> bool {
+        if self.task.is_finished() {
+            return true;
+        }
+        tokio::time::timeout(limit, &mut self.task).await.is_ok()
+    }
+
+    /// `GET path` on a connection whose certificate may just have been revoked or reset:
+    /// `None` when the gateway closed the connection instead of answering (open
+    /// connections follow the decision), else the answer.
+    pub async fn get_or_closed(&mut self, path: &str) -> Option<Resp> {
+        self.send("GET", path, &[]).await.ok()
+    }
+
     pub async fn get(&mut self, path: &str) -> Resp {
         self.send("GET", path, &[])
             .await
