@@ -66,12 +66,7 @@ fn tunnel_end(mut conn: TlsConn) -> JoinHandle<Option<Instant>> {
 
 /// An HTTP/1.1 connection that served one request and now sits idle.
 async fn idle_h1(listen: SocketAddr, ca: &CertificateDer<'static>, leaf: &Leaf) -> H1 {
-    let mut conn = RawClient::new(listen, ca, Some(leaf))
-        .connect()
-        .await
-        .expect("handshake")
-        .into_http1()
-        .await;
+    let mut conn = connect_h1(listen, ca, leaf).await;
     assert_eq!(conn.get("/app/before").await.status, 200);
     conn
 }
@@ -180,11 +175,12 @@ async fn revocation_and_reset_on_one_instance_close_open_connections_on_another(
     // A closed nothing: it had no connection of theirs.
     assert_eq!(closed_count(h.metrics_addr(), "revoked").await, 0.0);
     // New connections of the revoked certificate are refused as before.
-    let mut again = idle_h1_or_refused(b.listen, ca, &alice).await;
+    let mut again = connect_h1(b.listen, ca, &alice).await;
     assert_eq!(again.get("/app/after").await.status, 403);
 }
 
-async fn idle_h1_or_refused(listen: SocketAddr, ca: &CertificateDer<'static>, leaf: &Leaf) -> H1 {
+/// A new HTTP/1.1 connection with `leaf`.
+async fn connect_h1(listen: SocketAddr, ca: &CertificateDer<'static>, leaf: &Leaf) -> H1 {
     RawClient::new(listen, ca, Some(leaf))
         .connect()
         .await
