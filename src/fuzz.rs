@@ -157,3 +157,29 @@ pub fn headers(data: &[u8]) {
         }
     }
 }
+
+/// The HTTP/2 control-frame guard over a client byte stream. Laws: the verdict does not
+/// depend on how the stream is split into reads; the gateway side's frame boundary is
+/// never further than one frame away.
+pub fn h2_frames(data: &[u8]) {
+    use crate::server::h2frames::{FrameGuard, Verdict};
+    let Some((&cut, stream)) = data.split_first() else {
+        return;
+    };
+    let limit = u32::from(cut % 16);
+    let whole = FrameGuard::new(limit).client_bytes(stream, || 0);
+    let mut split = FrameGuard::new(limit);
+    let step = usize::from(cut).max(1);
+    let mut verdict = Verdict::Fine;
+    for chunk in stream.chunks(step) {
+        if let v @ Verdict::Flood(_) = split.client_bytes(chunk, || 0) {
+            verdict = v;
+        }
+    }
+    assert_eq!(whole, verdict, "split every {step} bytes");
+    let mut out = FrameGuard::new(limit);
+    for chunk in stream.chunks(step) {
+        out.gateway_bytes(chunk);
+        assert!(out.gateway_rest() <= (1 << 24) + 9);
+    }
+}

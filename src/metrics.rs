@@ -14,6 +14,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::core::decision::{CloseReason, Decision};
+use crate::core::flood::FloodKind;
 
 /// Metric names, without the `_total` suffix prometheus-client appends to counters.
 pub mod names {
@@ -25,6 +26,7 @@ pub mod names {
     pub const CONNECTIONS_ACTIVE: &str = "certgate_connections_active";
     pub const CONNECTIONS_REFUSED: &str = "certgate_connections_refused";
     pub const CONNECTIONS_CLOSED: &str = "certgate_connections_closed";
+    pub const H2_ABUSE: &str = "certgate_h2_abuse";
     pub const STATE_CACHE: &str = "certgate_state_cache";
     pub const STATE_STORE_ERRORS: &str = "certgate_state_store_errors";
     pub const STATE_STORE_UP: &str = "certgate_state_store_up";
@@ -51,6 +53,17 @@ impl EncodeLabelValue for CloseReason {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         EncodeLabelValue::encode(&self.as_str(), encoder)
     }
+}
+
+impl EncodeLabelValue for FloodKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct H2AbuseLabels {
+    pub kind: FloodKind,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -145,6 +158,8 @@ pub struct Metrics {
     /// Open connections closed because their certificate was revoked, reset, expired or
     /// an operator asked.
     pub connections_closed: Family<ConnectionsClosedLabels, Counter>,
+    /// HTTP/2 connections closed with GOAWAY ENHANCE_YOUR_CALM for a control-frame flood.
+    pub h2_abuse: Family<H2AbuseLabels, Counter>,
     pub state_cache: Family<CacheLabels, Counter>,
     pub state_store_errors: Counter,
     pub state_store_up: Gauge,
@@ -212,6 +227,16 @@ impl Metrics {
              it expired, or an operator asked",
             Family::<ConnectionsClosedLabels, Counter>::default(),
         );
+        let h2_abuse = register(
+            &mut r,
+            H2_ABUSE,
+            "HTTP/2 connections closed (GOAWAY ENHANCE_YOUR_CALM) for sending more control \
+             frames than limits.h2_control_frames_per_second, by frame kind",
+            Family::<H2AbuseLabels, Counter>::default(),
+        );
+        for kind in FloodKind::ALL {
+            let _ = h2_abuse.get_or_create(&H2AbuseLabels { kind });
+        }
         let state_cache = register(
             &mut r,
             STATE_CACHE,
@@ -296,6 +321,7 @@ impl Metrics {
             connections_active,
             connections_refused,
             connections_closed,
+            h2_abuse,
             state_cache,
             state_store_errors,
             state_store_up,
@@ -318,6 +344,10 @@ impl Metrics {
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    pub fn count_h2_abuse(&self, kind: FloodKind) {
+        self.h2_abuse.get_or_create(&H2AbuseLabels { kind }).inc();
     }
 
     pub fn count_decision(&self, decision: Decision) {

@@ -14,6 +14,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("path", certgate::fuzz::path),
     ("identity", certgate::fuzz::identity),
     ("headers", certgate::fuzz::headers),
+    ("h2_frames", certgate::fuzz::h2_frames),
 ];
 
 #[test]

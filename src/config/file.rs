@@ -1228,6 +1228,14 @@ impl Ctx<'_> {
                 defaults::SEND_TIMEOUT,
             )?,
             response_buffer: to_usize(response_buffer),
+            h2_control_frames_per_second: u32::try_from(self.number(
+                "limits.h2_control_frames_per_second",
+                &l.h2_control_frames_per_second,
+                defaults::H2_CONTROL_FRAMES_PER_SECOND,
+                0,
+                1_000_000,
+            )?)
+            .unwrap_or(u32::MAX),
         })
     }
 

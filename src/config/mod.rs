@@ -391,6 +391,9 @@ pub struct LimitsConfig {
     pub send_timeout: Duration,
     /// Response bytes buffered for clients in all connections together.
     pub response_buffer: usize,
+    /// HTTP/2 control frames (SETTINGS, PING, PRIORITY, WINDOW_UPDATE, empty DATA) a
+    /// client may send per second before its connection is closed (0 = no limit).
+    pub h2_control_frames_per_second: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -148,6 +148,7 @@ pub struct LimitsFile {
     pub max_connection_age: Option<S<String>>,
     pub send_timeout: Option<S<String>>,
     pub response_buffer: Option<S<String>>,
+    pub h2_control_frames_per_second: Option<S<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,6 +189,7 @@ pub mod defaults {
     pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
     pub const IDLE_TIMEOUT: u64 = 60;
     pub const H2_MAX_CONCURRENT_STREAMS: u64 = 256;
+    pub const H2_CONTROL_FRAMES_PER_SECOND: u64 = 1000;
     pub const SEND_TIMEOUT: u64 = 60;
     pub const RESPONSE_BUFFER: u64 = 256 * 1024 * 1024;
 }

@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod decision;
+pub mod flood;
 pub mod gate;
 pub mod identity;
 pub mod outcome;

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 
 use super::outbound::{H2_STREAM_BUFFER, Outbound};
-use super::watchdog::{Activity, ActivityIo, InFlight, drive};
+use super::watchdog::{ABUSE_LOG, Activity, ActivityIo, InFlight, drive};
 use super::{Phase, Server};
 use crate::live::{PROTO_H1, PROTO_H2};
 use crate::metrics::Metrics;
@@ -78,7 +78,13 @@ pub async fn serve_connection(
             .with_live(live.clone()),
     );
     let activity = Arc::new(Activity::new(!h2, server.responses.clone()));
-    let io = TokioIo::new(ActivityIo::new(accepted.stream, activity.clone()));
+    let io = ActivityIo::new(accepted.stream, activity.clone());
+    let io = TokioIo::new(if h2 {
+        io.with_h2_guard(limits.h2_control_frames_per_second)
+    } else {
+        io
+    });
+    let metrics = server.metrics.clone();
     let server = server.clone();
     let act = activity.clone();
     let svc = service_fn(move |req| {
@@ -107,6 +113,14 @@ pub async fn serve_connection(
             .keep_alive_timeout(Duration::from_secs(20));
         let conn = b.serve_connection(io, svc);
         Box::pin(drive(conn, &activity, limits, phase, live.as_deref())).await;
+        if let Some(kind) = activity.flood() {
+            metrics.count_h2_abuse(kind);
+            ABUSE_LOG.note(&format!(
+                "HTTP/2 {} flood over limits.h2_control_frames_per_second: GOAWAY \
+                 ENHANCE_YOUR_CALM",
+                kind.as_str()
+            ));
+        }
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())

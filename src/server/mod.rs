@@ -11,6 +11,7 @@
 
 pub mod budget;
 pub mod conn;
+pub mod h2frames;
 pub mod listener;
 pub mod outbound;
 pub mod plain;
@@ -59,6 +60,9 @@ pub struct ConnLimits {
     /// A connection whose responses have data the client has not taken for this long
     /// is dropped ([`outbound`]).
     pub send_timeout: Duration,
+    /// HTTP/2 SETTINGS, PING, PRIORITY, WINDOW_UPDATE and empty DATA frames a client may
+    /// send per second (0 = no limit).
+    pub h2_control_frames_per_second: u32,
 }
 
 impl ConnLimits {
@@ -72,6 +76,7 @@ impl ConnLimits {
             max_header_bytes: cfg.limits.max_header_bytes,
             h2_streams: cfg.limits.h2_max_concurrent_streams,
             send_timeout: cfg.limits.send_timeout,
+            h2_control_frames_per_second: cfg.limits.h2_control_frames_per_second,
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::budget::Budget;
+use super::h2frames::{FloodKind, FrameGuard, Verdict};
 use super::{ConnLimits, Phase};
 use crate::live::LiveConn;
 
@@ -145,6 +146,12 @@ pub async fn drive<C>(
                 }
             }
             _ = &mut sleep => {}
+            () = activity.flood_found.notified() => {
+                // The GOAWAY (ENHANCE_YOUR_CALM) goes out at the next frame boundary; the
+                // client gets a moment to read it, then the connection is dropped.
+                let _ = tokio::time::timeout(FLOOD_LINGER, conn.as_mut()).await;
+                return;
+            }
             reason = async { live.expect("set").closed().await }, if live.is_some() => {
                 // GOAWAY on HTTP/2 (Connection: close on an idle HTTP/1.1 connection), a
                 // moment to write it, then the connection is dropped: requests still in
@@ -163,6 +170,9 @@ pub async fn drive<C>(
 /// How long a connection closed by the open-connection registry gets to write its GOAWAY
 /// (or finish an idle HTTP/1.1 close) before it is dropped.
 pub const CLOSE_GRACE: Duration = Duration::from_millis(100);
+
+/// How long a connection that flooded control frames is kept after its GOAWAY.
+const FLOOD_LINGER: Duration = Duration::from_millis(500);
 
 /// How many bytes a closing connection must move per `limits.idle_timeout` to be let
 /// finish (a keep-alive PING exchange is a few dozen).
@@ -198,6 +208,10 @@ pub struct Activity {
     last_taken: AtomicU64,
     /// `limits.response_buffer`, shared by all connections.
     budget: Arc<Budget>,
+    /// The [`FloodKind`] of an HTTP/2 control-frame flood (0 = none).
+    flood: AtomicU8,
+    /// Wakes the watchdog when a flood is found.
+    flood_found: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -215,7 +229,20 @@ impl Activity {
             owed_since: AtomicU64::new(0),
             last_taken: AtomicU64::new(0),
             budget,
+            flood: AtomicU8::new(0),
+            flood_found: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The client flooded control frames of this kind: the connection is dropped soon.
+    fn flooded(&self, kind: FloodKind) {
+        self.flood.store(kind as u8, Ordering::Relaxed);
+        self.flood_found.notify_one();
+    }
+
+    /// The kind of control-frame flood that ended this connection, if one did.
+    pub fn flood(&self) -> Option<FloodKind> {
+        FloodKind::from_u8(self.flood.load(Ordering::Relaxed))
     }
 
     pub(super) fn budget(&self) -> &Arc<Budget> {
@@ -315,30 +342,131 @@ impl Drop for InFlight {
     }
 }
 
-/// The TLS stream, noting when bytes arrive (for the header read timeout).
+/// The TLS stream, noting when bytes arrive (for the header read timeout) and, on HTTP/2,
+/// holding the client to `limits.h2_control_frames_per_second` ([`FrameGuard`]).
 pub struct ActivityIo<S> {
     inner: S,
     activity: Arc<Activity>,
+    h2: Option<Box<H2Watch>>,
+}
+
+/// A flooding client's GOAWAY, from due to written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GoAway {
+    None,
+    /// Written at the gateway's next frame boundary; `.0` bytes of it so far.
+    Due(usize),
+    /// Written; being flushed.
+    Flushing,
+    /// Sent: the client's bytes are discarded, the gateway's swallowed.
+    Sent,
+}
+
+struct H2Watch {
+    guard: FrameGuard,
+    goaway: GoAway,
 }
 
 impl<S> ActivityIo<S> {
     /// `inner`, reporting the first byte of each request head to `activity`.
     pub fn new(inner: S, activity: Arc<Activity>) -> Self {
-        ActivityIo { inner, activity }
+        ActivityIo {
+            inner,
+            activity,
+            h2: None,
+        }
+    }
+
+    /// Also limits the client's HTTP/2 control frames to `per_second` (0 = no limit).
+    pub fn with_h2_guard(mut self, per_second: u32) -> Self {
+        self.h2 = Some(Box::new(H2Watch {
+            guard: FrameGuard::new(per_second),
+            goaway: GoAway::None,
+        }));
+        self
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
+impl<S: AsyncWrite + Unpin> ActivityIo<S> {
+    /// Writes and flushes the GOAWAY of a flooding client.
+    fn poll_goaway(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(h) = self.h2.as_mut() else {
+            return Poll::Ready(());
+        };
+        loop {
+            match h.goaway {
+                GoAway::None | GoAway::Sent => return Poll::Ready(()),
+                GoAway::Due(written) => {
+                    let frame = h.guard.goaway();
+                    match Pin::new(&mut self.inner).poll_write(cx, &frame[written..]) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(n)) if n > 0 && written + n < frame.len() => {
+                            h.goaway = GoAway::Due(written + n)
+                        }
+                        Poll::Ready(Ok(n)) if n > 0 => h.goaway = GoAway::Flushing,
+                        Poll::Ready(_) => h.goaway = GoAway::Sent,
+                    }
+                }
+                GoAway::Flushing => match Pin::new(&mut self.inner).poll_flush(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(_) => h.goaway = GoAway::Sent,
+                },
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ActivityIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if let Some(goaway) = this.h2.as_ref().map(|h| h.goaway)
+            && goaway != GoAway::None
+        {
+            if goaway != GoAway::Sent {
+                let at_boundary = this
+                    .h2
+                    .as_ref()
+                    .is_some_and(|h| h.guard.gateway_rest() == 0);
+                if !at_boundary || this.poll_goaway(cx).is_pending() {
+                    // The gateway's writes finish the frame in progress first; the
+                    // watchdog drops the connection if they never do.
+                    return Poll::Pending;
+                }
+            }
+            // The client's bytes are read and dropped until it closes (so it reads the
+            // GOAWAY rather than a reset); the watchdog ends the connection soon anyway.
+            let mut scratch = [0u8; 2048];
+            for _ in 0..16 {
+                let mut sb = ReadBuf::new(&mut scratch);
+                match Pin::new(&mut this.inner).poll_read(cx, &mut sb) {
+                    Poll::Ready(Ok(())) if sb.filled().is_empty() => return Poll::Ready(Ok(())),
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.on_read();
-            self.activity.moved(buf.filled().len() - before);
+            this.activity.on_read();
+            this.activity.moved(buf.filled().len() - before);
+            if let Some(h) = this.h2.as_mut() {
+                let activity = &this.activity;
+                if let Verdict::Flood(kind) = h
+                    .guard
+                    .client_bytes(&buf.filled()[before..], || activity.ms())
+                {
+                    h.goaway = GoAway::Due(0);
+                    activity.flooded(kind);
+                }
+            }
         }
         res
     }
@@ -350,14 +478,40 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let this = &mut *self;
+        let mut buf = buf;
+        if let Some(h) = this.h2.as_ref()
+            && h.goaway != GoAway::None
+        {
+            let rest = h.guard.gateway_rest();
+            if h.goaway == GoAway::Sent || rest == 0 {
+                if this.poll_goaway(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // Nothing more reaches a flooding client.
+                return Poll::Ready(Ok(buf.len()));
+            }
+            buf = &buf[..rest.min(buf.len())];
+        }
+        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
-            self.activity.moved(n);
+            this.activity.moved(n);
+            if let Some(h) = this.h2.as_mut() {
+                h.guard.gateway_bytes(&buf[..n]);
+            }
         }
         res
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        if let Some(h) = this.h2.as_ref()
+            && h.goaway != GoAway::None
+            && h.guard.gateway_rest() == 0
+            && this.poll_goaway(cx).is_pending()
+        {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
@@ -367,9 +521,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if self.h2.as_ref().is_some_and(|h| h.goaway != GoAway::None) {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return self.poll_write(cx, first);
+        }
+        let this = &mut *self;
+        let res = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = res {
-            self.activity.moved(n);
+            this.activity.moved(n);
+            if let Some(h) = this.h2.as_mut() {
+                let mut left = n;
+                for b in bufs {
+                    if left == 0 {
+                        break;
+                    }
+                    let take = left.min(b.len());
+                    h.guard.gateway_bytes(&b[..take]);
+                    left -= take;
+                }
+            }
         }
         res
     }
@@ -392,6 +565,7 @@ mod tests {
             max_header_bytes: 65536,
             h2_streams: 100,
             send_timeout: Duration::from_secs(30),
+            h2_control_frames_per_second: 1000,
         }
     }
 

@@ -369,6 +369,7 @@ fn defaults_are_applied() {
     assert_eq!(c.limits.h2_max_concurrent_streams, 256);
     assert_eq!(c.limits.send_timeout, Duration::from_secs(60));
     assert_eq!(c.limits.response_buffer, 256 * 1024 * 1024);
+    assert_eq!(c.limits.h2_control_frames_per_second, 1000);
     assert_eq!(c.limits.max_connection_age, None);
     assert_eq!(c.log.format, LogFormat::Text);
     assert_eq!(c.log.level, "info");
@@ -672,6 +673,16 @@ fn out_of_range_numbers() {
         Some(line_of(&yaml, "h2_max")),
         "limits.h2_max_concurrent_streams",
         &["0 is out of range"],
+    );
+
+    let yaml = with("limits:\n  h2_control_frames_per_second: 2000000\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "h2_control")),
+        "limits.h2_control_frames_per_second",
+        &["2000000 is out of range"],
     );
 
     let yaml = with("state:\n  cache:\n    max_entries: 0\n");
