@@ -19,6 +19,7 @@ pub const EXIT_USAGE: u8 = 2;
 #[command(
     name = "certgate",
     version,
+    long_version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("CERTGATE_COMMIT"), ")"),
     about = "mTLS auth gateway: the client certificate factor of two-factor sign-in"
 )]
 pub struct Cli {

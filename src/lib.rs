@@ -34,6 +34,7 @@ pub mod http;
 pub mod live;
 pub mod metrics;
 pub mod pki;
+pub mod process;
 pub mod proxy;
 pub mod reload;
 pub mod server;

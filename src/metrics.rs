@@ -18,6 +18,7 @@ use crate::core::flood::FloodKind;
 
 /// Metric names, without the `_total` suffix prometheus-client appends to counters.
 pub mod names {
+    pub const BUILD_INFO: &str = "certgate_build_info";
     pub const REQUESTS: &str = "certgate_requests";
     pub const REQUEST_DURATION: &str = "certgate_request_duration_seconds";
     pub const UPSTREAM_DURATION: &str = "certgate_upstream_duration_seconds";
@@ -59,6 +60,12 @@ impl EncodeLabelValue for FloodKind {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         EncodeLabelValue::encode(&self.as_str(), encoder)
     }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildInfoLabels {
+    pub version: &'static str,
+    pub commit: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -182,6 +189,20 @@ impl Metrics {
     pub fn new() -> Self {
         use names::*;
         let mut r = Registry::default();
+        crate::process::mark_start();
+        r.register_collector(Box::new(crate::process::ProcessCollector));
+        let build_info = Family::<BuildInfoLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildInfoLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: env!("CERTGATE_COMMIT"),
+            })
+            .set(1);
+        r.register(
+            BUILD_INFO,
+            "The running build: 1, labelled with its version and commit",
+            build_info,
+        );
         let requests = Family::<DecisionLabels, Counter>::default();
         r.register(REQUESTS, "Requests by gate decision", requests.clone());
         let request_duration = register(

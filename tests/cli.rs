@@ -470,3 +470,23 @@ async fn a_lost_store_file_never_lets_a_revoked_certificate_back_in() {
         .expect("started without its store");
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
+
+/// `--version` names the commit it was built from; `-V` stays the bare version.
+#[test]
+fn version_names_the_commit() {
+    let out = certgate(&["--version"], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let want = format!("certgate {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(text.starts_with(&want), "{text}");
+    let commit = text[want.len()..].trim_end().trim_end_matches(')');
+    assert!(
+        commit == "unknown" || (commit.len() >= 7 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "commit {commit:?}"
+    );
+    let short = certgate(&["-V"], &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&short.stdout).trim(),
+        format!("certgate {}", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -984,3 +984,50 @@ async fn large_bodies_stream_both_ways() {
     assert_eq!(uploads.len(), 2);
     h.shutdown().await;
 }
+
+/// `/metrics` from the start: the build (version and commit), the process (CPU, memory,
+/// file descriptors, start time), and every certgate counter family present before any
+/// traffic.
+#[tokio::test]
+async fn metrics_name_the_build_and_the_process_from_the_start() {
+    let h = Harness::start().await;
+    let m = h.metrics_text().await;
+    let build = m
+        .lines()
+        .find(|l| l.starts_with("certgate_build_info{"))
+        .unwrap_or_else(|| panic!("no certgate_build_info in\n{m}"));
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{build}"
+    );
+    let commit = build
+        .split("commit=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("commit label");
+    assert!(!commit.is_empty(), "{build}");
+    assert!(build.ends_with(" 1"), "{build}");
+
+    let rss = support::sample(&m, "process_resident_memory_bytes").expect("RSS");
+    assert!(rss > 1e6, "RSS {rss}");
+    let fds = support::sample(&m, "process_open_fds").expect("open fds");
+    assert!(fds >= 3.0, "fds {fds}");
+    assert!(support::sample(&m, "process_max_fds").expect("fd limit") >= fds);
+    assert!(support::sample(&m, "process_cpu_seconds_total").expect("CPU") >= 0.0);
+    let start = support::sample(&m, "process_start_time_seconds").expect("start time");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(start > 1.6e9 && start <= now, "start {start}");
+
+    for family in [
+        "certgate_connections_refused_total",
+        "certgate_state_store_errors_total",
+        "certgate_state_store_outages_total",
+        "certgate_connections_closed_total{reason=\"revoked\"}",
+        "certgate_h2_abuse_total{kind=\"ping\"}",
+    ] {
+        assert_eq!(support::sample(&m, family), Some(0.0), "{family} at start");
+    }
+}
