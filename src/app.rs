@@ -154,6 +154,9 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         let _ = rx.wait_for(|p| *p != Phase::Running).await;
     };
 
+    let assertion = Arc::new(arc_swap::ArcSwapOption::new(
+        runtime.proxy.assertion_signer().cloned(),
+    ));
     let admin_state = Arc::new(
         AdminState::new(
             cache.clone(),
@@ -164,7 +167,8 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
                 .as_ref()
                 .map(admin::EnrollmentInfo::from_config),
         )
-        .with_live(live.clone()),
+        .with_live(live.clone())
+        .with_assertion(assertion.clone()),
     );
     let mut side_tasks = vec![
         tokio::spawn(admin::serve_admin(
@@ -198,6 +202,7 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         move |new: &Config| -> Result<(), crate::reload::BuildError> {
             let previous = server.current.load_full();
             let runtime = build_runtime(new, &cache, &metrics, Some(&previous))?;
+            assertion.store(runtime.proxy.assertion_signer().cloned());
             server.current.store(Arc::new(runtime));
             Ok(())
         }

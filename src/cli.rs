@@ -66,6 +66,15 @@ pub enum Command {
     },
     /// Admin API client: enable two-factor, reset, tickets, revoke, status, open connections.
     Admin(AdminArgs),
+    /// Make a new signing key for the identity assertion (headers.assertion.key_file); the
+    /// old key is kept as the previous key and stays published in /.certgate/jwks.json, so
+    /// assertions signed before the rotation still verify. Running gateways pick it up on
+    /// their own (the files are watched) or on SIGHUP.
+    RotateAssertionKey {
+        /// The key file (default: headers.assertion.key_file from the config).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +154,9 @@ pub fn run() -> ExitCode {
         Command::Init { ref dir, force } => init(dir, force),
         Command::Demo { ref dir } => run_demo(dir),
         Command::Admin(ref args) => admin(&cli.config, args),
+        Command::RotateAssertionKey { ref key_file } => {
+            rotate_assertion_key(&cli.config, key_file.as_deref())
+        }
     }
 }
 
@@ -345,6 +357,103 @@ fn init(dir: &Path, force: bool) -> ExitCode {
             ExitCode::from(EXIT_RUNTIME)
         }
     }
+}
+
+fn rotate_assertion_key(config: &Path, key_file: Option<&Path>) -> ExitCode {
+    use crate::pki::assertion;
+    let (current, previous) = match key_file {
+        Some(k) => (k.to_path_buf(), crate::config::file::previous_key_path(k)),
+        None => match Config::load(config) {
+            Ok(cfg) => match cfg.headers.assertion {
+                Some(a) => (a.key_file, a.previous_key_file),
+                None => {
+                    eprintln!(
+                        "certgate: headers.assertion is not set in {} (set headers.assertion.audience \
+                         first, or name the file with --key-file)",
+                        config.display()
+                    );
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            },
+            Err(e) => {
+                eprintln!(
+                    "certgate: configuration error: {e}\n(to make the key anyway, name it: \
+                     certgate rotate-assertion-key --key-file PATH)"
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("certgate: {e}");
+        ExitCode::from(EXIT_RUNTIME)
+    };
+    let new_pem = match assertion::generate_key_pem() {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    let kid_of = |pem: &[u8]| {
+        assertion::key_der_from_pem(pem)
+            .and_then(|der| {
+                assertion::AssertionSigner::new(
+                    "-",
+                    "-",
+                    std::time::Duration::from_secs(60),
+                    &der,
+                    None,
+                )
+            })
+            .map(|s| s.kid().to_string())
+    };
+    // Written next to the files and renamed into place, so a gateway that reloads in
+    // between sees either the old pair or the new one, never half a key.
+    let staged = |target: &Path| {
+        let mut name = target.file_name().unwrap_or_default().to_os_string();
+        name.push(".new");
+        target.with_file_name(name)
+    };
+    let old_kid = match std::fs::read(&current) {
+        Ok(old) => {
+            let kid = kid_of(&old).ok();
+            let tmp = staged(&previous);
+            if let Err(e) = ca::write_file(&tmp, &old, true) {
+                return fail(&e);
+            }
+            if let Err(e) = std::fs::rename(&tmp, &previous) {
+                return fail(&format!(
+                    "cannot move {} into place: {e}",
+                    previous.display()
+                ));
+            }
+            kid
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return fail(&format!("cannot read {}: {e}", current.display())),
+    };
+    let tmp = staged(&current);
+    if let Err(e) = ca::write_file(&tmp, new_pem.as_bytes(), true) {
+        return fail(&e);
+    }
+    if let Err(e) = std::fs::rename(&tmp, &current) {
+        return fail(&format!(
+            "cannot move {} into place: {e}",
+            current.display()
+        ));
+    }
+    let new_kid = kid_of(new_pem.as_bytes()).unwrap_or_default();
+    println!("wrote {} (kid {new_kid})", current.display());
+    match old_kid {
+        Some(kid) => println!(
+            "kept  {} (kid {kid}, still published until the next rotation)",
+            previous.display()
+        ),
+        None => println!("(there was no key before)"),
+    }
+    println!(
+        "Running gateways reload the key on their own (or on SIGHUP); with several instances, \
+         copy both files to each."
+    );
+    ExitCode::SUCCESS
 }
 
 fn run_demo(dir: &Path) -> ExitCode {

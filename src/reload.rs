@@ -211,6 +211,10 @@ pub fn watched_files(cfg: &Config) -> BTreeSet<PathBuf> {
         files.insert(e.ca_cert.path.clone());
         files.insert(e.ca_key.path.clone());
     }
+    if let Some(a) = &cfg.headers.assertion {
+        files.insert(a.key_file.clone());
+        files.insert(a.previous_key_file.clone());
+    }
     files
 }
 

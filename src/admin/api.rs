@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 pub enum Endpoint<'a> {
     Healthz,
     Readyz,
+    /// The public keys that verify `X-Client-Assertion` (no token needed).
+    Jwks,
     Account(&'a str),
     EnableTwoFactor(&'a str),
     Reset(&'a str),
@@ -42,6 +44,7 @@ impl<'a> Endpoint<'a> {
         Some(match segments.as_slice() {
             ["healthz"] => Endpoint::Healthz,
             ["readyz"] => Endpoint::Readyz,
+            ["jwks.json"] => Endpoint::Jwks,
             ["v1", "accounts", id] => Endpoint::Account(id),
             ["v1", "accounts", id, "two-factor"] => Endpoint::EnableTwoFactor(id),
             ["v1", "accounts", id, "reset"] => Endpoint::Reset(id),
@@ -65,6 +68,7 @@ impl<'a> Endpoint<'a> {
         match self {
             Endpoint::Healthz => "/healthz".into(),
             Endpoint::Readyz => "/readyz".into(),
+            Endpoint::Jwks => "/jwks.json".into(),
             Endpoint::Account(id) => format!("/v1/accounts/{}", seg(id)),
             Endpoint::EnableTwoFactor(id) => format!("/v1/accounts/{}/two-factor", seg(id)),
             Endpoint::Reset(id) => format!("/v1/accounts/{}/reset", seg(id)),
@@ -83,6 +87,7 @@ impl<'a> Endpoint<'a> {
         match self {
             Endpoint::Healthz => "/healthz",
             Endpoint::Readyz => "/readyz",
+            Endpoint::Jwks => "/jwks.json",
             Endpoint::Account(_) => "/v1/accounts/{id}",
             Endpoint::EnableTwoFactor(_) => "/v1/accounts/{id}/two-factor",
             Endpoint::Reset(_) => "/v1/accounts/{id}/reset",
@@ -98,6 +103,7 @@ impl<'a> Endpoint<'a> {
         match self {
             Endpoint::Healthz
             | Endpoint::Readyz
+            | Endpoint::Jwks
             | Endpoint::Account(_)
             | Endpoint::Connections(_)
             | Endpoint::Certificate(_) => Method::GET,

@@ -100,6 +100,8 @@ pub struct AdminState {
     token_unusable: AtomicBool,
     /// The gateway's open connections with a certificate.
     live: Arc<crate::live::Registry>,
+    /// The current configuration's assertion signer (its JWK Set is `GET /jwks.json`).
+    assertion: Arc<arc_swap::ArcSwapOption<crate::pki::assertion::AssertionSigner>>,
 }
 
 impl AdminState {
@@ -116,7 +118,17 @@ impl AdminState {
             token_file,
             enrollment,
             token_unusable: AtomicBool::new(false),
+            assertion: Arc::new(arc_swap::ArcSwapOption::empty()),
         }
+    }
+
+    /// Where the current assertion signer is kept (swapped on every reload).
+    pub fn with_assertion(
+        mut self,
+        assertion: Arc<arc_swap::ArcSwapOption<crate::pki::assertion::AssertionSigner>>,
+    ) -> Self {
+        self.assertion = assertion;
+        self
     }
 
     /// The registry of the gateway's open connections (a fresh, empty one by default).
@@ -338,6 +350,21 @@ where
 {
     // The probes answer without a token; everything else is refused before anything
     // about it (even whether the route exists) is revealed.
+    if route == Some(Endpoint::Jwks) {
+        check_method(&Endpoint::Jwks, &req.method)?;
+        let signer = state.assertion.load_full();
+        return match signer {
+            Some(s) => {
+                let mut r = Response::new(Full::new(s.jwks()));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/jwk-set+json"),
+                );
+                Ok(r)
+            }
+            None => Err(ApiError::NotFound),
+        };
+    }
     if let Some(probe @ (Endpoint::Healthz | Endpoint::Readyz)) = route {
         check_method(&probe, &req.method)?;
         return Ok(match probe {
@@ -397,7 +424,7 @@ where
             Ok(connections(state, &account, Some((only, &peer))))
         }
         // Answered above, before the token check.
-        Endpoint::Healthz | Endpoint::Readyz => Err(ApiError::NotFound),
+        Endpoint::Healthz | Endpoint::Readyz | Endpoint::Jwks => Err(ApiError::NotFound),
     }
 }
 

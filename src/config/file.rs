@@ -35,10 +35,10 @@ use super::schema::*;
 use super::units;
 use super::yaml::{KeyIndex, parse, span_line};
 use super::{
-    AdminConfig, CacheConfig, ClientAuthConfig, ClientAuthMode, Config, ConfigError, Crl,
-    EnrollmentConfig, HeadersConfig, IdentityConfig, LimitsConfig, LogConfig, LogFormat,
-    MetricsConfig, OnError, PemCerts, RedisConfig, RedisMode, RoutesConfig, Secret, SecretKey,
-    StateBackend, StateConfig, TlsConfig, TlsMinVersion, Underscores, UpstreamConfig,
+    AdminConfig, AssertionConfig, CacheConfig, ClientAuthConfig, ClientAuthMode, Config,
+    ConfigError, Crl, EnrollmentConfig, HeadersConfig, IdentityConfig, LimitsConfig, LogConfig,
+    LogFormat, MetricsConfig, OnError, PemCerts, RedisConfig, RedisMode, RoutesConfig, Secret,
+    SecretKey, StateBackend, StateConfig, TlsConfig, TlsMinVersion, Underscores, UpstreamConfig,
 };
 use crate::core::identity::AccountSource;
 
@@ -479,6 +479,10 @@ impl Ctx<'_> {
                     ("allow", Underscores::Allow),
                 ],
             )?,
+            assertion: match &headers_file.assertion {
+                None => None,
+                Some(a) => self.assertion(a)?,
+            },
         };
         let state = self.state(f.state.unwrap_or_default())?;
         let enrollment_file = f.enrollment.unwrap_or_default();
@@ -1151,6 +1155,128 @@ impl Ctx<'_> {
         }))
     }
 
+    /// `headers.assertion`: on when `audience` is set.
+    fn assertion(&self, a: &AssertionFile) -> Result<Option<AssertionConfig>, ConfigError> {
+        let Some(audience) = &a.audience else {
+            if let Some(v) = a.issuer.as_ref().or(a.key_file.as_ref()) {
+                return Err(self.fail_at(
+                    "headers.assertion.audience",
+                    v,
+                    "headers.assertion needs an audience (the application's name or URL, \
+                     checked by the application as `aud`); set it, or remove headers.assertion",
+                ));
+            }
+            return Ok(None);
+        };
+        let audience_text = audience.value.trim();
+        if audience_text.is_empty() {
+            return Err(self.fail_at(
+                "headers.assertion.audience",
+                audience,
+                "the audience must not be empty",
+            ));
+        }
+        let (issuer, issuer_line) = self.string(&a.issuer, defaults::ASSERTION_ISSUER);
+        if issuer.trim().is_empty() {
+            return Err(self.fail(
+                "headers.assertion.issuer",
+                issuer_line,
+                "the issuer must not be empty",
+            ));
+        }
+        let ttl = self.duration("headers.assertion.ttl", &a.ttl, defaults::ASSERTION_TTL)?;
+        if !(Duration::from_secs(5)..=Duration::from_secs(3600)).contains(&ttl) {
+            return Err(self.fail(
+                "headers.assertion.ttl",
+                a.ttl.as_ref().and_then(span_line),
+                format!(
+                    "{:?} is out of range (between 5s and 1h: the application accepts a token \
+                     until it expires)",
+                    a.ttl.as_ref().map(|v| v.value.as_str()).unwrap_or_default()
+                ),
+            ));
+        }
+        let (key_file, key_line) = self.path(
+            "headers.assertion.key_file",
+            &a.key_file,
+            defaults::ASSERTION_KEY_FILE,
+        )?;
+        let hint = format!(
+            "; run `certgate init` (it writes {}) or `certgate rotate-assertion-key --config {}` \
+             to make one",
+            defaults::ASSERTION_KEY_FILE,
+            self.file.display()
+        );
+        let key = self.assertion_key("headers.assertion.key_file", key_line, &key_file, &hint)?;
+        let previous_key_file = match &a.previous_key_file {
+            Some(_) => {
+                self.path(
+                    "headers.assertion.previous_key_file",
+                    &a.previous_key_file,
+                    "",
+                )?
+                .0
+            }
+            None => previous_key_path(&key_file),
+        };
+        let previous_line = a.previous_key_file.as_ref().and_then(span_line);
+        let previous_key = if previous_key_file.exists() || a.previous_key_file.is_some() {
+            Some(self.assertion_key(
+                "headers.assertion.previous_key_file",
+                previous_line,
+                &previous_key_file,
+                "",
+            )?)
+        } else {
+            None
+        };
+        Ok(Some(AssertionConfig {
+            audience: audience_text.to_string(),
+            issuer: issuer.trim().to_string(),
+            ttl,
+            key_file,
+            key,
+            previous_key_file,
+            previous_key,
+        }))
+    }
+
+    /// A P-256 PKCS#8 key for the assertion, private to its owner.
+    fn assertion_key(
+        &self,
+        key: &str,
+        line: Option<usize>,
+        path: &Path,
+        missing_hint: &str,
+    ) -> Result<Vec<u8>, ConfigError> {
+        let bytes = self.read(key, line, path, missing_hint)?;
+        let der = crate::pki::assertion::key_der_from_pem(&bytes)
+            .and_then(|der| {
+                crate::pki::assertion::AssertionSigner::new(
+                    "i",
+                    "a",
+                    Duration::from_secs(60),
+                    &der,
+                    None,
+                )
+                .map(|_| der)
+            })
+            .map_err(|e| {
+                self.fail(
+                    key,
+                    line,
+                    format!(
+                        "{}: {e}; make one with `openssl genpkey -algorithm EC -pkeyopt \
+                         ec_paramgen_curve:P-256`",
+                        path.display()
+                    ),
+                )
+            })?;
+        crate::pki::ca::check_key_file_private(path)
+            .map_err(|e| self.fail(key, line, e.to_string()))?;
+        Ok(der)
+    }
+
     fn limits(&self, l: LimitsFile) -> Result<LimitsConfig, ConfigError> {
         let max_header_bytes = match &l.max_header_bytes {
             None => defaults::MAX_HEADER_BYTES,
@@ -1388,3 +1514,17 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+
+/// Where the previous assertion key is kept, next to the current one:
+/// `assertion-key.pem` → `assertion-key.previous.pem`.
+pub fn previous_key_path(key_file: &Path) -> PathBuf {
+    let name = key_file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let previous = match name.strip_suffix(".pem") {
+        Some(stem) => format!("{stem}.previous.pem"),
+        None => format!("{name}.previous"),
+    };
+    key_file.with_file_name(previous)
+}

@@ -205,6 +205,35 @@ impl Config {
 pub struct HeadersConfig {
     pub xfcc: bool,
     pub underscores: Underscores,
+    /// `headers.assertion`; `None` when off.
+    pub assertion: Option<AssertionConfig>,
+}
+
+/// `headers.assertion`: an ES256 JWS in `X-Client-Assertion` on every request forwarded
+/// with identity headers.
+#[derive(Clone)]
+pub struct AssertionConfig {
+    pub audience: String,
+    pub issuer: String,
+    pub ttl: Duration,
+    pub key_file: PathBuf,
+    /// PKCS#8 DER of the signing key (P-256).
+    pub key: Vec<u8>,
+    pub previous_key_file: PathBuf,
+    /// The previous key, still published (absent until the first rotation).
+    pub previous_key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for AssertionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssertionConfig")
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("ttl", &self.ttl)
+            .field("key_file", &self.key_file)
+            .field("previous_key_file", &self.previous_key_file)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `headers.underscores`: what happens to a client header whose name contains `_`.

@@ -78,6 +78,18 @@ pub struct RoutesFile {
 pub struct HeadersFile {
     pub xfcc: Option<S<bool>>,
     pub underscores: Option<S<String>>,
+    pub assertion: Option<AssertionFile>,
+}
+
+/// `headers.assertion`: the signed identity assertion; on when `audience` is set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertionFile {
+    pub audience: Option<S<String>>,
+    pub issuer: Option<S<String>>,
+    pub ttl: Option<S<String>>,
+    pub key_file: Option<S<String>>,
+    pub previous_key_file: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +186,9 @@ pub mod defaults {
     pub const ENROLL_CA_KEY: &str = "certs/enroll-ca.key";
     pub const PUBLIC_URL: &str = "https://localhost:8443";
     pub const TOKEN_FILE: &str = "secrets/admin-token";
+    pub const ASSERTION_KEY_FILE: &str = "secrets/assertion-key.pem";
+    pub const ASSERTION_ISSUER: &str = "certgate";
+    pub const ASSERTION_TTL: u64 = 60;
     pub const CONNECT_TIMEOUT: u64 = 2;
     pub const RESPONSE_TIMEOUT: u64 = 60;
     pub const POOL_IDLE_TIMEOUT: u64 = 90;

@@ -54,6 +54,17 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// RFC 3339 UTC with second precision, e.g. `2026-11-25T10:00:00Z`.
+/// The bytes of an even-length hex string (either case); `None` for anything else.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+        .collect()
+}
+
 pub fn rfc3339(unix: i64) -> String {
     match ::time::OffsetDateTime::from_unix_timestamp(unix) {
         Ok(t) => {

@@ -349,13 +349,14 @@ fn ca_params(cn: &str, years: i64) -> CertificateParams {
 }
 
 /// Files of the development PKI, relative to the init folder.
-pub const DEV_FILES: [&str; 6] = [
+pub const DEV_FILES: [&str; 7] = [
     "certs/server-ca.pem",
     "certs/server.pem",
     "certs/server.key",
     "certs/enroll-ca.pem",
     "certs/enroll-ca.key",
     "secrets/admin-token",
+    "secrets/assertion-key.pem",
 ];
 
 /// What `write_dev_pki` wrote.
@@ -418,6 +419,11 @@ pub fn write_dev_pki(dir: &Path, force: bool) -> Result<DevPki, CaError> {
     put("certs/enroll-ca.pem", &enroll_ca.pem(), false)?;
     put("certs/enroll-ca.key", &enroll_key.serialize_pem(), true)?;
     put("secrets/admin-token", &format!("{token}\n"), true)?;
+    let assertion_key = crate::pki::assertion::generate_key_pem().map_err(|e| CaError::Io {
+        path: dir.join("secrets/assertion-key.pem"),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    put("secrets/assertion-key.pem", &assertion_key, true)?;
     Ok(DevPki { written })
 }
 

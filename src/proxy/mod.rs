@@ -36,6 +36,7 @@ use crate::core::outcome::Page;
 use crate::enroll::Enrollment;
 use crate::http::pages;
 use crate::metrics::{Metrics, UpstreamErrorKind, UpstreamErrorLabels};
+use crate::pki::assertion::AssertionSigner;
 use crate::state::cache::StateCache;
 use crate::tls::TlsMaterial;
 
@@ -58,6 +59,18 @@ pub struct ConnInfo {
     /// The connection's entry among the open connections with a certificate (closed when
     /// the certificate is revoked, reset or expires); an upgraded tunnel holds it too.
     pub live: Option<Arc<crate::live::LiveConn>>,
+    /// The last signed identity assertion of this connection, reused while fresh.
+    assertion: std::sync::Mutex<Option<CachedAssertion>>,
+}
+
+/// An assertion kept for the requests of one connection.
+struct CachedAssertion {
+    value: HeaderValue,
+    /// Re-signed from this time on (Unix seconds): half its lifetime, so the application
+    /// never receives one about to expire.
+    renew_at: i64,
+    /// Which signer made it (a reload with a new key signs anew).
+    signer: Arc<AssertionSigner>,
 }
 
 impl ConnInfo {
@@ -78,6 +91,7 @@ impl ConnInfo {
             sni,
             peer_ip,
             live: None,
+            assertion: std::sync::Mutex::new(None),
         }
     }
 
@@ -94,6 +108,8 @@ pub enum ProxyError {
     UpstreamTls(std::io::Error),
     #[error("upstream.url {0} has no host")]
     UpstreamUrl(String),
+    #[error("headers.assertion.key_file {0}: {1}")]
+    AssertionKey(String, crate::pki::assertion::AssertionError),
 }
 
 /// Why forwarding failed; mapped to 502/504 in one place ([`UpstreamError::page`]).
@@ -170,6 +186,53 @@ pub struct Proxy {
     metrics: Metrics,
     /// certgate's own endpoints under `/.certgate/`.
     own: Arc<Enrollment>,
+    /// `headers.assertion`, when on.
+    assertion: Option<Arc<AssertionSigner>>,
+}
+
+fn assertion_signer(cfg: &Config) -> Result<Option<Arc<AssertionSigner>>, ProxyError> {
+    let Some(a) = &cfg.headers.assertion else {
+        return Ok(None);
+    };
+    AssertionSigner::new(
+        &a.issuer,
+        &a.audience,
+        a.ttl,
+        &a.key,
+        a.previous_key.as_deref(),
+    )
+    .map(|s| Some(Arc::new(s)))
+    .map_err(|e| ProxyError::AssertionKey(a.key_file.display().to_string(), e))
+}
+
+/// `GET /.certgate/jwks.json` (also served by the admin listener): the public keys that
+/// verify `X-Client-Assertion`.
+pub fn jwks_response(
+    signer: Option<&AssertionSigner>,
+    method: &http::Method,
+    headers: &HeaderMap,
+) -> Response<Full<Bytes>> {
+    let Some(signer) = signer else {
+        return pages::render(&crate::core::outcome::NOT_FOUND, headers);
+    };
+    if !matches!(*method, http::Method::GET | http::Method::HEAD) {
+        return pages::render(
+            &crate::core::outcome::MethodNotAllowed("GET, HEAD"),
+            headers,
+        );
+    }
+    let mut r = Response::new(Full::new(signer.jwks()));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jwk-set+json"),
+    );
+    // Short, so a rotation reaches verifiers soon.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    r
 }
 
 /// Hop-by-hop headers (RFC 9110 7.6.1) plus the legacy ones; never forwarded.
@@ -194,6 +257,7 @@ static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarde
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_CLIENT_ASSERTION: HeaderName = HeaderName::from_static("x-client-assertion");
 
 /// `a` equals `b` when `_` and `-` count as the same byte. CGI-style applications
 /// (PHP-FPM, WSGI, many frameworks) map both to `_` in a variable name, so to them
@@ -368,7 +432,39 @@ impl Proxy {
             material,
             metrics,
             own,
+            assertion: assertion_signer(cfg)?,
         })
+    }
+
+    /// The assertion signer of this configuration, when `headers.assertion` is on.
+    pub fn assertion_signer(&self) -> Option<&Arc<AssertionSigner>> {
+        self.assertion.as_ref()
+    }
+
+    /// The connection's assertion: the cached one while fresh, else a new one.
+    fn assertion_for(&self, conn: &ConnInfo, id: &ClientIdentity) -> Option<HeaderValue> {
+        let signer = self.assertion.as_ref()?;
+        let now = crate::core::clock::now();
+        let mut cached = conn.assertion.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cached.as_ref()
+            && Arc::ptr_eq(&c.signer, signer)
+            && now < c.renew_at
+        {
+            return Some(c.value.clone());
+        }
+        let value = match signer.sign(id, now).map(HeaderValue::try_from) {
+            Ok(Ok(v)) => v,
+            Ok(Err(_)) | Err(_) => {
+                tracing::error!("cannot sign the identity assertion; forwarding without it");
+                return None;
+            }
+        };
+        *cached = Some(CachedAssertion {
+            value: value.clone(),
+            renew_at: now + (signer.ttl_secs() / 2).max(1),
+            signer: signer.clone(),
+        });
+        Some(value)
     }
 
     /// Handles one request of connection `conn`. Never fails: every outcome is a response.
@@ -429,6 +525,10 @@ impl Proxy {
             }
         };
         match route {
+            Route::Own(rest) if rest == "/jwks.json" && self.assertion.is_some() => {
+                let resp = jwks_response(self.assertion.as_deref(), req.method(), req.headers());
+                (Decision::Own, resp.map(Either::Right))
+            }
             Route::Own(rest) => {
                 let rest = rest.into_owned();
                 let resp = self.own.handle(&rest, conn.peer, req).await;
@@ -526,6 +626,9 @@ impl Proxy {
             h.insert(CLIENT_CERT.clone(), ih.client_cert.clone());
             if self.xfcc {
                 h.insert(X_FORWARDED_CLIENT_CERT.clone(), ih.xfcc.clone());
+            }
+            if let Some(a) = self.assertion_for(conn, id) {
+                h.insert(X_CLIENT_ASSERTION.clone(), a);
             }
         }
         if let Some(up) = &upgrade {

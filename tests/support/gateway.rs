@@ -32,6 +32,8 @@ pub struct Options {
     pub xfcc: bool,
     /// `headers.underscores`; `None` leaves the default.
     pub underscores: Option<&'static str>,
+    /// Extra YAML lines appended to the `headers:` section (each indented by two spaces).
+    pub extra_headers: Vec<String>,
     /// `upstream.url`; `None` = the test upstream.
     pub upstream_url: Option<String>,
     pub connect_timeout: &'static str,
@@ -61,6 +63,7 @@ impl Default for Options {
             public_upgrades: false,
             xfcc: false,
             underscores: None,
+            extra_headers: Vec::new(),
             upstream_url: None,
             connect_timeout: "2s",
             response_timeout: "10s",
@@ -192,6 +195,9 @@ impl Prepared {
         let _ = writeln!(y, "  xfcc: {}", o.xfcc);
         if let Some(u) = o.underscores {
             let _ = writeln!(y, "  underscores: {u}");
+        }
+        for line in &o.extra_headers {
+            let _ = writeln!(y, "  {line}");
         }
         let _ = writeln!(y, "state:");
         match &o.redis_url {
