@@ -21,8 +21,8 @@ use certgate::state::cache::{RETRY_WHILE_DOWN, StateCache};
 use certgate::state::memory::MemoryStore;
 use certgate::state::redis::RedisStore;
 use certgate::state::{
-    AccountState, BoxFut, CertRecord, Invalidation, Revocation, RevocationReason, StateStore,
-    StoreError, TicketRecord,
+    AccountState, BoxFut, CertRecord, Invalidation, Revocation, RevocationReason, SessionBinding,
+    StateStore, StoreError, TicketRecord,
 };
 use state_support::{EmbeddedFactory, MemoryFactory, RedisFactory, StoreFactory, redis_server};
 
@@ -366,6 +366,44 @@ mod cases {
         assert_eq!(s.revocation("21").await.unwrap(), Some(current));
         assert_eq!(s.revocation("22").await.unwrap(), Some(unknown_expiry));
     }
+
+    pub async fn session_bindings(f: &dyn StoreFactory) {
+        let s = f.open().await;
+        let t0 = now();
+        let bind = |hash: &str, account: &str, expires_at: i64| SessionBinding {
+            hash: hash.to_string(),
+            account: account.to_string(),
+            serial: format!("{account}01"),
+            bound_at: t0,
+            expires_at,
+        };
+        let h = "6".repeat(64);
+        assert_eq!(s.session(&h, t0).await.unwrap(), None);
+        let alice = bind(&h, "alice", t0 + 3600);
+        assert_eq!(s.bind_session(alice.clone(), true).await.unwrap(), None);
+        assert_eq!(s.session(&h, t0).await.unwrap(), Some(alice.clone()));
+        // First use wins: a conditional bind keeps and returns the existing binding.
+        let bob = bind(&h, "bob", t0 + 7200);
+        assert_eq!(
+            s.bind_session(bob.clone(), false).await.unwrap(),
+            Some(alice.clone())
+        );
+        assert_eq!(s.session(&h, t0).await.unwrap(), Some(alice.clone()));
+        // A response that sets the cookie again replaces it.
+        assert_eq!(s.bind_session(bob.clone(), true).await.unwrap(), None);
+        assert_eq!(s.session(&h, t0).await.unwrap(), Some(bob.clone()));
+        // Past its end it is gone.
+        assert_eq!(s.session(&h, t0 + 7200).await.unwrap(), None);
+        // A conditional bind of an unknown hash writes it.
+        let k = "7".repeat(64);
+        let carol = bind(&k, "carol", t0 + 60);
+        assert_eq!(s.bind_session(carol.clone(), false).await.unwrap(), None);
+        // Kept across a restart of the backend.
+        drop(s);
+        let s = f.open().await;
+        assert_eq!(s.session(&h, t0).await.unwrap(), Some(bob));
+        assert_eq!(s.session(&k, t0).await.unwrap(), Some(carol));
+    }
 }
 
 /// One `#[tokio::test]` per contract case for the backend `$factory` builds.
@@ -384,7 +422,8 @@ macro_rules! contract_suite {
                 racing_consumers_have_one_winner,
                 reset_voids_open_tickets,
                 crl_number_strictly_increases,
-                sweep_removes_expired
+                sweep_removes_expired,
+                session_bindings
             );
         }
     };

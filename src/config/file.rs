@@ -770,9 +770,39 @@ impl Ctx<'_> {
                 "must not be empty while account_from uses san_uri (any URI would name an account)",
             ));
         }
+        let session_cookie = match &id.session_cookie {
+            None => None,
+            Some(v) => {
+                let name = v.value.trim();
+                // RFC 6265 cookie-name: an HTTP token.
+                let token = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !token {
+                    return Err(self.fail_at(
+                        "identity.session_cookie",
+                        v,
+                        format!(
+                            "{:?} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~ \
+                             only), e.g. \"sessionid\"",
+                            v.value
+                        ),
+                    ));
+                }
+                Some(name.to_string())
+            }
+        };
+        let session_cookie_ttl = self.positive_duration(
+            "identity.session_cookie_ttl",
+            &id.session_cookie_ttl,
+            defaults::SESSION_COOKIE_TTL,
+        )?;
         Ok(IdentityConfig {
             account_from,
             uri_prefix: prefix.to_string(),
+            session_cookie,
+            session_cookie_ttl,
         })
     }
 

@@ -162,6 +162,11 @@ impl ClientAuthConfig {
 pub struct IdentityConfig {
     pub account_from: Vec<AccountSource>,
     pub uri_prefix: String,
+    /// `identity.session_cookie`: the app's session cookie, bound to the account whose
+    /// certificate received it.
+    pub session_cookie: Option<String>,
+    /// How long a binding lasts for a cookie that has no `Max-Age` or `Expires`.
+    pub session_cookie_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]

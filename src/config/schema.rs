@@ -53,6 +53,8 @@ pub struct ClientAuthFile {
 pub struct IdentityFile {
     pub account_from: Option<Vec<S<String>>>,
     pub uri_prefix: Option<S<String>>,
+    pub session_cookie: Option<S<String>>,
+    pub session_cookie_ttl: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,6 +191,8 @@ pub mod defaults {
     pub const ASSERTION_KEY_FILE: &str = "secrets/assertion-key.pem";
     pub const ASSERTION_ISSUER: &str = "certgate";
     pub const ASSERTION_TTL: u64 = 60;
+    /// How long a session cookie without `Max-Age`/`Expires` stays bound.
+    pub const SESSION_COOKIE_TTL: u64 = 7 * 86_400;
     pub const CONNECT_TIMEOUT: u64 = 2;
     pub const RESPONSE_TIMEOUT: u64 = 60;
     pub const POOL_IDLE_TIMEOUT: u64 = 90;

@@ -24,11 +24,14 @@ pub enum Decision {
     StoreUnavailable,
     Misdirected,
     BadRequest,
+    /// The app's session cookie was set for another account's certificate
+    /// (`identity.session_cookie`).
+    SessionMismatch,
 }
 
 impl Decision {
     /// Every decision, in declaration order (`as usize` indexes this).
-    pub const ALL: [Decision; 10] = [
+    pub const ALL: [Decision; 11] = [
         Decision::Allowed,
         Decision::Public,
         Decision::Own,
@@ -39,6 +42,7 @@ impl Decision {
         Decision::StoreUnavailable,
         Decision::Misdirected,
         Decision::BadRequest,
+        Decision::SessionMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +57,7 @@ impl Decision {
             Decision::StoreUnavailable => "store_unavailable",
             Decision::Misdirected => "misdirected",
             Decision::BadRequest => "bad_request",
+            Decision::SessionMismatch => "session_mismatch",
         }
     }
 
@@ -73,6 +78,7 @@ impl Decision {
             Decision::StoreUnavailable => &STORE_UNAVAILABLE,
             Decision::Misdirected => &MISDIRECTED,
             Decision::BadRequest => &BAD_REQUEST,
+            Decision::SessionMismatch => &SESSION_MISMATCH,
         })
     }
 
@@ -175,6 +181,17 @@ const BAD_REQUEST: Page = Page {
     title: "Bad request",
     message: "The request is malformed: its path has \"..\" segments, encoded slashes or backslashes, invalid escapes or look-alike dots, or its Host is missing, repeated or contradicts the address.",
     steps: &["Check the address and try again."],
+};
+
+const SESSION_MISMATCH: Page = Page {
+    status: StatusCode::FORBIDDEN,
+    token: "session_mismatch",
+    title: "Signed in as someone else",
+    message: "This browser's session belongs to another account than the client certificate it presented.",
+    steps: &[
+        "Sign out of the application, close every window of the browser, and sign in again with your own account and certificate.",
+        ASK_AGAIN,
+    ],
 };
 
 /// Why a connection was closed by the registry (the `reason` label of

@@ -2,6 +2,7 @@
 //! I/O; everything else imports it and it imports nothing of ours but itself.
 
 pub mod clock;
+pub mod cookie;
 pub mod decision;
 pub mod flood;
 pub mod gate;

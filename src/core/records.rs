@@ -101,3 +101,17 @@ pub struct TicketRecord {
     pub generation: u64,
     pub expires_at: UnixTime,
 }
+
+/// Which account's certificate received an application session cookie
+/// (`identity.session_cookie`): only the hash of the cookie value is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionBinding {
+    /// Hex SHA-256 of the cookie value.
+    pub hash: String,
+    pub account: String,
+    /// The certificate the cookie was set for.
+    pub serial: String,
+    pub bound_at: UnixTime,
+    /// The cookie's own end of life (its `Max-Age`/`Expires`, capped).
+    pub expires_at: UnixTime,
+}

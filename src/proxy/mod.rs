@@ -23,6 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 mod body;
+mod session;
 mod tunnel;
 
 pub use self::tunnel::Slot;
@@ -188,6 +189,8 @@ pub struct Proxy {
     own: Arc<Enrollment>,
     /// `headers.assertion`, when on.
     assertion: Option<Arc<AssertionSigner>>,
+    /// `identity.session_cookie`, when set.
+    sessions: Option<session::SessionGuard>,
 }
 
 fn assertion_signer(cfg: &Config) -> Result<Option<Arc<AssertionSigner>>, ProxyError> {
@@ -433,6 +436,7 @@ impl Proxy {
             metrics,
             own,
             assertion: assertion_signer(cfg)?,
+            sessions: session::SessionGuard::new(cfg),
         })
     }
 
@@ -499,7 +503,7 @@ impl Proxy {
     async fn route(
         &self,
         conn: &ConnInfo,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> (Decision, Response<RespBody>) {
         let headers = req.headers();
         let hosts = headers
@@ -534,14 +538,25 @@ impl Proxy {
                 let resp = self.own.handle(&rest, conn.peer, req).await;
                 (Decision::Own, resp.map(Either::Right))
             }
-            Route::Public => (Decision::Public, self.forward(conn, req, false).await),
+            Route::Public => {
+                if let Some(g) = &self.sessions
+                    && let Err(d) = g.check(conn, req.headers_mut(), false, &self.cache).await
+                {
+                    return refuse(d, req.headers());
+                }
+                (Decision::Public, self.forward(conn, req, false).await)
+            }
             Route::Protected => {
                 let decision = self.decide(conn).await;
-                if decision == Decision::Allowed {
-                    (decision, self.forward(conn, req, true).await)
-                } else {
-                    refuse(decision, req.headers())
+                if decision != Decision::Allowed {
+                    return refuse(decision, req.headers());
                 }
+                if let Some(g) = &self.sessions
+                    && let Err(d) = g.check(conn, req.headers_mut(), true, &self.cache).await
+                {
+                    return refuse(d, req.headers());
+                }
+                (decision, self.forward(conn, req, true).await)
             }
         }
     }
@@ -674,6 +689,16 @@ impl Proxy {
             return resp.map(Either::Left);
         }
         strip_hop_by_hop(resp.headers_mut());
+        if let Some(g) = &self.sessions
+            && let Err(d) = g.bind_response(conn, resp.headers(), &self.cache).await
+        {
+            let r = if accept_html {
+                pages::html(&d)
+            } else {
+                pages::json(&d)
+            };
+            return r.map(Either::Right);
+        }
         right_size(resp.headers_mut());
         resp.map(Either::Left)
     }

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
 use super::{
-    AccountState, BoxFut, CertRecord, REVOCATION_RETENTION_AFTER_EXPIRY, Revocation, StateStore,
-    StoreError, TicketRecord, UnixTime,
+    AccountState, BoxFut, CertRecord, REVOCATION_RETENTION_AFTER_EXPIRY, Revocation,
+    SessionBinding, StateStore, StoreError, TicketRecord, UnixTime,
 };
 
 /// See the module header. Cheap to share behind an `Arc`; a "restart" is the same value.
@@ -36,6 +36,7 @@ pub struct Records {
     pub revoked: HashMap<String, Revocation>,
     pub certs: HashMap<String, CertRecord>,
     pub tickets: HashMap<String, TicketRecord>,
+    pub sessions: HashMap<String, SessionBinding>,
     pub crl_number: u64,
 }
 
@@ -255,6 +256,37 @@ impl StateStore for MemoryStore {
         self.write(move |m| m.tickets.remove(&hash).filter(|t| t.expires_at > now))
     }
 
+    fn bind_session(
+        &self,
+        b: SessionBinding,
+        replace: bool,
+    ) -> BoxFut<'_, Result<Option<SessionBinding>, StoreError>> {
+        self.write(move |m| {
+            if !replace
+                && let Some(existing) = m.sessions.get(&b.hash)
+                && existing.expires_at > b.bound_at
+            {
+                return Some(existing.clone());
+            }
+            m.sessions.insert(b.hash.clone(), b);
+            None
+        })
+    }
+
+    fn session(
+        &self,
+        hash: &str,
+        now: UnixTime,
+    ) -> BoxFut<'_, Result<Option<SessionBinding>, StoreError>> {
+        let hash = hash.to_owned();
+        self.read(move |m| {
+            m.sessions
+                .get(&hash)
+                .filter(|b| b.expires_at > now)
+                .cloned()
+        })
+    }
+
     fn next_crl_number(&self) -> BoxFut<'_, Result<u64, StoreError>> {
         self.write(|m| {
             m.crl_number += 1;
@@ -264,13 +296,14 @@ impl StateStore for MemoryStore {
 
     fn sweep(&self, now: UnixTime) -> BoxFut<'_, Result<u64, StoreError>> {
         self.write(move |m| {
-            let before = m.tickets.len() + m.revoked.len();
+            let before = m.tickets.len() + m.revoked.len() + m.sessions.len();
             m.tickets.retain(|_, t| t.expires_at > now);
+            m.sessions.retain(|_, b| b.expires_at > now);
             m.revoked.retain(|_, r| {
                 r.not_after
                     .is_none_or(|na| na.saturating_add(REVOCATION_RETENTION_AFTER_EXPIRY) >= now)
             });
-            (before - m.tickets.len() - m.revoked.len()) as u64
+            (before - m.tickets.len() - m.revoked.len() - m.sessions.len()) as u64
         })
     }
 }

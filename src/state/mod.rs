@@ -16,7 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use crate::core::records::{
-    AccountState, CertRecord, Revocation, RevocationReason, TicketRecord, UnixTime,
+    AccountState, CertRecord, Revocation, RevocationReason, SessionBinding, TicketRecord, UnixTime,
 };
 
 /// What a backend reports to the cache in front of it: records other instances changed,
@@ -108,6 +108,22 @@ pub trait StateStore: Send + Sync + 'static {
         hash: &str,
         now: UnixTime,
     ) -> BoxFut<'_, Result<Option<TicketRecord>, StoreError>>;
+
+    /// Records which account's certificate received a session cookie. With `replace` any
+    /// binding of the same hash is replaced and `None` returned; without it an existing
+    /// (unexpired) binding is kept and returned instead, atomically (first use wins).
+    fn bind_session(
+        &self,
+        binding: SessionBinding,
+        replace: bool,
+    ) -> BoxFut<'_, Result<Option<SessionBinding>, StoreError>>;
+
+    /// The binding of a session cookie's hash: `None` when unknown or expired at `now`.
+    fn session(
+        &self,
+        hash: &str,
+        now: UnixTime,
+    ) -> BoxFut<'_, Result<Option<SessionBinding>, StoreError>>;
 
     /// Returns the next CRL number (strictly increasing, persisted).
     fn next_crl_number(&self) -> BoxFut<'_, Result<u64, StoreError>>;

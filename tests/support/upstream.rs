@@ -203,11 +203,18 @@ async fn handle(
         "headers": headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
         "body_len": body_len,
     });
-    let resp = Response::builder()
-        .header("content-type", "application/json")
-        .body(full(echo.to_string()))
-        .expect("echo response");
-    Ok(resp)
+    let mut resp = Response::builder().header("content-type", "application/json");
+    // `?set-sid=V` answers like an application's sign-in: it sets the session cookie `sid`.
+    if let Some(v) = uri
+        .split_once('?')
+        .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("set-sid=")))
+    {
+        resp = resp.header(
+            "set-cookie",
+            format!("sid={v}; Path=/; Secure; HttpOnly; Max-Age=3600"),
+        );
+    }
+    Ok(resp.body(full(echo.to_string())).expect("echo response"))
 }
 
 fn full(s: impl Into<Bytes>) -> RespBody {

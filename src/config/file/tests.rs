@@ -1693,3 +1693,41 @@ fn only_regular_files_are_read() {
         }
     }
 }
+
+#[test]
+fn session_cookie_is_a_cookie_name() {
+    let pki = Pki::new();
+    let yaml = with("identity:\n  session_cookie: \"my session\"\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "session_cookie")),
+        "identity.session_cookie",
+        &["is not a cookie name", "e.g. \"sessionid\""],
+    );
+    let yaml = with("identity:\n  session_cookie: sessionid\n  session_cookie_ttl: 0s\n");
+    let err = pki.error(&yaml);
+    assert_eq!(err.key, "identity.session_cookie_ttl", "{err}");
+}
+
+#[test]
+fn session_cookie_is_off_unless_named() {
+    let pki = Pki::new();
+    let c = pki.load(MINIMAL).unwrap();
+    assert_eq!(c.identity.session_cookie, None);
+    assert_eq!(
+        c.identity.session_cookie_ttl,
+        Duration::from_secs(7 * 86_400)
+    );
+    let c = pki
+        .load(&with(
+            "identity:\n  session_cookie: sid\n  session_cookie_ttl: 12h\n",
+        ))
+        .unwrap();
+    assert_eq!(c.identity.session_cookie.as_deref(), Some("sid"));
+    assert_eq!(
+        c.identity.session_cookie_ttl,
+        Duration::from_secs(12 * 3600)
+    );
+}

@@ -12,6 +12,7 @@
 //! - `certs_by_account`: account ⇉ serial (multimap index behind `certificates_of`)
 //! - `tickets`: hex SHA-256 of the ticket → `StoredTicket`
 //! - `tickets_by_account`: account ⇉ ticket hash (so a reset can void the open tickets)
+//! - `sessions`: hex SHA-256 of an application session cookie → `StoredSession`
 //! - `meta`: `schema_version`, `crl_number`
 //!
 //! Durability and atomicity. Every write is one redb write transaction committed with
@@ -40,11 +41,11 @@ use redb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use self::records::{StoredAccount, StoredCert, StoredRevocation, StoredTicket};
+use self::records::{StoredAccount, StoredCert, StoredRevocation, StoredSession, StoredTicket};
 
 use super::{
-    AccountState, BoxFut, CertRecord, REVOCATION_RETENTION_AFTER_EXPIRY, Revocation, StateStore,
-    StoreError, TicketRecord, UnixTime,
+    AccountState, BoxFut, CertRecord, REVOCATION_RETENTION_AFTER_EXPIRY, Revocation,
+    SessionBinding, StateStore, StoreError, TicketRecord, UnixTime,
 };
 
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
@@ -55,6 +56,7 @@ const CERTS_BY_ACCOUNT: MultimapTableDefinition<&str, &str> =
 const TICKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("tickets");
 const TICKETS_BY_ACCOUNT: MultimapTableDefinition<&str, &str> =
     MultimapTableDefinition::new("tickets_by_account");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 const META_SCHEMA_VERSION: &str = "schema_version";
@@ -201,6 +203,7 @@ impl EmbeddedStore {
             tx.open_multimap_table(CERTS_BY_ACCOUNT)?;
             tx.open_table(TICKETS)?;
             tx.open_multimap_table(TICKETS_BY_ACCOUNT)?;
+            tx.open_table(SESSIONS)?;
             let mut meta = tx.open_table(META)?;
             let version = meta.get(META_SCHEMA_VERSION)?.map(|g| g.value());
             match version {
@@ -715,6 +718,60 @@ impl StateStore for EmbeddedStore {
         })
     }
 
+    fn bind_session(
+        &self,
+        b: SessionBinding,
+        replace: bool,
+    ) -> BoxFut<'_, Result<Option<SessionBinding>, StoreError>> {
+        self.write(move |tx| {
+            let mut table = tx.open_table(SESSIONS)?;
+            if !replace {
+                let existing = match table.get(b.hash.as_str())? {
+                    Some(g) => Some(decode::<StoredSession>("sessions", &b.hash, g.value())?),
+                    None => None,
+                };
+                if let Some(s) = existing.filter(|s| s.expires_at > b.bound_at) {
+                    return Ok(Some(SessionBinding {
+                        hash: b.hash,
+                        account: s.account,
+                        serial: s.serial,
+                        bound_at: s.bound_at,
+                        expires_at: s.expires_at,
+                    }));
+                }
+            }
+            let stored = StoredSession {
+                account: b.account,
+                serial: b.serial,
+                bound_at: b.bound_at,
+                expires_at: b.expires_at,
+            };
+            table.insert(b.hash.as_str(), encode(&stored)?.as_slice())?;
+            Ok(None)
+        })
+    }
+
+    fn session(
+        &self,
+        hash: &str,
+        now: UnixTime,
+    ) -> BoxFut<'_, Result<Option<SessionBinding>, StoreError>> {
+        let hash = hash.to_owned();
+        self.read(move |tx| {
+            let Some(g) = tx.open_table(SESSIONS)?.get(hash.as_str())? else {
+                return Ok(None);
+            };
+            let s: StoredSession = decode("sessions", &hash, g.value())?;
+            Ok((s.expires_at > now).then(|| SessionBinding {
+                hash: hash.clone(),
+                account: s.account,
+                serial: s.serial,
+                bound_at: s.bound_at,
+                expires_at: s.expires_at,
+            }))
+        })
+    }
+
     fn next_crl_number(&self) -> BoxFut<'_, Result<u64, StoreError>> {
         self.write(|tx| {
             let mut meta = tx.open_table(META)?;
@@ -751,6 +808,21 @@ impl StateStore for EmbeddedStore {
             for (hash, account) in &expired_tickets {
                 tickets.remove(hash.as_str())?;
                 by_account.remove(account.as_str(), hash.as_str())?;
+                removed += 1;
+            }
+
+            let mut sessions = tx.open_table(SESSIONS)?;
+            let mut expired_sessions = Vec::new();
+            for item in sessions.iter()? {
+                let (k, v) = item?;
+                match decode::<StoredSession>("sessions", k.value(), v.value()) {
+                    Ok(s) if s.expires_at <= now => expired_sessions.push(k.value().to_owned()),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "sweep skipped a damaged session binding"),
+                }
+            }
+            for hash in &expired_sessions {
+                sessions.remove(hash.as_str())?;
                 removed += 1;
             }
 

@@ -32,6 +32,14 @@ pub(super) struct StoredCert {
 }
 
 #[derive(Serialize, Deserialize)]
+pub(super) struct StoredSession {
+    pub(super) account: String,
+    pub(super) serial: String,
+    pub(super) bound_at: UnixTime,
+    pub(super) expires_at: UnixTime,
+}
+
+#[derive(Serialize, Deserialize)]
 pub(super) struct StoredTicket {
     pub(super) account: String,
     pub(super) generation: u64,

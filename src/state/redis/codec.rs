@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use crate::state::{
-    AccountState, CertRecord, Revocation, RevocationReason, StoreError, TicketRecord,
+    AccountState, CertRecord, Revocation, RevocationReason, SessionBinding, StoreError,
+    TicketRecord,
 };
 
 /// DER certificates as the PEM text the Redis client reads.
@@ -96,6 +97,16 @@ pub(super) fn decode_cert(serial: &str, f: &Fields) -> Result<CertRecord, StoreE
         fingerprint: field(f, "certificate", serial, "fingerprint")?,
         not_after: field(f, "certificate", serial, "not_after")?,
         issued_at: field(f, "certificate", serial, "issued_at")?,
+    })
+}
+
+pub(super) fn decode_session(hash: &str, f: &Fields) -> Result<SessionBinding, StoreError> {
+    Ok(SessionBinding {
+        hash: hash.to_string(),
+        account: field(f, "session", hash, "account")?,
+        serial: field(f, "session", hash, "serial")?,
+        bound_at: field(f, "session", hash, "bound_at")?,
+        expires_at: field(f, "session", hash, "expires_at")?,
     })
 }
 

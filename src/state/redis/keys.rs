@@ -59,6 +59,10 @@ impl Keys {
         format!("{}ticket:{hash}", self.prefix)
     }
 
+    pub fn session(&self, hash: &str) -> String {
+        format!("{}session:{hash}", self.prefix)
+    }
+
     pub fn revoked_index(&self) -> String {
         format!("{}index:revoked", self.prefix)
     }

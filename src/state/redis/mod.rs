@@ -14,6 +14,8 @@
 //!   [`REVOCATION_RETENTION_AFTER_EXPIRY`] after `not_after` when known
 //! - `{p}ticket:<sha256hex>` hash: `account`, `generation`, `expires_at`; `EXPIREAT
 //!   expires_at`
+//! - `{p}session:<sha256hex>` hash: `account`, `serial`, `bound_at`, `expires_at`;
+//!   `EXPIREAT expires_at` (Redis drops it; no index)
 //! - channel `{p}events`: `revoke <serial>` / `account <id>`
 //!
 //! Extra keys:
@@ -148,8 +150,8 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::task::JoinHandle;
 
 use super::{
-    AccountState, BoxFut, CertRecord, Events, Invalidation, Revocation, StateStore, StoreError,
-    TicketRecord, UnixTime,
+    AccountState, BoxFut, CertRecord, Events, Invalidation, Revocation, SessionBinding, StateStore,
+    StoreError, TicketRecord, UnixTime,
 };
 use crate::config::{RedisConfig, RedisMode};
 use crate::metrics::Metrics;
@@ -567,6 +569,23 @@ impl StateStore for RedisStore {
 
     fn put_ticket(&self, ticket: TicketRecord) -> BoxFut<'_, Result<(), StoreError>> {
         Box::pin(self.timed_write(self.put_ticket_inner(ticket)))
+    }
+
+    fn bind_session(
+        &self,
+        binding: SessionBinding,
+        replace: bool,
+    ) -> BoxFut<'_, Result<Option<SessionBinding>, StoreError>> {
+        Box::pin(self.timed_write(self.bind_session_inner(binding, replace)))
+    }
+
+    fn session(
+        &self,
+        hash: &str,
+        now: UnixTime,
+    ) -> BoxFut<'_, Result<Option<SessionBinding>, StoreError>> {
+        let hash = hash.to_owned();
+        Box::pin(async move { self.timed(self.session_inner(&hash, now)).await })
     }
 
     fn peek_ticket(

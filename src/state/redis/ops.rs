@@ -6,8 +6,8 @@ use super::RedisStore;
 use super::codec::*;
 use super::meta::Marked;
 use crate::state::{
-    AccountState, CertRecord, REVOCATION_RETENTION_AFTER_EXPIRY, Revocation, StoreError,
-    TicketRecord, UnixTime,
+    AccountState, CertRecord, REVOCATION_RETENTION_AFTER_EXPIRY, Revocation, SessionBinding,
+    StoreError, TicketRecord, UnixTime,
 };
 
 impl RedisStore {
@@ -320,6 +320,46 @@ impl RedisStore {
             self.each::<i64>(vec![srem], "index ticket").await?;
         }
         Ok(())
+    }
+
+    pub(super) async fn bind_session_inner(
+        &self,
+        b: SessionBinding,
+        replace: bool,
+    ) -> Result<Option<SessionBinding>, StoreError> {
+        self.admitted().await?;
+        let key = self.keys.session(&b.hash);
+        let (id, mut conn) = self.link.conn().await?;
+        let r = self
+            .scripts
+            .bind_session
+            .key(&key)
+            .arg(&b.account)
+            .arg(&b.serial)
+            .arg(b.bound_at)
+            .arg(b.expires_at)
+            .arg(if replace { "1" } else { "0" })
+            .invoke_async::<Vec<String>>(&mut conn)
+            .await;
+        let existing = self.check(id, r, "bind session")?;
+        if !existing.is_empty() {
+            return decode_session(&b.hash, &pairs(existing)).map(Some);
+        }
+        self.replicated(id, &mut conn, &key).await?;
+        Ok(None)
+    }
+
+    pub(super) async fn session_inner(
+        &self,
+        hash: &str,
+        now: UnixTime,
+    ) -> Result<Option<SessionBinding>, StoreError> {
+        let fields = self.guarded_hash(self.keys.session(hash)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let b = decode_session(hash, &fields)?;
+        Ok((now < b.expires_at).then_some(b))
     }
 
     pub(super) async fn peek_ticket_inner(

@@ -162,12 +162,27 @@ redis.call('HSET', KEYS[1], 'slots_marked_at', ARGV[2])
 return 1
 ";
 
+/// KEYS: session. ARGV: account, serial, bound_at, expires_at, replace ("1"/"0").
+/// Without replace, an existing binding is returned (HGETALL) and left as it is; otherwise
+/// the binding is written with its expiry and an empty list returned.
+pub(super) const BIND_SESSION: &str = r"
+if ARGV[5] ~= '1' then
+  local b = redis.call('HGETALL', KEYS[1])
+  if #b > 0 then return b end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'account', ARGV[1], 'serial', ARGV[2], 'bound_at', ARGV[3], 'expires_at', ARGV[4])
+redis.call('EXPIREAT', KEYS[1], ARGV[4])
+return {}
+";
+
 pub(super) struct Scripts {
     pub(super) enable_two_factor: Script,
     pub(super) reset_account: Script,
     pub(super) revoke: Script,
     pub(super) record_cert: Script,
     pub(super) put_ticket: Script,
+    pub(super) bind_session: Script,
     pub(super) consume_ticket: Script,
     pub(super) init_meta: Script,
     pub(super) mark_lost: Script,
@@ -185,6 +200,7 @@ impl Scripts {
             revoke: Script::new(REVOKE),
             record_cert: Script::new(RECORD_CERT),
             put_ticket: Script::new(PUT_TICKET),
+            bind_session: Script::new(BIND_SESSION),
             consume_ticket: Script::new(CONSUME_TICKET),
             init_meta: Script::new(INIT_META),
             mark_lost: Script::new(MARK_LOST),
