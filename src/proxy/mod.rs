@@ -75,6 +75,13 @@ struct CachedAssertion {
 }
 
 impl ConnInfo {
+    fn holder(&self) -> session::Holder<'_> {
+        session::Holder {
+            identity: self.identity.as_deref(),
+            peer: self.peer,
+        }
+    }
+
     pub fn new(
         slot: Slot,
         phase: tokio::sync::watch::Receiver<crate::core::phase::Phase>,
@@ -540,7 +547,9 @@ impl Proxy {
             }
             Route::Public => {
                 if let Some(g) = &self.sessions
-                    && let Err(d) = g.check(conn, req.headers_mut(), false, &self.cache).await
+                    && let Err(d) = g
+                        .check(conn.holder(), req.headers_mut(), false, &self.cache)
+                        .await
                 {
                     return refuse(d, req.headers());
                 }
@@ -552,7 +561,9 @@ impl Proxy {
                     return refuse(decision, req.headers());
                 }
                 if let Some(g) = &self.sessions
-                    && let Err(d) = g.check(conn, req.headers_mut(), true, &self.cache).await
+                    && let Err(d) = g
+                        .check(conn.holder(), req.headers_mut(), true, &self.cache)
+                        .await
                 {
                     return refuse(d, req.headers());
                 }
@@ -690,7 +701,9 @@ impl Proxy {
         }
         strip_hop_by_hop(resp.headers_mut());
         if let Some(g) = &self.sessions
-            && let Err(d) = g.bind_response(conn, resp.headers(), &self.cache).await
+            && let Err(d) = g
+                .bind_response(conn.holder(), resp.headers(), &self.cache)
+                .await
         {
             let r = if accept_html {
                 pages::html(&d)

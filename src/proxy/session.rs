@@ -23,13 +23,20 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 
-use super::ConnInfo;
 use crate::config::Config;
 use crate::core::cookie;
 use crate::core::decision::Decision;
+use crate::core::identity::ClientIdentity;
 use crate::core::text;
 use crate::state::SessionBinding;
 use crate::state::cache::StateCache;
+
+/// Who is on the connection a cookie arrived on (or is set on).
+#[derive(Clone, Copy)]
+pub(super) struct Holder<'a> {
+    pub identity: Option<&'a ClientIdentity>,
+    pub peer: std::net::SocketAddr,
+}
 
 /// The longest a binding lives, whatever the cookie says (RFC 6265bis caps cookie
 /// lifetimes at 400 days).
@@ -70,7 +77,7 @@ impl SessionGuard {
     /// bound is bound to this certificate's account).
     pub(super) async fn check(
         &self,
-        conn: &ConnInfo,
+        conn: Holder<'_>,
         headers: &mut HeaderMap,
         allowed: bool,
         state: &StateCache,
@@ -110,12 +117,12 @@ impl SessionGuard {
 
     async fn judge(
         &self,
-        conn: &ConnInfo,
+        conn: Holder<'_>,
         digest: &[u8; 32],
         allowed: bool,
         state: &StateCache,
     ) -> Result<Verdict, Decision> {
-        let id = conn.identity.as_deref();
+        let id = conn.identity;
         let binding = match self.lookup(digest, state).await? {
             Some(b) => b,
             None => {
@@ -212,11 +219,11 @@ impl SessionGuard {
     /// `Err` when it cannot be recorded (the response must not go out).
     pub(super) async fn bind_response(
         &self,
-        conn: &ConnInfo,
+        conn: Holder<'_>,
         headers: &HeaderMap,
         state: &StateCache,
     ) -> Result<(), Decision> {
-        let Some(id) = conn.identity.as_deref() else {
+        let Some(id) = conn.identity else {
             return Ok(());
         };
         let Some(account) = id.account.as_deref() else {
