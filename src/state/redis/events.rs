@@ -22,7 +22,7 @@ impl RedisStore {
         }
     }
 
-    pub(super) async fn listen(&self, mut rx: UnboundedReceiver<PushInfo>) {
+    pub(super) async fn listen(self: &Arc<Self>, mut rx: UnboundedReceiver<PushInfo>) {
         while let Some(push) = rx.recv().await {
             match push.kind {
                 PushKind::Message => {
@@ -47,6 +47,9 @@ impl RedisStore {
                     self.link.reset_current();
                     tracing::debug!("redis connection lost");
                     self.emit(Invalidation::LinkLost);
+                    if self.link.is_cluster() {
+                        self.resubscribe();
+                    }
                 }
                 PushKind::Subscribe => {
                     self.emit(Invalidation::Resubscribed);
@@ -54,5 +57,47 @@ impl RedisStore {
                 _ => {}
             }
         }
+    }
+
+    /// Cluster: a lost node may have been the one holding the subscription, and the cluster
+    /// client moves it only when something makes it read the topology again (a gateway
+    /// whose reads all go to other masters may never do so). Subscribes again until it
+    /// succeeds: the call routed to a dead node fails, refreshes the slot map and goes to the
+    /// new owner; on a node still alive it is a no-op. The confirmation clears the cache
+    /// like every resubscription.
+    fn resubscribe(self: &Arc<Self>) {
+        if self.resubscribing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let store = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                let done = match store.link.conn().await {
+                    Ok((_, mut conn)) => {
+                        match tokio::time::timeout(
+                            store.read_timeout.max(Duration::from_secs(1)),
+                            conn.subscribe(&store.link.channel),
+                        )
+                        .await
+                        {
+                            Ok(Ok(())) => true,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "subscribing again to the cluster");
+                                false
+                            }
+                            Err(_) => false,
+                        }
+                    }
+                    Err(_) => false,
+                };
+                if done {
+                    break;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            store.resubscribing.store(false, Ordering::Release);
+        });
     }
 }

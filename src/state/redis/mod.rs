@@ -198,6 +198,8 @@ pub struct RedisStore {
     /// The known `store_id`, for the per-read comparison without the async lock.
     known_id: Mutex<Option<String>>,
     lost: AtomicBool,
+    /// Cluster: a task is subscribing to the events channel again after a node was lost.
+    resubscribing: AtomicBool,
     metrics: OnceLock<Metrics>,
     events: OnceLock<Events>,
     /// `state.redis.timeout`: the bound on a per-request read and the probe.
@@ -329,6 +331,7 @@ impl RedisStore {
             guard: tokio::sync::Mutex::new(GuardState::default()),
             known_id: Mutex::new(None),
             lost: AtomicBool::new(false),
+            resubscribing: AtomicBool::new(false),
             metrics: OnceLock::new(),
             events: OnceLock::new(),
             read_timeout: cfg.timeout,
