@@ -158,6 +158,49 @@ pub fn headers(data: &[u8]) {
     }
 }
 
+/// `identity.session_cookie`'s cookie handling: the first line is the cookie name, the rest
+/// one `Cookie` header value and, read again, one `Set-Cookie` value. Laws: the cookie
+/// removed from a header leaves no value of it, keeps every other pair, and what is left
+/// is a valid header value whenever the input was; a parsed `Set-Cookie` names bytes of
+/// its input.
+pub fn cookies(data: &[u8]) {
+    use crate::core::cookie;
+    let (name, header) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (&b"sid"[..], data),
+    };
+    let Ok(name) = std::str::from_utf8(name) else {
+        return;
+    };
+    let _ = cookie::mentions(header, name);
+    let before = cookie::values(header, name).count();
+    // The configured name is never empty (validated); the quick test must not miss it.
+    if before > 0 && !name.is_empty() {
+        assert!(cookie::mentions(header, name));
+    }
+    let kept = cookie::without(header, name);
+    if !name.trim().is_empty() && name.trim() == name {
+        let left = kept.as_deref().unwrap_or_default();
+        assert_eq!(
+            cookie::values(left, name).count(),
+            0,
+            "{name:?} survives removal from {header:?}"
+        );
+    }
+    if let Some(kept) = &kept
+        && HeaderValue::from_bytes(header).is_ok()
+    {
+        assert!(HeaderValue::from_bytes(kept).is_ok(), "{kept:?}");
+    }
+    for now in [0, 1_700_000_000, i64::MAX, i64::MIN] {
+        if let Some(sc) = cookie::parse_set_cookie(header, now) {
+            let _ = sc.deletes(now);
+            assert!(!sc.name.is_empty());
+            assert!(sc.value.len() <= header.len());
+        }
+    }
+}
+
 /// The HTTP/2 control-frame guard over a client byte stream. Laws: the verdict does not
 /// depend on how the stream is split into reads; the gateway side's frame boundary is
 /// never further than one frame away.

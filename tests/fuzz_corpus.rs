@@ -8,6 +8,7 @@ type Target = fn(&[u8]);
 
 const TARGETS: &[(&str, Target)] = &[
     ("csr", certgate::fuzz::csr),
+    ("cookies", certgate::fuzz::cookies),
     ("pkcs12", certgate::fuzz::pkcs12),
     ("config_yaml", certgate::fuzz::config_yaml),
     ("proxy_protocol", certgate::fuzz::proxy_protocol),
