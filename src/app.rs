@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
 use crate::server::listener::accept_loop;
-use crate::server::{ConnLimits, Phase, Runtime, Server};
+use crate::server::{ConnLimits, LameDuck, Phase, Runtime, Server};
 use crate::state::StateStore;
 use crate::state::cache::StateCache;
 use crate::state::embedded::EmbeddedStore;
@@ -56,15 +56,38 @@ pub struct Gateway {
     pub cache: Arc<StateCache>,
     /// Applies configuration reloads (SIGHUP, changed files).
     pub reloader: Arc<Reloader>,
+    /// `shutdown.drain_delay` of the configuration it started with.
+    pub drain_delay: Duration,
     phase: watch::Sender<Phase>,
+    lame: Arc<LameDuck>,
     accept_task: JoinHandle<()>,
     side_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Gateway {
-    /// Stops accepting, drains in-flight requests (up to [`crate::server::DRAIN_DEADLINE`]), stops the
+    /// Begins the lame-duck phase: `/readyz` turns 503 while the listener keeps accepting;
+    /// HTTP/2 connections get GOAWAY and HTTP/1.1 responses `Connection: close`. The
+    /// caller waits `drain_delay` (or less), then calls [`Gateway::shutdown`].
+    pub fn lame_duck(&self) {
+        self.lame.begin();
+        self.phase.send_if_modified(|p| {
+            let begins = *p == Phase::Running;
+            if begins {
+                *p = Phase::LameDuck;
+            }
+            begins
+        });
+    }
+
+    /// A handle that drops every connection still open, for a shutdown that must not wait.
+    pub fn forcer(&self) -> Forcer {
+        Forcer(self.phase.clone())
+    }
+
+    /// Stops accepting, drains in-flight requests (up to `shutdown.timeout`), stops the
     /// admin and metrics listeners, and returns when everything is closed.
     pub async fn shutdown(self) {
+        self.lame.begin();
         let _ = self.phase.send(Phase::Draining);
         let _ = self.accept_task.await;
         for t in self.side_tasks {
@@ -77,6 +100,15 @@ impl Gateway {
     /// another owner (not used by the CLI, which calls `shutdown` on a signal).
     pub fn is_running(&self) -> bool {
         *self.phase.borrow() == Phase::Running
+    }
+}
+
+/// See [`Gateway::forcer`].
+pub struct Forcer(watch::Sender<Phase>);
+
+impl Forcer {
+    pub fn force(&self) {
+        let _ = self.0.send(Phase::Force);
     }
 }
 
@@ -151,8 +183,9 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let stopping = |mut rx: watch::Receiver<Phase>| async move {
-        let _ = rx.wait_for(|p| *p != Phase::Running).await;
+        let _ = rx.wait_for(|p| !p.accepting()).await;
     };
+    let lame = Arc::new(LameDuck::default());
 
     let assertion = Arc::new(arc_swap::ArcSwapOption::new(
         runtime.proxy.assertion_signer().cloned(),
@@ -168,7 +201,8 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
                 .map(admin::EnrollmentInfo::from_config),
         )
         .with_live(live.clone())
-        .with_assertion(assertion.clone()),
+        .with_assertion(assertion.clone())
+        .with_lame_duck(lame.clone()),
     );
     let mut side_tasks = vec![
         tokio::spawn(admin::serve_admin(
@@ -180,6 +214,7 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
             metrics_listener,
             metrics.clone(),
             cache.clone(),
+            lame.clone(),
             stopping(phase_rx.clone()),
         )),
     ];
@@ -196,6 +231,7 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         metrics: metrics.clone(),
         responses: crate::server::budget::Budget::new(config.limits.response_buffer),
         live: live.clone(),
+        lame: lame.clone(),
     });
     let apply = {
         let (server, cache, metrics) = (server.clone(), cache.clone(), metrics.clone());
@@ -216,6 +252,7 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         listener,
         server,
         config.limits.max_connections,
+        config.shutdown.timeout,
         phase_tx.clone(),
         phase_rx,
     ));
@@ -226,7 +263,9 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
         metrics: metrics_addr,
         cache,
         reloader,
+        drain_delay: config.shutdown.drain_delay,
         phase: phase_tx,
+        lame,
         accept_task,
         side_tasks,
     })

@@ -253,6 +253,13 @@ fn run_gateway(path: &Path, create_store: bool) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async move {
+        let mut signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("certgate: cannot catch signals: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
         let gw = match app::start(cfg).await {
             Ok(g) => g,
             Err(e) => {
@@ -261,42 +268,111 @@ fn run_gateway(path: &Path, create_store: bool) -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
         };
-        wait_for_shutdown_signal(Some(&gw.reloader)).await;
-        tracing::info!("shutting down: draining in-flight requests");
-        gw.shutdown().await;
+        crate::notify::ready("listening");
+        signals.until_stop(Some(&gw.reloader)).await;
+        stop(gw, &mut signals).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
 }
 
-/// Waits for SIGTERM or SIGINT. SIGHUP reloads the configuration through `reloader`
-/// (without one it is caught and logged: its default action would kill the process).
-async fn wait_for_shutdown_signal(reloader: Option<&crate::reload::Reloader>) {
+/// The shutdown after the first SIGTERM or SIGINT: lame duck for `shutdown.drain_delay`
+/// (`/readyz` 503, new connections still served and asked to reconnect), then no new
+/// connections and a drain of in-flight requests up to `shutdown.timeout`. A second
+/// signal skips the rest of the lame-duck wait; one during the drain drops what is left.
+async fn stop(gw: app::Gateway, signals: &mut Signals) {
+    crate::notify::stopping();
+    let delay = gw.drain_delay;
+    if !delay.is_zero() {
+        tracing::info!(
+            drain_delay_ms = delay.as_millis() as u64,
+            "shutting down: lame duck for shutdown.drain_delay (/readyz says 503, new \
+             connections are still served and asked to reconnect); send the signal again \
+             to skip the wait"
+        );
+        gw.lame_duck();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = signals.stop() => tracing::info!("second signal: lame-duck wait skipped"),
+        }
+    }
+    tracing::info!(
+        "shutting down: no new connections; draining in-flight requests (up to shutdown.timeout)"
+    );
+    let force = gw.forcer();
+    let drained = gw.shutdown();
+    tokio::pin!(drained);
+    tokio::select! {
+        () = &mut drained => {}
+        () = signals.stop() => {
+            tracing::warn!("another signal: closing the connections still open");
+            force.force();
+            drained.await;
+        }
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP, caught from before the gateway starts (a signal that
+/// arrives while it binds must not kill the process with the default action).
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+                hup: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn stop(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+
+    /// Waits for SIGTERM or SIGINT. SIGHUP reloads the configuration through `reloader`
+    /// (without one it is caught and logged: its default action would kill the process).
+    async fn until_stop(&mut self, reloader: Option<&crate::reload::Reloader>) {
+        #[cfg(unix)]
         loop {
             tokio::select! {
-                _ = term.recv() => return,
-                _ = tokio::signal::ctrl_c() => return,
-                _ = hup.recv() => match reloader {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => match reloader {
                     // Success and failure are logged and counted by the reloader.
-                    Some(r) => { let _ = r.reload().await; }
+                    Some(r) => {
+                        crate::notify::reloading();
+                        let _ = r.reload().await;
+                        crate::notify::ready("listening");
+                    }
                     None => tracing::warn!("SIGHUP ignored: this command does not reload its configuration"),
                 },
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = reloader;
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -473,6 +549,7 @@ fn run_demo(dir: &Path) -> ExitCode {
 }
 
 async fn demo_main(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
+    let mut signals = Signals::install()?;
     let fresh = demo::ensure_initialised(dir)?;
     let config_path = dir.join(demo::CONFIG_REL);
     let echo = demo::start_echo().await?;
@@ -557,8 +634,8 @@ async fn demo_main(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error + S
         "Press Ctrl-C to stop.".into(),
     ];
     println!("{}", lines.join("\n"));
-    wait_for_shutdown_signal(Some(&gw.reloader)).await;
-    gw.shutdown().await;
+    signals.until_stop(Some(&gw.reloader)).await;
+    stop(gw, &mut signals).await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -33,6 +33,7 @@ pub mod fuzz;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod notify;
 pub mod pki;
 pub mod process;
 pub mod proxy;

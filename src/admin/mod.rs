@@ -41,6 +41,7 @@ use self::api::{
 use crate::config::EnrollmentConfig;
 use crate::core::clock::now;
 use crate::core::outcome::Outcome;
+use crate::core::phase::LameDuck;
 use crate::core::text::{is_valid_account, normalize_serial, rfc3339};
 use crate::core::ticket;
 use crate::http::auth::{bearer_token, tokens_equal};
@@ -102,6 +103,8 @@ pub struct AdminState {
     live: Arc<crate::live::Registry>,
     /// The current configuration's assertion signer (its JWK Set is `GET /jwks.json`).
     assertion: Arc<arc_swap::ArcSwapOption<crate::pki::assertion::AssertionSigner>>,
+    /// Set when the gateway is shutting down: `/readyz` says 503.
+    lame: Arc<LameDuck>,
 }
 
 impl AdminState {
@@ -119,7 +122,14 @@ impl AdminState {
             enrollment,
             token_unusable: AtomicBool::new(false),
             assertion: Arc::new(arc_swap::ArcSwapOption::empty()),
+            lame: Arc::default(),
         }
+    }
+
+    /// The gateway's shutdown flag, for `/readyz`.
+    pub fn with_lame_duck(mut self, lame: Arc<LameDuck>) -> Self {
+        self.lame = lame;
+        self
     }
 
     /// Where the current assertion signer is kept (swapped on every reload).
@@ -214,6 +224,11 @@ enum ApiError {
          requests cannot be decided"
     )]
     NotReady,
+    #[error(
+        "this instance is shutting down: it finishes what it has and takes no new work \
+         once shutdown.drain_delay is over"
+    )]
+    ShuttingDown,
 }
 
 impl Outcome for ApiError {
@@ -230,7 +245,9 @@ impl Outcome for ApiError {
             | ApiError::InvalidSerial
             | ApiError::InvalidReason(_) => StatusCode::BAD_REQUEST,
             ApiError::TwoFactorDisabled(_) | ApiError::EnrollmentDisabled => StatusCode::CONFLICT,
-            ApiError::StoreUnavailable(_) | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable(_) | ApiError::NotReady | ApiError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -250,6 +267,7 @@ impl Outcome for ApiError {
             ApiError::EnrollmentDisabled => "enrollment_disabled",
             ApiError::StoreUnavailable(_) => "store_unavailable",
             ApiError::NotReady => "not_ready",
+            ApiError::ShuttingDown => "shutting_down",
         }
     }
 
@@ -369,7 +387,7 @@ where
         check_method(&probe, &req.method)?;
         return Ok(match probe {
             Endpoint::Healthz => healthz(),
-            _ => readyz(&state.cache).await,
+            _ => readyz(&state.cache, &state.lame).await,
         });
     }
     let peer = req
@@ -493,7 +511,10 @@ fn healthz() -> Response<Full<Bytes>> {
 /// the load balancer); 503 `not_ready` before the store has ever answered and while its
 /// data cannot be trusted. While not ready, the probe itself pings the store, so readiness
 /// comes back without other traffic.
-async fn readyz(cache: &StateCache) -> Response<Full<Bytes>> {
+async fn readyz(cache: &StateCache, lame: &LameDuck) -> Response<Full<Bytes>> {
+    if lame.is_on() {
+        return ApiError::ShuttingDown.into_response();
+    }
     let ready = cache.ready() || (cache.probe().await && cache.ready());
     if !ready {
         return ApiError::NotReady.into_response();
@@ -826,6 +847,7 @@ fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 pub async fn handle_metrics<B>(
     metrics: &Metrics,
     cache: &StateCache,
+    lame: &LameDuck,
     req: Request<B>,
 ) -> Response<Full<Bytes>> {
     let result = match req.uri().path() {
@@ -837,7 +859,7 @@ pub async fn handle_metrics<B>(
         }),
         "/healthz" => check_method(&Endpoint::Healthz, req.method()).map(|()| healthz()),
         "/readyz" => match check_method(&Endpoint::Readyz, req.method()) {
-            Ok(()) => Ok(readyz(cache).await),
+            Ok(()) => Ok(readyz(cache, lame).await),
             Err(e) => Err(e),
         },
         _ => Err(ApiError::NotFound),
@@ -864,12 +886,14 @@ pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Metrics,
     cache: Arc<StateCache>,
+    lame: Arc<LameDuck>,
     shutdown: impl Future<Output = ()>,
 ) {
     plain::serve(listener, shutdown, "metrics", move |req| {
         let metrics = metrics.clone();
         let cache = cache.clone();
-        async move { handle_metrics(&metrics, &cache, req).await }
+        let lame = lame.clone();
+        async move { handle_metrics(&metrics, &cache, &lame, req).await }
     })
     .await
 }

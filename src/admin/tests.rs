@@ -668,7 +668,7 @@ async fn readyz_is_503_until_the_store_answers() {
         .uri("/readyz")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let resp = handle_metrics(&h.state.metrics, &h.state.cache, req).await;
+    let resp = handle_metrics(&h.state.metrics, &h.state.cache, &Default::default(), req).await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     // The probe pings the store itself, so readiness follows once it answers.
     h.store.set_failing(None);
@@ -681,6 +681,35 @@ async fn readyz_is_503_until_the_store_answers() {
 }
 
 #[tokio::test]
+async fn readyz_is_503_shutting_down_in_the_lame_duck() {
+    let h = harness(true);
+    let probe = || {
+        Request::builder()
+            .uri("/readyz")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let lame = crate::core::phase::LameDuck::default();
+    let resp = handle_metrics(&h.state.metrics, &h.state.cache, &lame, probe()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    lame.begin();
+    let resp = handle_metrics(&h.state.metrics, &h.state.cache, &lame, probe()).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("\"shutting_down\""),
+        "{body:?}"
+    );
+    // /healthz stays 200: the process still serves.
+    let health = Request::builder()
+        .uri("/healthz")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = handle_metrics(&h.state.metrics, &h.state.cache, &lame, health).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn metrics_handler() {
     let h = harness(true);
     send(&h, Method::GET, "/v1/accounts/nobody", "").await;
@@ -688,7 +717,7 @@ async fn metrics_handler() {
         .uri("/metrics")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let resp = handle_metrics(&h.state.metrics, &h.state.cache, req).await;
+    let resp = handle_metrics(&h.state.metrics, &h.state.cache, &Default::default(), req).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()[CONTENT_TYPE], OPENMETRICS);
     let text = String::from_utf8(
@@ -717,7 +746,7 @@ async fn metrics_handler() {
             .body(Full::new(Bytes::new()))
             .unwrap();
         assert_eq!(
-            handle_metrics(&h.state.metrics, &h.state.cache, req)
+            handle_metrics(&h.state.metrics, &h.state.cache, &Default::default(), req)
                 .await
                 .status(),
             status,
@@ -1002,6 +1031,7 @@ async fn metrics_listener_over_http() {
         listener,
         h.state.metrics.clone(),
         h.state.cache.clone(),
+        Default::default(),
         async {
             let _ = rx.await;
         },

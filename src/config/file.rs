@@ -38,7 +38,8 @@ use super::{
     AdminConfig, AssertionConfig, CacheConfig, ClientAuthConfig, ClientAuthMode, Config,
     ConfigError, Crl, EnrollmentConfig, HeadersConfig, IdentityConfig, LimitsConfig, LogConfig,
     LogFormat, MetricsConfig, OnError, PemCerts, RedisConfig, RedisMode, RoutesConfig, Secret,
-    SecretKey, StateBackend, StateConfig, TlsConfig, TlsMinVersion, Underscores, UpstreamConfig,
+    SecretKey, ShutdownConfig, StateBackend, StateConfig, TlsConfig, TlsMinVersion, Underscores,
+    UpstreamConfig,
 };
 use crate::core::identity::AccountSource;
 
@@ -518,6 +519,7 @@ impl Ctx<'_> {
         }
 
         let limits = self.limits(f.limits.unwrap_or_default())?;
+        let shutdown = self.shutdown(f.shutdown.unwrap_or_default())?;
         let log = self.log(f.log.unwrap_or_default())?;
 
         Ok(Config {
@@ -541,8 +543,19 @@ impl Ctx<'_> {
                 listen: metrics_listen,
             },
             limits,
+            shutdown,
             log,
         })
+    }
+
+    fn shutdown(&self, s: ShutdownFile) -> Result<ShutdownConfig, ConfigError> {
+        let mut out = ShutdownConfig::default();
+        if s.drain_delay.is_some() {
+            out.drain_delay = self.duration("shutdown.drain_delay", &s.drain_delay, 0)?;
+        }
+        out.timeout =
+            self.positive_duration("shutdown.timeout", &s.timeout, defaults::SHUTDOWN_TIMEOUT)?;
+        Ok(out)
     }
 
     fn server_names(&self, names: Vec<S<String>>) -> Result<Vec<String>, ConfigError> {

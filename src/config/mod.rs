@@ -430,6 +430,26 @@ pub struct LimitsConfig {
     pub h2_control_frames_per_second: u32,
 }
 
+/// What a SIGTERM does: a lame-duck phase (`/readyz` 503, the listener still accepting,
+/// every response asking the client to reconnect), then a drain.
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    /// How long the listener keeps accepting after the signal while `/readyz` says 503, so
+    /// load balancers take the instance out before it stops accepting.
+    pub drain_delay: Duration,
+    /// How long in-flight requests may take to finish after the listener closed.
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_delay: Duration::from_millis(schema::defaults::DRAIN_DELAY_MS),
+            timeout: Duration::from_secs(schema::defaults::SHUTDOWN_TIMEOUT),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -459,5 +479,6 @@ pub struct Config {
     pub admin: AdminConfig,
     pub metrics: MetricsConfig,
     pub limits: LimitsConfig,
+    pub shutdown: ShutdownConfig,
     pub log: LogConfig,
 }

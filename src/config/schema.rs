@@ -26,6 +26,7 @@ pub struct FileConfig {
     pub admin: Option<AdminFile>,
     pub metrics: Option<MetricsFile>,
     pub limits: Option<LimitsFile>,
+    pub shutdown: Option<ShutdownFile>,
     pub log: Option<LogFile>,
 }
 
@@ -167,6 +168,13 @@ pub struct LimitsFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ShutdownFile {
+    pub drain_delay: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogFile {
     pub format: Option<S<String>>,
     pub level: Option<S<String>>,
@@ -211,4 +219,7 @@ pub mod defaults {
     pub const H2_CONTROL_FRAMES_PER_SECOND: u64 = 1000;
     pub const SEND_TIMEOUT: u64 = 60;
     pub const RESPONSE_BUFFER: u64 = 256 * 1024 * 1024;
+    /// Milliseconds.
+    pub const DRAIN_DELAY_MS: u64 = 2_000;
+    pub const SHUTDOWN_TIMEOUT: u64 = 30;
 }

@@ -54,7 +54,7 @@ pub(super) async fn run(
         .max_age
         .map(|a| tokio::time::Instant::from_std(started + a));
     loop {
-        if *phase.borrow() != Phase::Running {
+        if *phase.borrow() >= Phase::Draining {
             break;
         }
         let idle_for = Duration::from_millis(
@@ -73,7 +73,7 @@ pub(super) async fn run(
                 break;
             }
             changed = phase.changed() => {
-                if changed.is_err() || *phase.borrow() != Phase::Running {
+                if changed.is_err() || *phase.borrow() >= Phase::Draining {
                     tracing::debug!("closing an upgraded connection: shutting down");
                     break;
                 }

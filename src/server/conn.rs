@@ -93,6 +93,9 @@ pub async fn serve_connection(
         let proxy = server.current.load().proxy.clone();
         let conn = conn.clone();
         let guard = InFlight::begin(&act);
+        if server.lame.is_on() {
+            act.request_in_lame_duck();
+        }
         if let Some(l) = &conn.live {
             l.request();
         }

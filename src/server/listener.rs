@@ -8,13 +8,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use super::conn::serve_connection;
-use super::{DRAIN_DEADLINE, Phase, Server};
+use super::{Phase, Server};
 
-/// Accepts until the phase leaves `Running`, then drains (up to [`DRAIN_DEADLINE`]).
+/// Accepts while the phase is `Running` or `LameDuck`, then drains (up to `drain`,
+/// `shutdown.timeout`).
 pub async fn accept_loop(
     listener: TcpListener,
     server: Arc<Server>,
     max_connections: usize,
+    drain: Duration,
     phase_tx: watch::Sender<Phase>,
     mut phase: watch::Receiver<Phase>,
 ) {
@@ -22,7 +24,7 @@ pub async fn accept_loop(
     let conn_phase = phase.clone();
     loop {
         tokio::select! {
-            _ = async { let _ = phase.wait_for(|p| *p != Phase::Running).await; } => break,
+            _ = async { let _ = phase.wait_for(|p| !p.accepting()).await; } => break,
             res = listener.accept() => {
                 let (tcp, peer) = match res {
                     Ok(x) => x,
@@ -49,9 +51,12 @@ pub async fn accept_loop(
     drop(listener);
     // Drain: wait until every connection returned its permit, or force after the deadline.
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
-    let drained = tokio::time::timeout(DRAIN_DEADLINE, permits.acquire_many(all)).await;
+    let drained = tokio::time::timeout(drain, permits.acquire_many(all)).await;
     if drained.is_err() {
-        tracing::warn!("drain deadline passed; closing the remaining connections");
+        tracing::warn!(
+            timeout_ms = drain.as_millis() as u64,
+            "shutdown.timeout passed; closing the connections still open"
+        );
         let _ = phase_tx.send(Phase::Force);
         let _ = tokio::time::timeout(Duration::from_secs(2), permits.acquire_many(all)).await;
     }

@@ -29,10 +29,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::tls::TlsMaterial;
 
-/// How long in-flight requests may take to finish after a shutdown signal.
-pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
-
-pub use crate::core::phase::Phase;
+pub use crate::core::phase::{LameDuck, Phase};
 
 /// Everything a configuration determines that can change without a restart: the TLS
 /// material (certificates, CAs, CRLs, a new session-ticket key), the proxy (upstream,
@@ -92,4 +89,6 @@ pub struct Server {
     pub responses: Arc<budget::Budget>,
     /// The open connections with a client certificate.
     pub live: Arc<crate::live::Registry>,
+    /// Set in the lame-duck phase: each request asks its connection to close after it.
+    pub lame: Arc<LameDuck>,
 }

@@ -63,6 +63,10 @@ pub async fn drive<C>(
     let conn = std::pin::pin!(conn);
     let mut conn = conn;
     let mut draining = false;
+    // Lame duck: the connection is asked to close at its next request (HTTP/1.1
+    // `Connection: close` on that response, HTTP/2 GOAWAY after that stream), never before
+    // one, so a client is not cut off between its handshake and its first request.
+    let mut lame = false;
     // Once asked to close, the connection must keep making progress: every
     // `limits.idle_timeout` at least PROGRESS_BYTES must move, or it is dropped (a client
     // that stops reading, or an h2 client that never opens its flow-control window, only
@@ -140,10 +144,20 @@ pub async fn drive<C>(
                 if changed.is_err() || p == Phase::Force {
                     return;
                 }
-                if p == Phase::Draining && !draining {
+                if p >= Phase::Draining && !draining {
                     conn.as_mut().graceful();
                     draining = true;
+                } else if p == Phase::LameDuck && !draining {
+                    lame = true;
+                    if activity.asks_close_now() {
+                        conn.as_mut().graceful();
+                        draining = true;
+                    }
                 }
+            }
+            () = activity.request_seen.notified(), if lame && !draining => {
+                conn.as_mut().graceful();
+                draining = true;
             }
             _ = &mut sleep => {}
             () = activity.flood_found.notified() => {
@@ -212,6 +226,8 @@ pub struct Activity {
     flood: AtomicU8,
     /// Wakes the watchdog when a flood is found.
     flood_found: tokio::sync::Notify,
+    /// Wakes the watchdog when a request begins in the lame-duck phase.
+    request_seen: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -231,7 +247,23 @@ impl Activity {
             budget,
             flood: AtomicU8::new(0),
             flood_found: tokio::sync::Notify::new(),
+            request_seen: tokio::sync::Notify::new(),
         }
+    }
+
+    /// A request began while the gateway is a lame duck: the connection closes after it.
+    pub fn request_in_lame_duck(&self) {
+        self.request_seen.notify_one();
+    }
+
+    /// When the lame-duck phase begins, whether this connection can be asked to close at
+    /// once: a request is in flight (HTTP/1.1: its response says `Connection: close`), or
+    /// it is HTTP/2 and has served one (GOAWAY is safe then; a client that has sent
+    /// nothing yet is left to send its first request). An idle HTTP/1.1 connection waits
+    /// for its next request, so no client request races the close.
+    fn asks_close_now(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
+            || (!self.track_heads && self.last_done.load(Ordering::Relaxed) > 0)
     }
 
     /// The client flooded control frames of this kind: the connection is dropped soon.
@@ -337,7 +369,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let a = &self.0;
-        a.last_done.store(a.ms(), Ordering::Relaxed);
+        a.last_done.store(a.ms().max(1), Ordering::Relaxed);
         a.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

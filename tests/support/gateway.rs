@@ -294,6 +294,7 @@ impl Harness {
     }
 
     pub async fn with(options: Options) -> Harness {
+        super::test_log();
         Prepared::new(options).await.start().await
     }
 

@@ -28,6 +28,20 @@ pub use upstream::{Echo, Upstream};
 /// The bound on any single wait (a request, a handshake, a read).
 pub const STEP: Duration = Duration::from_secs(15);
 
+/// With `CERTGATE_TEST_LOG` set (a `tracing` filter such as `certgate=debug`), the
+/// gateways a test starts log to stderr, which the test runner shows for a failed test.
+pub fn test_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("CERTGATE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    });
+}
+
 /// Awaits `fut`, failing the test if it takes longer than [`STEP`].
 pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(STEP, fut).await {

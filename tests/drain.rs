@@ -1,0 +1,334 @@
+//! Shutdown without dropping traffic, on the real binary and real signals: after SIGTERM
+//! the gateway is a lame duck for `shutdown.drain_delay` (`/readyz` 503, the listener still
+//! accepting, clients asked to reconnect), then stops accepting and drains; a second
+//! signal skips the wait.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{Leaf, Options, Prepared, STEP};
+
+/// A `certgate run` child and the addresses it printed.
+struct Running {
+    child: Child,
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    /// Every stderr line so far (a thread keeps reading).
+    log: Arc<Mutex<String>>,
+}
+
+impl Running {
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill({sig})");
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit code.
+    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "certgate did not exit within {limit:?}; its log:\n{}",
+                    self.log.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `key=` in a log line (ANSI colours removed).
+fn field(line: &str, key: &str) -> Option<SocketAddr> {
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.trim_matches('"').parse().ok())
+}
+
+fn start(p: &Prepared) -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_certgate"))
+        .arg("--config")
+        .arg(&p.config_path)
+        .arg("run")
+        .env_remove("CERTGATE_CONFIG")
+        .env("CERTGATE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn certgate run");
+    let stderr = child.stderr.take().expect("stderr");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("certgate listening")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send((field(&line, "listen"), field(&line, "metrics")));
+            }
+            let mut l = log2.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    match rx.recv_timeout(STEP) {
+        Ok((Some(listen), Some(metrics))) => Running {
+            child,
+            listen,
+            metrics,
+            log,
+        },
+        other => {
+            let _ = child.kill();
+            panic!(
+                "certgate run did not report its addresses ({other:?}); log:\n{}",
+                log.lock().unwrap()
+            );
+        }
+    }
+}
+
+fn client(
+    p: &Prepared,
+    listen: SocketAddr,
+    leaf: &Leaf,
+    pooled: bool,
+    h2: bool,
+) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(p.pki.server_ca.cert_pem.as_bytes()).expect("CA");
+    let mut b = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .resolve("localhost", listen)
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .identity(leaf.reqwest_identity());
+    if !pooled {
+        b = b.pool_max_idle_per_host(0);
+    }
+    if !h2 {
+        b = b.http1_only();
+    }
+    b.build().expect("client")
+}
+
+/// One request's outcome, timed from the signal.
+#[derive(Debug, Clone)]
+struct Sent {
+    /// Milliseconds after the SIGTERM the request was sent (negative: before).
+    at_ms: i64,
+    result: Result<u16, String>,
+    connection_close: bool,
+}
+
+async fn readyz(metrics: SocketAddr) -> Option<(u16, String)> {
+    let r = reqwest::Client::new()
+        .get(format!("http://{metrics}/readyz"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_hammering_through_sigterm_sees_no_failed_request() {
+    let delay = Duration::from_millis(1500);
+    let p = Prepared::new(Options {
+        extra: "shutdown:\n  drain_delay: 1500ms\n  timeout: 5s\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let alice = p.pki.client("alice");
+    let mut gw = start(&p);
+    let base = format!("https://localhost:{}", gw.listen.port());
+    assert_eq!(readyz(gw.metrics).await.map(|r| r.0), Some(200));
+
+    let signalled: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent: Arc<Mutex<Vec<(&'static str, Sent)>>> = Arc::default();
+    // New connections per request (h1 and h2), and one keep-alive client of each.
+    let kinds: [(&'static str, bool, bool); 5] = [
+        ("new h1", false, false),
+        ("new h1", false, false),
+        ("new h2", false, true),
+        ("kept h1", true, false),
+        ("kept h2", true, true),
+    ];
+    let mut tasks = Vec::new();
+    for (kind, pooled, h2) in kinds {
+        let c = client(&p, gw.listen, &alice, pooled, h2);
+        let (signalled, stop, sent, url) = (
+            signalled.clone(),
+            stop.clone(),
+            sent.clone(),
+            format!("{base}/app/hammer"),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                let r = c.get(&url).send().await;
+                let at_ms = match *signalled.lock().unwrap() {
+                    Some(t) if started >= t => started.duration_since(t).as_millis() as i64,
+                    Some(t) => -(t.duration_since(started).as_millis() as i64),
+                    None => -1_000_000,
+                };
+                let (result, connection_close) = match r {
+                    Ok(r) => {
+                        let close = r
+                            .headers()
+                            .get("connection")
+                            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                        let status = r.status().as_u16();
+                        match r.bytes().await {
+                            Ok(_) => (Ok(status), close),
+                            Err(e) => (Err(format!("body: {e:?}")), close),
+                        }
+                    }
+                    Err(e) => (Err(format!("{e:?}")), false),
+                };
+                sent.lock().unwrap().push((
+                    kind,
+                    Sent {
+                        at_ms,
+                        result,
+                        connection_close,
+                    },
+                ));
+            }
+        }));
+    }
+
+    // Load before the signal, then SIGTERM.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    *signalled.lock().unwrap() = Some(Instant::now());
+    gw.signal(libc::SIGTERM);
+
+    // The lame duck: not ready, still serving.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = readyz(gw.metrics)
+        .await
+        .expect("/readyz answers in the lame duck");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("shutting_down"), "{body}");
+
+    let code = tokio::task::spawn_blocking(move || {
+        let code = gw.wait_exit(Duration::from_secs(15));
+        (code, gw)
+    })
+    .await
+    .expect("join");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let (code, gw) = code;
+    assert_eq!(code, Some(0), "exit code; log:\n{}", gw.log.lock().unwrap());
+
+    let sent = sent.lock().unwrap().clone();
+    // Every request sent before the signal or within the lame duck (less a margin for the
+    // time a request takes) was answered 200.
+    let window = delay.as_millis() as i64 - 300;
+    let in_window: Vec<_> = sent.iter().filter(|(_, s)| s.at_ms < window).collect();
+    let failed: Vec<_> = in_window
+        .iter()
+        .filter(|(_, s)| s.result != Ok(200))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests sent up to {window} ms after SIGTERM failed: {failed:?}\nlog:\n{}",
+        failed.len(),
+        in_window.len(),
+        gw.log.lock().unwrap()
+    );
+    for kind in ["new h1", "new h2", "kept h1", "kept h2"] {
+        let after: Vec<_> = in_window
+            .iter()
+            .filter(|(k, s)| *k == kind && s.at_ms >= 0)
+            .collect();
+        assert!(
+            after.len() >= 3,
+            "{kind}: only {} requests in the lame duck: {sent:?}",
+            after.len()
+        );
+    }
+    // Keep-alive HTTP/1.1 clients were asked to reconnect.
+    assert!(
+        in_window
+            .iter()
+            .any(|(k, s)| *k == "kept h1" && s.at_ms >= 0 && s.connection_close),
+        "no `Connection: close` in the lame duck"
+    );
+    eprintln!(
+        "drain: {} requests, {} within {window} ms after SIGTERM, all answered 200",
+        sent.len(),
+        in_window.iter().filter(|(_, s)| s.at_ms >= 0).count()
+    );
+}
+
+#[tokio::test]
+async fn a_second_signal_skips_the_lame_duck_wait() {
+    let p = Prepared::new(Options {
+        extra: "shutdown:\n  drain_delay: 60s\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut gw = start(&p);
+    gw.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = readyz(gw.metrics).await.expect("/readyz in the lame duck");
+    assert_eq!(status, 503);
+    let second = Instant::now();
+    gw.signal(libc::SIGINT);
+    let code = tokio::task::spawn_blocking(move || {
+        let code = gw.wait_exit(Duration::from_secs(10));
+        (code, gw)
+    })
+    .await
+    .expect("join");
+    let (code, gw) = code;
+    assert_eq!(code, Some(0), "log:\n{}", gw.log.lock().unwrap());
+    assert!(
+        second.elapsed() < Duration::from_secs(5),
+        "exited {:?} after the second signal",
+        second.elapsed()
+    );
+    let log = gw.log.lock().unwrap();
+    assert!(log.contains("lame-duck wait skipped"), "{log}");
+}
