@@ -211,7 +211,12 @@ fn init_tracing(cfg: &crate::config::LogConfig) {
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match cfg.format {
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }

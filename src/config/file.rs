@@ -37,9 +37,9 @@ use super::yaml::{KeyIndex, parse, span_line};
 use super::{
     AdminConfig, AssertionConfig, CacheConfig, ClientAuthConfig, ClientAuthMode, Config,
     ConfigError, Crl, EnrollmentConfig, HeadersConfig, IdentityConfig, LimitsConfig, LogConfig,
-    LogFormat, MetricsConfig, OnError, PemCerts, RedisConfig, RedisMode, RoutesConfig, Secret,
-    SecretKey, ShutdownConfig, StateBackend, StateConfig, TlsConfig, TlsMinVersion, Underscores,
-    UpstreamConfig,
+    LogFormat, MetricsConfig, OnError, PemCerts, RedisConfig, RedisMode, RequestIdMode,
+    RoutesConfig, Secret, SecretKey, ShutdownConfig, StateBackend, StateConfig, TlsConfig,
+    TlsMinVersion, Underscores, UpstreamConfig,
 };
 use crate::core::identity::AccountSource;
 
@@ -478,6 +478,16 @@ impl Ctx<'_> {
                     ("drop", Underscores::Drop),
                     ("reject", Underscores::Reject),
                     ("allow", Underscores::Allow),
+                ],
+            )?,
+            request_id: self.choice(
+                "headers.request_id",
+                &headers_file.request_id,
+                RequestIdMode::Generate,
+                &[
+                    ("generate", RequestIdMode::Generate),
+                    ("accept", RequestIdMode::Accept),
+                    ("off", RequestIdMode::Off),
                 ],
             )?,
             assertion: match &headers_file.assertion {

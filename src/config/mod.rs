@@ -210,6 +210,7 @@ impl Config {
 pub struct HeadersConfig {
     pub xfcc: bool,
     pub underscores: Underscores,
+    pub request_id: RequestIdMode,
     /// `headers.assertion`; `None` when off.
     pub assertion: Option<AssertionConfig>,
 }
@@ -253,6 +254,19 @@ pub enum Underscores {
     Reject,
     /// Forwarded unchanged.
     Allow,
+}
+
+/// `headers.request_id`: the `X-Request-Id` sent to the application, returned to the
+/// client and written to the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestIdMode {
+    /// A new id for every request; a client's own header is replaced (default).
+    Generate,
+    /// A client's id is kept when it is one short plain value (behind a front proxy that
+    /// sets it); otherwise a new one.
+    Accept,
+    /// No id: a client's header is removed.
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq)]

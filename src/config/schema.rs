@@ -81,6 +81,7 @@ pub struct RoutesFile {
 pub struct HeadersFile {
     pub xfcc: Option<S<bool>>,
     pub underscores: Option<S<String>>,
+    pub request_id: Option<S<String>>,
     pub assertion: Option<AssertionFile>,
 }
 

@@ -1,16 +1,18 @@
-//! The client's request body on its way upstream, remembering whether reading it failed:
+//! The client's request body on its way upstream, counting its bytes (for the access log)
+//! and remembering whether reading it failed:
 //! a malformed chunked body (or a client that stopped sending) makes the upstream request
 //! fail, and that is the client's fault (400), not the upstream's (502).
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::core::outcome::Page;
+use crate::proxy::access::BodyStats;
 
 /// What a client whose body could not be read is told.
 pub(super) const BAD_BODY: Page = Page {
@@ -23,18 +25,18 @@ pub(super) const BAD_BODY: Page = Page {
 
 pub(super) struct ClientBody {
     inner: Incoming,
-    failed: Arc<AtomicBool>,
+    stats: Arc<BodyStats>,
 }
 
 impl ClientBody {
-    /// The body, and the flag that is set once reading it failed.
-    pub(super) fn new(inner: Incoming) -> (Self, Arc<AtomicBool>) {
-        let failed = Arc::new(AtomicBool::new(false));
+    /// The body, and what reading it shows: whether it failed, how many bytes were read.
+    pub(super) fn new(inner: Incoming) -> (Self, Arc<BodyStats>) {
+        let stats = Arc::new(BodyStats::default());
         let body = ClientBody {
             inner,
-            failed: failed.clone(),
+            stats: stats.clone(),
         };
-        (body, failed)
+        (body, stats)
     }
 }
 
@@ -48,8 +50,16 @@ impl Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            this.failed.store(true, Ordering::Release);
+        match &polled {
+            Poll::Ready(Some(Err(_))) => this.stats.failed.store(true, Ordering::Release),
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.stats
+                        .bytes
+                        .fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+            }
+            _ => {}
         }
         polled
     }

@@ -22,12 +22,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+mod access;
 mod body;
 mod session;
 mod tunnel;
 
 pub use self::tunnel::Slot;
 
+pub use self::access::Pending;
+use self::access::{RequestIds, Start, UpstreamInfo, Via, X_REQUEST_ID};
 use self::body::{BAD_BODY, ClientBody};
 use crate::config::{Config, Underscores};
 use crate::core::decision::Decision;
@@ -60,6 +63,8 @@ pub struct ConnInfo {
     /// The connection's entry among the open connections with a certificate (closed when
     /// the certificate is revoked, reset or expires); an upgraded tunnel holds it too.
     pub live: Option<Arc<crate::live::LiveConn>>,
+    /// `TLSv1.3` or `TLSv1.2`, for the access log.
+    pub tls_version: &'static str,
     /// The last signed identity assertion of this connection, reused while fresh.
     assertion: std::sync::Mutex<Option<CachedAssertion>>,
 }
@@ -99,8 +104,14 @@ impl ConnInfo {
             sni,
             peer_ip,
             live: None,
+            tls_version: "-",
             assertion: std::sync::Mutex::new(None),
         }
+    }
+
+    pub fn with_tls_version(mut self, v: &'static str) -> Self {
+        self.tls_version = v;
+        self
     }
 
     /// The same connection, registered among the open connections.
@@ -189,6 +200,7 @@ pub struct Proxy {
     tunnel_limits: tunnel::TunnelLimits,
     underscores: Underscores,
     log_access: bool,
+    request_ids: RequestIds,
     cache: Arc<StateCache>,
     material: Arc<TlsMaterial>,
     metrics: Metrics,
@@ -438,6 +450,7 @@ impl Proxy {
             },
             underscores: cfg.headers.underscores,
             log_access: cfg.log.access,
+            request_ids: RequestIds::new(cfg.headers.request_id),
             cache,
             material,
             metrics,
@@ -480,29 +493,37 @@ impl Proxy {
 
     /// Handles one request of connection `conn`. Never fails: every outcome is a response.
     pub async fn handle(&self, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<RespBody> {
-        let start = Instant::now();
-        let (decision, resp) = match strip_identity_headers(req.headers_mut(), self.underscores) {
+        let request_id = self.request_ids.assign(req.headers_mut());
+        let start = Start::of(&req, request_id);
+        let (decision, mut resp) = match strip_identity_headers(req.headers_mut(), self.underscores)
+        {
             Ok(()) => self.route(conn, req).await,
             Err(UnderscoreInName(name)) => {
                 tracing::debug!(header = %name, "refusing a header name with '_' (headers.underscores: reject)");
                 refuse(Decision::BadRequest, req.headers())
             }
         };
-        let elapsed = start.elapsed();
+        let elapsed = start.at.elapsed();
         self.metrics.count_decision(decision);
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
+        let upstream = resp.extensions_mut().remove::<UpstreamInfo>();
+        if let Some(id) = &start.request_id
+            && let http::header::Entry::Vacant(e) = resp.headers_mut().entry(&X_REQUEST_ID)
+        {
+            e.insert(id.clone());
+        }
         if decision.is_refusal() || self.log_access {
             let id = conn.identity.as_deref();
-            tracing::info!(
-                target: "certgate::access",
-                decision = decision.as_str(),
-                status = resp.status().as_u16(),
-                account = id.and_then(|i| i.account.as_deref()).unwrap_or("-"),
-                serial = id.map(|i| i.serial.as_str()).unwrap_or("-"),
-                peer = %conn.peer,
-                latency_ms = elapsed.as_secs_f64() * 1000.0,
-                "request"
-            );
+            let via = Via {
+                peer: conn.peer,
+                sni: conn.sni.as_deref(),
+                tls_version: conn.tls_version,
+                account: id.and_then(|i| i.account.as_deref()),
+                serial: id.map(|i| i.serial.as_str()),
+            };
+            let status = resp.status().as_u16();
+            let record = access::Record::new(start, via, decision, status, upstream);
+            resp.extensions_mut().insert(Pending(Box::new(record)));
         }
         resp
     }
@@ -662,28 +683,39 @@ impl Proxy {
             h.insert(header::UPGRADE, up.clone());
         }
 
-        let (body, body_failed) = ClientBody::new(body);
+        let (body, body_stats) = ClientBody::new(body);
         let upstream_req = Request::from_parts(parts, body);
         let started = Instant::now();
         let result =
             tokio::time::timeout(self.response_timeout, self.client.request(upstream_req)).await;
-        self.metrics
-            .upstream_duration
-            .observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        self.metrics.upstream_duration.observe(took.as_secs_f64());
+        let mut info = UpstreamInfo {
+            status: None,
+            micros: took.as_micros() as u64,
+            body: body_stats.clone(),
+        };
         let mut resp = match result {
-            Err(_) => return self.upstream_failed(UpstreamError::ResponseTimeout, accept_html),
-            Ok(Err(e)) if body_failed.load(std::sync::atomic::Ordering::Acquire) => {
+            Err(_) => {
+                let r = self.upstream_failed(UpstreamError::ResponseTimeout, accept_html);
+                return with_info(r, info);
+            }
+            Ok(Err(e)) if body_stats.failed.load(std::sync::atomic::Ordering::Acquire) => {
                 tracing::debug!(error = %crate::core::text::error_chain(&e), "the client's request body could not be read");
                 let r = if accept_html {
                     pages::html(&BAD_BODY)
                 } else {
                     pages::json(&BAD_BODY)
                 };
-                return r.map(Either::Right);
+                return with_info(r.map(Either::Right), info);
             }
-            Ok(Err(e)) => return self.upstream_failed(classify_client_error(&e), accept_html),
+            Ok(Err(e)) => {
+                let r = self.upstream_failed(classify_client_error(&e), accept_html);
+                return with_info(r, info);
+            }
             Ok(Ok(r)) => r,
         };
+        info.status = Some(resp.status().as_u16());
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some() {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -697,7 +729,7 @@ impl Proxy {
                     conn.live.clone(),
                 ));
             }
-            return resp.map(Either::Left);
+            return with_info(resp.map(Either::Left), info);
         }
         strip_hop_by_hop(resp.headers_mut());
         if let Some(g) = &self.sessions
@@ -710,10 +742,10 @@ impl Proxy {
             } else {
                 pages::json(&d)
             };
-            return r.map(Either::Right);
+            return with_info(r.map(Either::Right), info);
         }
         right_size(resp.headers_mut());
-        resp.map(Either::Left)
+        with_info(resp.map(Either::Left), info)
     }
 
     fn upstream_failed(&self, err: UpstreamError, html: bool) -> Response<RespBody> {
@@ -786,6 +818,12 @@ fn classify_client_error(e: &hyper_util::client::legacy::Error) -> UpstreamError
         return UpstreamError::Connect(crate::core::text::error_chain(e));
     }
     UpstreamError::Protocol(crate::core::text::error_chain(e))
+}
+
+/// `resp` with what the upstream answered, for the access log.
+fn with_info(mut resp: Response<RespBody>, info: UpstreamInfo) -> Response<RespBody> {
+    resp.extensions_mut().insert(info);
+    resp
 }
 
 fn refuse(decision: Decision, headers: &HeaderMap) -> (Decision, Response<RespBody>) {

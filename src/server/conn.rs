@@ -16,7 +16,7 @@ use super::watchdog::{ABUSE_LOG, Activity, ActivityIo, InFlight, drive};
 use super::{Phase, Server};
 use crate::live::{PROTO_H1, PROTO_H2};
 use crate::metrics::Metrics;
-use crate::proxy::{ConnInfo, Slot};
+use crate::proxy::{ConnInfo, Pending, Slot};
 use crate::tls;
 
 struct ActiveGuard(Metrics);
@@ -75,7 +75,8 @@ pub async fn serve_connection(
     });
     let conn = Arc::new(
         ConnInfo::new(slot, phase.clone(), accepted.identity, peer, accepted.sni)
-            .with_live(live.clone()),
+            .with_live(live.clone())
+            .with_tls_version(accepted.tls_version),
     );
     let activity = Arc::new(Activity::new(!h2, server.responses.clone()));
     let io = ActivityIo::new(accepted.stream, activity.clone());
@@ -101,9 +102,10 @@ pub async fn serve_connection(
         }
         let act = act.clone();
         async move {
-            let resp = proxy.handle(&conn, req).await;
+            let mut resp = proxy.handle(&conn, req).await;
             drop(guard);
-            Ok::<_, Infallible>(resp.map(|b| Outbound::new(b, act)))
+            let access = resp.extensions_mut().remove::<Pending>();
+            Ok::<_, Infallible>(resp.map(|b| Outbound::new(b, act).with_access(access)))
         }
     });
     if h2 {

@@ -28,6 +28,7 @@ use std::task::{Context, Poll, ready};
 
 use super::budget::Budget;
 use super::watchdog::Activity;
+use crate::proxy::Pending;
 use bytes::{Buf, Bytes};
 use hyper::body::{Body, Frame, SizeHint};
 
@@ -95,6 +96,15 @@ pub struct Outbound<B> {
     /// A chunk that did not fit in the budget yet, and the wait for room.
     held: Option<Bytes>,
     wait: Option<Wait>,
+    /// The request's access-log line, written when this body is done; with the bytes
+    /// handed out so far and whether the end was reached.
+    access: Option<Box<Access>>,
+}
+
+struct Access {
+    record: Pending,
+    bytes: u64,
+    complete: bool,
 }
 
 impl<B: Body> Outbound<B> {
@@ -110,7 +120,20 @@ impl<B: Body> Outbound<B> {
             owed,
             held: None,
             wait: None,
+            access: None,
         }
+    }
+
+    /// Writes `record` to the access log when the body is done.
+    pub fn with_access(mut self, record: Option<Pending>) -> Self {
+        self.access = record.map(|record| {
+            Box::new(Access {
+                record,
+                bytes: 0,
+                complete: self.inner.is_end_stream(),
+            })
+        });
+        self
     }
 }
 
@@ -118,6 +141,9 @@ impl<B> Drop for Outbound<B> {
     fn drop(&mut self) {
         if self.owed {
             self.activity.settle();
+        }
+        if let Some(a) = self.access.take() {
+            a.record.0.finish(a.bytes, a.complete);
         }
     }
 }
@@ -198,12 +224,21 @@ where
                     }
                 },
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => return Poll::Ready(None),
+                None => {
+                    if let Some(a) = this.access.as_mut() {
+                        a.complete = true;
+                    }
+                    return Poll::Ready(None);
+                }
             },
         };
         let Some(m) = this.meter(bytes, cx) else {
             return Poll::Pending;
         };
+        if let Some(a) = this.access.as_mut() {
+            a.bytes += m.bytes.len() as u64;
+            a.complete = this.inner.is_end_stream();
+        }
         // Handed out: owed until the connection asks again (unless that was the end).
         if !this.inner.is_end_stream() {
             this.owed = true;

@@ -228,6 +228,8 @@ pub struct Accepted {
     /// The negotiated ALPN protocol is `h2`.
     pub h2: bool,
     pub resumed: bool,
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub tls_version: &'static str,
 }
 
 /// The TLS alert record `fatal unrecognized_name` (RFC 6066), sent before dropping a
@@ -294,6 +296,11 @@ async fn handshake(tcp: TcpStream, material: &TlsMaterial) -> Result<Accepted, H
     let (_, conn) = stream.get_ref();
     let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let h2 = conn.alpn_protocol() == Some(b"h2");
+    let tls_version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "-",
+    };
     let identity = match conn.peer_certificates().and_then(|c| c.first()) {
         Some(leaf) => Some(
             material
@@ -308,5 +315,6 @@ async fn handshake(tcp: TcpStream, material: &TlsMaterial) -> Result<Accepted, H
         sni,
         h2,
         resumed,
+        tls_version,
     })
 }

@@ -332,7 +332,11 @@ impl TlsConn {
         let task = tokio::spawn(async move {
             let _ = conn.await;
         });
-        H1 { sender, task }
+        H1 {
+            sender,
+            task,
+            ended: false,
+        }
     }
 }
 
@@ -372,6 +376,8 @@ impl RawResponse {
 pub struct H1 {
     sender: SendRequest<Full<Bytes>>,
     task: JoinHandle<()>,
+    /// The connection's task has been awaited to its end.
+    ended: bool,
 }
 
 impl Drop for H1 {
@@ -383,12 +389,16 @@ impl Drop for H1 {
 impl H1 {
     /// Sends `method path` with `Host: localhost` unless `headers` sets one. `Err` when the
     /// connection failed or was closed.
+    ///
+    /// The response is awaited together with the connection's task: hyper's client can
+    /// leave a request sent just as the server closes the connection pending forever, so
+    /// the connection ending is an answer too.
     pub async fn send(
         &mut self,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
-    ) -> Result<Resp, hyper::Error> {
+    ) -> Result<Resp, String> {
         let mut b = http::Request::builder().method(method).uri(path);
         if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
             b = b.header("host", "localhost");
@@ -397,12 +407,28 @@ impl H1 {
             b = b.header(*k, *v);
         }
         let req = b.body(Full::new(Bytes::new())).expect("request");
-        within("h1 connection ready", self.sender.ready()).await?;
-        let resp = within("h1 response", self.sender.send_request(req)).await?;
+        if self.ended {
+            return Err("connection closed".into());
+        }
+        within("h1 connection ready", self.sender.ready())
+            .await
+            .map_err(|e| e.to_string())?;
+        let sent = self.sender.send_request(req);
+        let resp = within("h1 response", async {
+            tokio::select! {
+                r = sent => r.map_err(|e| e.to_string()),
+                _ = &mut self.task => {
+                    self.ended = true;
+                    Err("connection closed before the response".to_string())
+                }
+            }
+        })
+        .await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = within("h1 body", resp.into_body().collect())
-            .await?
+            .await
+            .map_err(|e| e.to_string())?
             .to_bytes();
         Ok(Resp {
             status,
@@ -413,10 +439,12 @@ impl H1 {
 
     /// Waits up to `limit` for the server to close the connection; true when it did.
     pub async fn wait_closed(&mut self, limit: Duration) -> bool {
-        if self.task.is_finished() {
+        if self.ended || self.task.is_finished() {
             return true;
         }
-        tokio::time::timeout(limit, &mut self.task).await.is_ok()
+        let closed = tokio::time::timeout(limit, &mut self.task).await.is_ok();
+        self.ended |= closed;
+        closed
     }
 
     /// `GET path` on a connection whose certificate may just have been revoked or reset:

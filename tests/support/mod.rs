@@ -13,6 +13,7 @@ pub mod client;
 pub mod enroll;
 pub mod gateway;
 pub mod pki;
+pub mod process;
 pub mod redis;
 pub mod upstream;
 pub mod wsgi;
