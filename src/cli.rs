@@ -47,6 +47,13 @@ pub enum Command {
     },
     /// Validate the configuration (files, keys, addresses) without binding anything.
     CheckConfig,
+    /// Ask a running gateway whether it is ready (`GET /readyz` on `metrics.listen`):
+    /// exit 0 when it answers 200, 1 otherwise. For container health checks.
+    Health {
+        /// The probe URL (default: http://<metrics.listen>/readyz from the config).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Write a development PKI (server certificate for localhost, enrollment CA), an admin
     /// token and a configuration that uses them.
     Init {
@@ -150,6 +157,7 @@ pub fn run() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
         Command::CheckConfig => check_config(&cli.config),
+        Command::Health { ref url } => health(&cli.config, url.as_deref()),
         Command::Run { create_store } => run_gateway(&cli.config, create_store),
         Command::Init { ref dir, force } => init(dir, force),
         Command::Demo { ref dir } => run_demo(dir),
@@ -219,6 +227,83 @@ fn init_tracing(cfg: &crate::config::LogConfig) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+fn health(config: &Path, url: Option<&str>) -> ExitCode {
+    let target = match url {
+        Some(u) => u.to_string(),
+        None => {
+            let cfg = match load(config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let mut addr = cfg.metrics.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(if addr.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            format!("http://{addr}/readyz")
+        }
+    };
+    match probe(&target) {
+        Ok((200, body)) => {
+            println!("ready: {target} answered 200 {}", body.trim());
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!(
+                "certgate: not ready: {target} answered {status} {}",
+                body.trim()
+            );
+            ExitCode::from(EXIT_RUNTIME)
+        }
+        Err(e) => {
+            eprintln!("certgate: not ready: {target}: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// One plain-HTTP GET (the probe endpoints never need more): status and body.
+fn probe(url: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs are probed (the metrics listener is plain HTTP)")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/readyz"),
+    };
+    let timeout = std::time::Duration::from_secs(3);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .map_err(|e| format!("cannot resolve {authority}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("cannot resolve {authority}"))?;
+    let mut tcp = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let _ = tcp.set_read_timeout(Some(timeout));
+    let _ = tcp.set_write_timeout(Some(timeout));
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("cannot send: {e}"))?;
+    let mut buf = Vec::new();
+    tcp.take(64 * 1024)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("no answer: {e}"))?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| text.strip_prefix("HTTP/1.0 "))
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
+        .ok_or("not an HTTP answer")?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_string()))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {

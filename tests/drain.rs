@@ -220,3 +220,44 @@ async fn a_second_signal_skips_the_lame_duck_wait() {
     let log = gw.log.lock().unwrap();
     assert!(log.contains("lame-duck wait skipped"), "{log}");
 }
+
+/// `certgate health` (the container health check): 0 while ready, 1 in the lame duck and
+/// when nothing answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_readyz() {
+    let p = Prepared::new(Options {
+        extra: "shutdown:\n  drain_delay: 60s\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let gw = start(&p);
+    let health = |url: Option<String>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_certgate"));
+        cmd.arg("--config").arg(&p.config_path).arg("health");
+        if let Some(u) = url {
+            cmd.arg("--url").arg(u);
+        }
+        cmd.env_remove("CERTGATE_CONFIG")
+            .output()
+            .expect("certgate health")
+    };
+    let url = format!("http://{}/readyz", gw.metrics);
+    let out = tokio::task::block_in_place(|| health(Some(url.clone())));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // Without --url, from the config: the harness's metrics.listen is port 0, so the
+    // probe finds nothing there and says so.
+    let out = tokio::task::block_in_place(|| health(None));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not ready"),
+        "{out:?}"
+    );
+    gw.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = tokio::task::block_in_place(|| health(Some(url.clone())));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("503"),
+        "{out:?}"
+    );
+}
