@@ -279,11 +279,11 @@ pub(crate) fn build_runtime(
     previous: Option<&Runtime>,
 ) -> Result<Runtime, AppError> {
     let material = Arc::new(TlsMaterial::from_config(config)?);
-    if let Some(next) = config.client_auth.crl_deadline() {
-        metrics
-            .crl_next_update
-            .set(next - crate::core::clock::now());
-    }
+    // The Unix time of the earliest nextUpdate (a timestamp stays right between reloads;
+    // 0 = no CRL configured).
+    metrics
+        .crl_next_update
+        .set(config.client_auth.crl_deadline().unwrap_or(0));
     let own = Arc::new(Enrollment::reloaded(
         config,
         cache.clone(),

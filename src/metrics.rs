@@ -40,6 +40,8 @@ pub mod names {
     pub const CLIENT_CERT_NOT_AFTER: &str = "certgate_client_cert_not_after_seconds";
     pub const CRL_NEXT_UPDATE: &str = "certgate_crl_next_update_seconds";
     pub const ADMIN_REQUESTS: &str = "certgate_admin_requests";
+    pub const HTTP_REQUESTS: &str = "certgate_http_requests";
+    pub const HTTP_REQUEST_DURATION: &str = "certgate_http_request_duration_seconds";
 }
 
 /// The per-request decision, also the `decision` label and the refusal's `error` token.
@@ -143,6 +145,36 @@ pub struct OutcomeLabels {
     pub result: Outcome,
 }
 
+/// `certgate_http_requests_total` and its duration: by method (the common ones, else
+/// `other`) and status class.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: &'static str,
+    pub status_class: &'static str,
+}
+
+const HTTP_METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "other",
+];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn method_index(m: &http::Method) -> usize {
+    match *m {
+        http::Method::GET => 0,
+        http::Method::POST => 1,
+        http::Method::PUT => 2,
+        http::Method::DELETE => 3,
+        http::Method::PATCH => 4,
+        http::Method::HEAD => 5,
+        http::Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+fn http_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdminLabels {
     pub route: &'static str,
@@ -181,6 +213,9 @@ pub struct Metrics {
     pub client_cert_not_after: Histogram,
     pub crl_next_update: Gauge,
     pub admin_requests: Family<AdminLabels, Counter>,
+    /// `[method][status class]`, every one present from the start.
+    http_requests: Arc<[[Counter; 5]; 8]>,
+    http_request_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
     registry: Arc<Registry>,
 }
 
@@ -323,11 +358,36 @@ impl Metrics {
         let crl_next_update = register(
             &mut r,
             CRL_NEXT_UPDATE,
-            "Seconds until the earliest nextUpdate of the configured CRLs (negative: expired)",
+            "Unix time of the earliest nextUpdate of the configured CRLs (0: no CRL configured)",
             Gauge::default(),
         );
         let admin_requests = Family::<AdminLabels, Counter>::default();
         r.register(ADMIN_REQUESTS, "Admin API requests", admin_requests.clone());
+        let http_family = Family::<HttpLabels, Counter>::default();
+        r.register(
+            HTTP_REQUESTS,
+            "Data-plane requests by method and status class",
+            http_family.clone(),
+        );
+        let http_requests = Arc::new(HTTP_METHODS.map(|method| {
+            STATUS_CLASSES.map(|status_class| {
+                http_family
+                    .get_or_create(&HttpLabels {
+                        method,
+                        status_class,
+                    })
+                    .clone()
+            })
+        }));
+        let http_request_duration =
+            Family::<HttpLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                http_histogram,
+            );
+        r.register(
+            HTTP_REQUEST_DURATION,
+            "Data-plane request duration (request head to response head) by method and status class",
+            http_request_duration.clone(),
+        );
         let decisions = Arc::new(
             Decision::ALL
                 .map(|decision| requests.get_or_create(&DecisionLabels { decision }).clone()),
@@ -355,6 +415,8 @@ impl Metrics {
             client_cert_not_after,
             crl_next_update,
             admin_requests,
+            http_requests,
+            http_request_duration,
             registry: Arc::new(r),
         }
     }
@@ -369,6 +431,19 @@ impl Metrics {
 
     pub fn count_h2_abuse(&self, kind: FloodKind) {
         self.h2_abuse.get_or_create(&H2AbuseLabels { kind }).inc();
+    }
+
+    /// One data-plane request: `certgate_http_requests_total` and its duration.
+    pub fn count_http(&self, method: &http::Method, status: u16, seconds: f64) {
+        let m = method_index(method);
+        let c = usize::from(status / 100).clamp(1, 5) - 1;
+        self.http_requests[m][c].inc();
+        self.http_request_duration
+            .get_or_create(&HttpLabels {
+                method: HTTP_METHODS[m],
+                status_class: STATUS_CLASSES[c],
+            })
+            .observe(seconds);
     }
 
     pub fn count_decision(&self, decision: Decision) {

@@ -490,3 +490,34 @@ fn version_names_the_commit() {
         format!("certgate {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// `CERTGATE_UPSTREAM_URL` and `CERTGATE_PUBLIC_URL` replace the file's values and are
+/// validated like them.
+#[tokio::test]
+async fn environment_overrides_upstream_and_public_url() {
+    let p = Prepared::new(Options::default()).await;
+    let path = p.config_path.to_str().expect("utf-8 path");
+    let args = ["--config", path, "check-config"];
+    let ok = certgate(
+        &args,
+        &[
+            ("CERTGATE_UPSTREAM_URL", "http://app.internal:8080"),
+            ("CERTGATE_PUBLIC_URL", "https://gateway.example.com"),
+        ],
+    );
+    assert_eq!(ok.status.code(), Some(0), "{}", describe(&ok));
+    let bad = certgate(&args, &[("CERTGATE_UPSTREAM_URL", "ftp://nope")]);
+    assert_eq!(bad.status.code(), Some(2), "{}", describe(&bad));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("upstream.url"),
+        "{}",
+        describe(&bad)
+    );
+    let bad = certgate(&args, &[("CERTGATE_PUBLIC_URL", "not a url")]);
+    assert_eq!(bad.status.code(), Some(2), "{}", describe(&bad));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("public_url"),
+        "{}",
+        describe(&bad)
+    );
+}

@@ -56,11 +56,32 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     from_yaml(&text, path)
 }
 
+/// `CERTGATE_UPSTREAM_URL` and `CERTGATE_PUBLIC_URL`, when set and not empty, replace
+/// `upstream.url` and `enrollment.public_url` of the file (one image, many deployments).
+/// They are validated like the keys they replace.
+fn with_env_overrides(mut f: FileConfig) -> FileConfig {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let spanned = |v: String| {
+        serde_saphyr::Spanned::new(
+            v,
+            serde_saphyr::Location::UNKNOWN,
+            serde_saphyr::Location::UNKNOWN,
+        )
+    };
+    if let Some(url) = env("CERTGATE_UPSTREAM_URL") {
+        f.upstream.get_or_insert_default().url = Some(spanned(url));
+    }
+    if let Some(url) = env("CERTGATE_PUBLIC_URL") {
+        f.enrollment.get_or_insert_default().public_url = Some(spanned(url));
+    }
+    f
+}
+
 /// Parses and validates YAML `text` as if it were the file `path`: relative paths inside
 /// are resolved against `path`'s folder, and errors name `path`.
 pub fn from_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let index = KeyIndex::new(text);
-    let file = parse(text, path, &index)?;
+    let file = with_env_overrides(parse(text, path, &index)?);
     // Absolute, so a later change of working directory cannot move the files.
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,

@@ -506,6 +506,8 @@ impl Proxy {
         let elapsed = start.at.elapsed();
         self.metrics.count_decision(decision);
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
+        self.metrics
+            .count_http(&start.method, resp.status().as_u16(), elapsed.as_secs_f64());
         let upstream = resp.extensions_mut().remove::<UpstreamInfo>();
         if let Some(id) = &start.request_id
             && let http::header::Entry::Vacant(e) = resp.headers_mut().entry(&X_REQUEST_ID)
