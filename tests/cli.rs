@@ -521,3 +521,41 @@ async fn environment_overrides_upstream_and_public_url() {
         describe(&bad)
     );
 }
+
+/// A minimal config next to the one `certgate init` wrote finds the enrollment CA and the
+/// admin token where init put them (`../certs/`, `../secrets/`), and a missing default
+/// names both places it looked.
+#[tokio::test]
+async fn default_paths_agree_with_the_init_layout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().join("dev");
+    let out = certgate(&["init", "--dir", d.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let minimal = d.join("config/minimal.yaml");
+    std::fs::write(
+        &minimal,
+        "listen: \"127.0.0.1:0\"\n\
+         tls:\n  cert: ../certs/server.pem\n  key: ../certs/server.key\n\
+         upstream:\n  url: \"http://127.0.0.1:9\"\n\
+         state:\n  backend: embedded\n  path: ../data/minimal.db\n\
+         enrollment:\n  enabled: true\n  public_url: \"https://localhost:8443\"\n",
+    )
+    .unwrap();
+    let out = check_config(&minimal);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+
+    std::fs::remove_file(d.join("secrets/admin-token")).unwrap();
+    let out = check_config(&minimal);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let here = d.join("config/secrets/admin-token");
+    let init = d.join("config/../secrets/admin-token");
+    assert!(
+        err.contains("admin.token_file")
+            && err.contains(&here.display().to_string())
+            && (err.contains(&init.display().to_string())
+                || err.contains(&d.join("secrets/admin-token").display().to_string())),
+        "{}",
+        describe(&out)
+    );
+}

@@ -241,7 +241,24 @@ impl Ctx<'_> {
         if text.trim().is_empty() {
             return Err(self.fail(key, line, "the path must not be empty"));
         }
+        if v.is_none()
+            && let Some(init) = self.init_layout(text)
+        {
+            return Ok((init, line));
+        }
         Ok((self.dir.join(text), line))
+    }
+
+    /// A default key path (`certs/…`, `secrets/…`) that is missing next to the config file
+    /// but present where `certgate init` writes it: the config in `DIR/config/`, the keys
+    /// in `DIR/certs/` and `DIR/secrets/`.
+    fn init_layout(&self, default: &str) -> Option<PathBuf> {
+        if !(default.starts_with("certs/") || default.starts_with("secrets/")) {
+            return None;
+        }
+        let here = self.dir.join(default);
+        let init = self.dir.parent()?.join(default);
+        (!here.exists() && init.exists()).then_some(init)
     }
 
     fn read(
@@ -253,7 +270,23 @@ impl Ctx<'_> {
     ) -> Result<Vec<u8>, ConfigError> {
         use super::read::{MAX_FILE_BYTES, ReadError, regular_file};
         regular_file(path, MAX_FILE_BYTES).map_err(|e| match e {
-            ReadError::NotFound(_) => self.fail(key, line, format!("{e}{missing_hint}")),
+            ReadError::NotFound(_) => {
+                // A default path: say where else it was looked for.
+                let also = path
+                    .strip_prefix(&self.dir)
+                    .ok()
+                    .filter(|rel| rel.starts_with("certs") || rel.starts_with("secrets"))
+                    .and_then(|rel| Some(self.dir.parent()?.join(rel)))
+                    .map(|p| {
+                        format!(
+                            " (nor {}, where `certgate init` writes it when the config is \
+                             in its config/ folder)",
+                            p.display()
+                        )
+                    })
+                    .unwrap_or_default();
+                self.fail(key, line, format!("{e}{also}{missing_hint}"))
+            }
             other => self.fail(key, line, other.to_string()),
         })
     }
