@@ -112,6 +112,30 @@ impl Forcer {
     }
 }
 
+/// The store as a log line names it: the file, or the Redis address(es) without any
+/// password.
+pub fn describe_store(backend: &StateBackend) -> String {
+    match backend {
+        StateBackend::Embedded { path } => format!("embedded {}", path.display()),
+        StateBackend::Redis(r) => {
+            let urls: Vec<String> = if r.urls.is_empty() {
+                vec![redact(&r.url)]
+            } else {
+                r.urls.iter().map(|u| redact(u)).collect()
+            };
+            format!("redis {}", urls.join(", "))
+        }
+    }
+}
+
+/// `url` with its user and password replaced by `***`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
 /// Opens the configured state backend.
 pub fn open_store(cfg: &Config) -> Result<Arc<dyn StateStore>, AppError> {
     match &cfg.state.backend {
@@ -164,7 +188,14 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
     if let Some(every) = store.probe_interval() {
         store_tasks.push(tokio::spawn(prober(cache.clone(), every)));
     }
-    cache.probe().await;
+    if let Err(e) = cache.probe_result().await {
+        tracing::error!(
+            store = %describe_store(&config.state.backend),
+            error = %e,
+            "the state store does not answer at start: protected requests get 503 and \
+             /readyz says not_ready until it does (certgate keeps trying)"
+        );
+    }
 
     let runtime = build_runtime(&config, &cache, &metrics, None)?;
 
@@ -334,5 +365,18 @@ async fn sweeper(store: Arc<dyn StateStore>, cache: Arc<StateCache>) {
         }
         // Keep readiness and certgate_state_store_up current even without traffic.
         cache.probe().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn store_urls_lose_their_credentials() {
+        assert_eq!(
+            super::redact("redis://:s3cret@db:6379/0"),
+            "redis://***@db:6379/0"
+        );
+        assert_eq!(super::redact("rediss://user:p@ss@a:1"), "rediss://***@a:1");
+        assert_eq!(super::redact("redis://b:2/1"), "redis://b:2/1");
     }
 }

@@ -559,3 +559,27 @@ async fn default_paths_agree_with_the_init_layout() {
         describe(&out)
     );
 }
+
+/// Redis unreachable at start is an ERROR naming the store (without its password) and
+/// the failure, not a quiet warning.
+#[tokio::test]
+async fn an_unreachable_redis_at_start_is_an_error_naming_it() {
+    let port = support::closed_port().await.port();
+    let p = Prepared::new(Options {
+        redis_url: Some(format!("redis://:hunter2@127.0.0.1:{port}/0")),
+        ..Options::default()
+    })
+    .await;
+    let gw = support::process::start(&p);
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("does not answer at start"))
+        .unwrap_or_else(|| panic!("no start error in:\n{log}"));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains(&format!("redis://***@127.0.0.1:{port}/0")),
+        "{line}"
+    );
+    assert!(!log.contains("hunter2"), "password logged:\n{log}");
+}

@@ -541,7 +541,7 @@ impl StateCache {
                         h.next_trial = Some(now + RETRY_WHILE_DOWN);
                     }
                     self.metrics.state_store_outages.inc();
-                    tracing::warn!(
+                    tracing::error!(
                         error = %e,
                         on_error = self.on_error.as_str(),
                         "state store outage: the store does not answer; cached answers are \
@@ -574,9 +574,14 @@ impl StateCache {
 
     /// Pings the store; updates readiness and `certgate_state_store_up`.
     pub async fn probe(&self) -> bool {
+        self.probe_result().await.is_ok()
+    }
+
+    /// [`StateCache::probe`], with the store's error.
+    pub async fn probe_result(&self) -> Result<(), StoreError> {
         let r = self.store.ping().await;
         self.note(&r);
-        r.is_ok()
+        r
     }
 
     /// Follows the invalidation events of the store: returns the sender to hand to
