@@ -1,5 +1,6 @@
 //! Records the commit certgate is built from (`certgate_build_info`, `--version`):
-//! `git rev-parse` when building from a checkout, else `CERTGATE_COMMIT`, else "unknown".
+//! `CERTGATE_COMMIT` when set (a container build has no .git), else `git rev-parse` in a
+//! checkout, else "unknown".
 
 use std::process::Command;
 
