@@ -216,6 +216,9 @@ pub struct Metrics {
     /// `[method][status class]`, every one present from the start.
     http_requests: Arc<[[Counter; 5]; 8]>,
     http_request_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    /// Handles into `http_request_duration`, each made on its first request (a series
+    /// appears once it has data), so a request takes no lock or hash.
+    http_durations: Arc<[[std::sync::OnceLock<Histogram>; 5]; 8]>,
     registry: Arc<Registry>,
 }
 
@@ -417,6 +420,7 @@ impl Metrics {
             admin_requests,
             http_requests,
             http_request_duration,
+            http_durations: Arc::default(),
             registry: Arc::new(r),
         }
     }
@@ -438,10 +442,14 @@ impl Metrics {
         let m = method_index(method);
         let c = usize::from(status / 100).clamp(1, 5) - 1;
         self.http_requests[m][c].inc();
-        self.http_request_duration
-            .get_or_create(&HttpLabels {
-                method: HTTP_METHODS[m],
-                status_class: STATUS_CLASSES[c],
+        self.http_durations[m][c]
+            .get_or_init(|| {
+                self.http_request_duration
+                    .get_or_create(&HttpLabels {
+                        method: HTTP_METHODS[m],
+                        status_class: STATUS_CLASSES[c],
+                    })
+                    .clone()
             })
             .observe(seconds);
     }
@@ -475,6 +483,25 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_requests_by_method_and_status_class() {
+        let m = Metrics::new();
+        m.count_http(&http::Method::GET, 200, 0.001);
+        m.count_http(&http::Method::GET, 204, 0.002);
+        m.count_http(&http::Method::from_bytes(b"PROPFIND").unwrap(), 503, 0.003);
+        let text = m.encode();
+        for want in [
+            "certgate_http_requests_total{method=\"GET\",status_class=\"2xx\"} 2",
+            "certgate_http_requests_total{method=\"other\",status_class=\"5xx\"} 1",
+            // Present at 0 from the start.
+            "certgate_http_requests_total{method=\"POST\",status_class=\"4xx\"} 0",
+            "certgate_http_request_duration_seconds_count{method=\"GET\",status_class=\"2xx\"} 2",
+            "certgate_http_request_duration_seconds_count{method=\"other\",status_class=\"5xx\"} 1",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+    }
 
     #[test]
     fn names_are_exported_with_design_names() {

@@ -122,6 +122,7 @@ pub struct Start {
     pub method: Method,
     pub uri: Uri,
     pub version: Version,
+    /// The `Host` header; an HTTP/2 `:authority` (in `uri`) wins when the line is written.
     pub host: Option<HeaderValue>,
     pub user_agent: Option<HeaderValue>,
     pub request_id: Option<HeaderValue>,
@@ -135,11 +136,7 @@ impl Start {
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
-            host: req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                .or_else(|| h.get(http::header::HOST).cloned()),
+            host: h.get(http::header::HOST).cloned(),
             user_agent: h.get(http::header::USER_AGENT).cloned(),
             request_id,
         }
@@ -213,7 +210,11 @@ impl Record {
             request_id: text(&s.request_id),
             method: s.method.as_str(),
             path: s.uri.path(),
-            host: text(&s.host),
+            host: s
+                .uri
+                .authority()
+                .map(|a| a.as_str().to_string())
+                .or_else(|| text(&s.host)),
             protocol: protocol(s.version),
             user_agent: ua,
             bytes_in: up.map_or(0, |u| u.body.bytes.load(Ordering::Relaxed)),
