@@ -31,10 +31,12 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("cannot listen on {what} {addr}: {source}")]
+    #[error("cannot listen on {addr} ({what}, {at}): {source}{}", bind_hint(what, *addr, source))]
     Bind {
         what: &'static str,
         addr: SocketAddr,
+        /// Where `what` is set: `file:line`, or the file when the default applies.
+        at: String,
         source: std::io::Error,
     },
     #[error("state store: {0}")]
@@ -45,6 +47,27 @@ pub enum AppError {
     Enroll(#[from] EnrollError),
     #[error("upstream: {0}")]
     Proxy(#[from] crate::proxy::ProxyError),
+}
+
+/// What to do about a listener that cannot bind.
+fn bind_hint(what: &str, addr: SocketAddr, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "; another program holds the port (`ss -ltnp 'sport = :{port}'` names it): \
+             stop it, or set {what} to a free address",
+            port = addr.port()
+        ),
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+            "; ports below 1024 need CAP_NET_BIND_SERVICE (the shipped systemd unit grants \
+             it) or root; or set {what} to a port from 1024 up"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => format!(
+            "; {ip} is not an address of this machine: set {what} to one of its addresses, \
+             or 0.0.0.0 for all",
+            ip = addr.ip()
+        ),
+        _ => String::new(),
+    }
 }
 
 /// A running gateway. Drop without `shutdown` leaves the tasks running until the runtime
@@ -199,10 +222,16 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
 
     let runtime = build_runtime(&config, &cache, &metrics, None)?;
 
+    let config_file = config.source.as_path();
     let bind = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
-            .map_err(|source| AppError::Bind { what, addr, source })
+            .map_err(|source| AppError::Bind {
+                what,
+                addr,
+                at: crate::config::key_location(config_file, what),
+                source,
+            })
     };
     let listener = bind("listen", config.listen).await?;
     let admin_listener = bind("admin.listen", config.admin.listen).await?;

@@ -583,3 +583,42 @@ async fn an_unreachable_redis_at_start_is_an_error_naming_it() {
     );
     assert!(!log.contains("hunter2"), "password logged:\n{log}");
 }
+
+/// A port that is taken names the key, the file and line it is set at, and how to find
+/// the program that holds it.
+#[tokio::test]
+async fn a_port_in_use_names_the_key_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().join("dev");
+    let out = certgate(&["init", "--dir", d.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().unwrap().port();
+    let yaml = format!(
+        "tls:\n  cert: ../certs/server.pem\n  key: ../certs/server.key\n\
+         upstream:\n  url: \"http://127.0.0.1:9\"\n\
+         state:\n  backend: embedded\n  path: ../data/ports.db\n\
+         listen: \"127.0.0.1:{port}\"\n\
+         enrollment:\n  public_url: \"https://localhost:{port}\"\n"
+    );
+    let path = d.join("config/ports.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let out = match run_until_listening(&path, &["--create-store"]) {
+        Ok(mut child) => {
+            let _ = child.kill();
+            panic!("certgate listened on a port that is taken");
+        }
+        Err(out) => out,
+    };
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let at = format!("(listen, {}:{})", path.display(), line_of(&yaml, "listen:"));
+    assert!(err.contains(&at), "{at} missing: {}", describe(&out));
+    assert!(
+        err.contains(&format!("ss -ltnp 'sport = :{port}'"))
+            && err.contains("set listen to a free address"),
+        "{}",
+        describe(&out)
+    );
+    drop(taken);
+}

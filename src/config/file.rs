@@ -45,12 +45,24 @@ use crate::core::identity::AccountSource;
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    use super::read::ReadError;
     let text = super::read::regular_text(path, super::read::MAX_CONFIG_BYTES).map_err(|e| {
+        let message = match e {
+            ReadError::NotFound(_) => format!(
+                "no such config file ({}); name yours with --config PATH or \
+                 CERTGATE_CONFIG, or write one with `certgate init` (config/certgate.yaml \
+                 in the folder it is given)",
+                std::path::absolute(path)
+                    .unwrap_or_else(|_| path.to_path_buf())
+                    .display()
+            ),
+            e => format!("cannot read the config file: {e}"),
+        };
         ConfigError {
             file: path.to_path_buf(),
             line: None,
             key: "(file)".into(),
-            message: format!("cannot read the config file: {e}"),
+            message,
         }
     })?;
     from_yaml(&text, path)

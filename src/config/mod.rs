@@ -11,6 +11,7 @@ pub mod file;
 pub mod read;
 pub mod schema;
 pub mod units;
+mod warn;
 mod yaml;
 
 use std::net::SocketAddr;
@@ -23,9 +24,26 @@ use crate::core::identity::AccountSource;
 
 pub use file::load;
 
+/// Where `key` is written in the config file at `path`: `file:line`, or just the file when
+/// the key is not written there (its default applies) or the file cannot be read now.
+pub fn key_location(path: &std::path::Path, key: &str) -> String {
+    let line = read::regular_text(path, read::MAX_CONFIG_BYTES)
+        .ok()
+        .and_then(|text| yaml::KeyIndex::new(&text).line_of_exact(key));
+    match line {
+        Some(l) => format!("{}:{l}", path.display()),
+        None => format!("{} (default)", path.display()),
+    }
+}
+
 /// A configuration error, always pointing at the file and key it comes from.
+/// Shown as `file:line: key: message`; an error about the whole file is `file: message`.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}{}: {key}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+#[error(
+    "{file}{}: {}{message}",
+    line.map(|l| format!(":{l}")).unwrap_or_default(),
+    if key == "(file)" { String::new() } else { format!("{key}: ") }
+)]
 pub struct ConfigError {
     /// The config file.
     pub file: PathBuf,
@@ -202,6 +220,7 @@ impl Config {
                     .to_string(),
             );
         }
+        out.extend(warn::public_url(self));
         out
     }
 }

@@ -224,3 +224,112 @@ pub mod defaults {
     pub const DRAIN_DELAY_MS: u64 = 2_000;
     pub const SHUTDOWN_TIMEOUT: u64 = 30;
 }
+
+/// Every key of every section, as written (`""` is the top level): for "did you mean" and
+/// "indent it under" hints. A unit test checks each list against what the parser accepts.
+pub const KEYS: &[(&str, &[&str])] = &[
+    (
+        "",
+        &[
+            "listen",
+            "listen_proxy_protocol",
+            "server_names",
+            "tls",
+            "client_auth",
+            "identity",
+            "upstream",
+            "routes",
+            "headers",
+            "state",
+            "enrollment",
+            "admin",
+            "metrics",
+            "limits",
+            "shutdown",
+            "log",
+        ],
+    ),
+    ("tls", &["cert", "key", "min_version", "session_resumption"]),
+    ("client_auth", &["mode", "trusted_cas", "crls"]),
+    (
+        "identity",
+        &[
+            "account_from",
+            "uri_prefix",
+            "session_cookie",
+            "session_cookie_ttl",
+        ],
+    ),
+    (
+        "upstream",
+        &[
+            "url",
+            "connect_timeout",
+            "response_timeout",
+            "pool_idle_timeout",
+            "pool_max_idle_per_host",
+        ],
+    ),
+    ("routes", &["public", "public_upgrades"]),
+    (
+        "headers",
+        &["xfcc", "underscores", "request_id", "assertion"],
+    ),
+    (
+        "headers.assertion",
+        &["audience", "issuer", "ttl", "key_file", "previous_key_file"],
+    ),
+    (
+        "state",
+        &["backend", "path", "redis", "cache", "on_error", "max_stale"],
+    ),
+    (
+        "state.redis",
+        &[
+            "mode",
+            "url",
+            "urls",
+            "sentinel_master",
+            "password_file",
+            "tls_ca_file",
+            "key_prefix",
+            "timeout",
+        ],
+    ),
+    ("state.cache", &["ttl", "max_entries"]),
+    (
+        "enrollment",
+        &[
+            "enabled",
+            "ca_cert",
+            "ca_key",
+            "validity",
+            "ticket_ttl",
+            "public_url",
+        ],
+    ),
+    ("admin", &["listen", "token_file"]),
+    ("metrics", &["listen"]),
+    (
+        "limits",
+        &[
+            "max_connections",
+            "handshake_timeout",
+            "header_read_timeout",
+            "max_header_bytes",
+            "idle_timeout",
+            "h2_max_concurrent_streams",
+            "max_connection_age",
+            "send_timeout",
+            "response_buffer",
+            "h2_control_frames_per_second",
+        ],
+    ),
+    ("shutdown", &["drain_delay", "timeout"]),
+    ("log", &["format", "level", "access"]),
+];
+
+/// The keys of section `path` (`""` for the top level), when it is a section.
+pub fn keys_of(path: &str) -> Option<&'static [&'static str]> {
+    KEYS.iter().find(|(p, _)| *p == path).map(|(_, k)| *k)
+}

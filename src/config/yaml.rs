@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::ConfigError;
-use super::schema::{FileConfig, S};
+use super::schema::{FileConfig, KEYS, S, keys_of};
 
 pub(super) fn parse(text: &str, path: &Path, index: &KeyIndex) -> Result<FileConfig, ConfigError> {
     use serde_saphyr::MessageFormatter;
@@ -27,19 +27,37 @@ pub(super) fn parse(text: &str, path: &Path, index: &KeyIndex) -> Result<FileCon
     let mut key = line
         .and_then(|l| index.path_at(l))
         .unwrap_or_else(|| "(file)".to_string());
-    if let Some(field) = between(&message, "unknown field `", "`") {
+    if let Some(field) = between(&message, "unknown field `", "`").map(str::to_string) {
         // In a flow mapping (`tls: {cert: a, bad: b}`) the line names only the parent.
-        if key.rsplit('.').next() != Some(field) {
+        if key.rsplit('.').next() != Some(field.as_str()) {
             key = if key == "(file)" {
                 field.to_string()
             } else {
                 format!("{key}.{field}")
             };
         }
-    } else if !message.starts_with("duplicate")
-        && let Some(found) = location.and_then(|l| text_at(text, l.line(), l.column()))
-    {
-        message = format!("{message} (found `{found}`)");
+        message = unknown_key_message(&message, &key, &field, line, index);
+    } else if message.starts_with("duplicate") {
+        message = duplicate_key_message(&message, &key, line, index);
+    } else {
+        let found = location.and_then(|l| text_at(text, l.line(), l.column()));
+        message = match (message.as_str(), found) {
+            ("expected sequence start", Some(found)) => format!(
+                "expected a list, found `{found}`: write `[{found}]`, or one `- {found}` \
+                 per line below the key"
+            ),
+            ("expected sequence start", None) => {
+                "expected a list: write `[a, b]`, or one `- item` per line below the key"
+                    .to_string()
+            }
+            (m, Some(found))
+                if m.starts_with("expected mapping start") || m.contains("expected struct") =>
+            {
+                format!("expected a section (keys indented below `{key}:`), found `{found}`")
+            }
+            (_, Some(found)) => format!("{message} (found `{found}`)"),
+            (_, None) => message,
+        };
     }
     Err(ConfigError {
         file: path.to_path_buf(),
@@ -47,6 +65,150 @@ pub(super) fn parse(text: &str, path: &Path, index: &KeyIndex) -> Result<FileCon
         key,
         message,
     })
+}
+
+/// An unknown key: the nearest key of its section ("did you mean"), or the section it
+/// belongs to when it was dedented out of (or written outside) it.
+fn unknown_key_message(
+    message: &str,
+    key: &str,
+    field: &str,
+    line: Option<usize>,
+    index: &KeyIndex,
+) -> String {
+    let section = key.rsplit_once('.').map_or("", |(parent, _)| parent);
+    let where_ = if section.is_empty() {
+        "at the top level".to_string()
+    } else {
+        format!("in `{section}`")
+    };
+    let known = keys_of(section).unwrap_or_default();
+    let list = if known.is_empty() {
+        String::new()
+    } else {
+        format!(" (keys {where_}: {})", known.join(", "))
+    };
+    let head = message
+        .split_once(", expected")
+        .map_or(message, |(head, _)| head);
+    if let Some(near) = nearest(field, known) {
+        return format!("{head}: did you mean `{near}`?{list}");
+    }
+    if let Some(home) = home_section(field, section, line, index) {
+        return format!(
+            "{head} {where_}: {}{list}",
+            belongs_under(field, &home, index)
+        );
+    }
+    let homes: Vec<String> = KEYS
+        .iter()
+        .filter(|(p, k)| *p != section && k.contains(&field))
+        .map(|(p, _)| format!("`{p}`"))
+        .collect();
+    if homes.is_empty() {
+        format!("{head}{list}")
+    } else {
+        format!(
+            "{head} {where_}: it is a key of {}; indent it under the section it belongs to{list}",
+            homes.join(", ")
+        )
+    }
+}
+
+/// A key written twice in one mapping, typically because a line was dedented out of the
+/// section above it into the enclosing one.
+fn duplicate_key_message(
+    message: &str,
+    key: &str,
+    line: Option<usize>,
+    index: &KeyIndex,
+) -> String {
+    let field = key.rsplit('.').next().unwrap_or(key);
+    let section = key.rsplit_once('.').map_or("", |(parent, _)| parent);
+    let first = index.line_of(key).filter(|l| Some(*l) != line);
+    let mut out = match first {
+        Some(first) => format!("`{field}` is written twice here (first at line {first})"),
+        None => message.to_string(),
+    };
+    match home_section(field, section, line, index) {
+        Some(home) => {
+            out.push_str(": if this line belongs to the section above, ");
+            out.push_str(&belongs_under(field, &home, index));
+        }
+        None => out.push_str(": keep one of them"),
+    }
+    out
+}
+
+/// "indent it under `tls:` (line 2)".
+fn belongs_under(field: &str, home: &str, index: &KeyIndex) -> String {
+    let shown = home.rsplit('.').next().unwrap_or(home);
+    match index.lines.get(home) {
+        Some(l) => format!("`{field}` is a key of `{home}`; indent it under `{shown}:` (line {l})"),
+        None => format!("`{field}` is a key of `{home}`; write it under a `{shown}:` section"),
+    }
+}
+
+/// The section `field` belongs to, other than `section`: preferably one that encloses the
+/// lines just above `line` (a dedented key), else the only section that has it.
+fn home_section(
+    field: &str,
+    section: &str,
+    line: Option<usize>,
+    index: &KeyIndex,
+) -> Option<String> {
+    let has = |s: &str| s != section && keys_of(s).is_some_and(|k| k.contains(&field));
+    if let Some(line) = line {
+        let above = (1..line)
+            .rev()
+            .find_map(|l| index.path_at(l).filter(|_| l != line));
+        if let Some(mut path) = above.as_deref() {
+            loop {
+                if has(path) {
+                    return Some(path.to_string());
+                }
+                match path.rfind(['.', '[']) {
+                    Some(i) => path = &path[..i],
+                    None => break,
+                }
+            }
+        }
+    }
+    let mut homes = KEYS.iter().map(|(p, _)| *p).filter(|p| has(p));
+    match (homes.next(), homes.next()) {
+        (Some(only), None) => Some(only.to_string()),
+        _ => None,
+    }
+}
+
+/// The key of `known` closest to `field`, when it is close enough to be a typo.
+fn nearest<'k>(field: &str, known: &[&'k str]) -> Option<&'k str> {
+    let limit = match field.chars().count() {
+        0..=3 => 1,
+        4..=8 => 2,
+        _ => 3,
+    };
+    known
+        .iter()
+        .map(|k| (edit_distance(&field.to_ascii_lowercase(), k), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// The text of `s` between the first `start` and the following `end`.
@@ -151,6 +313,11 @@ impl KeyIndex {
 
     pub(super) fn path_at(&self, line: usize) -> Option<String> {
         self.paths.get(line).cloned().flatten()
+    }
+
+    /// The line of `key` itself, when it is written.
+    pub(super) fn line_of_exact(&self, key: &str) -> Option<usize> {
+        self.lines.get(key).copied()
     }
 
     /// The line of `key`, or of its nearest written parent (`tls.cert` → `tls`).

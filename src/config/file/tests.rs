@@ -493,12 +493,21 @@ fn duplicate_key_is_an_error() {
         &err,
         Some(line_of(&yaml, "9443")),
         "listen",
-        &["duplicate", "listen"],
+        &[
+            "`listen` is written twice here (first at line 1)",
+            "keep one of them",
+        ],
     );
 
     let yaml = "tls:\n  cert: certs/server.pem\n  cert: certs/server.pem\n";
     let err = pki.error(yaml);
-    assert_error(&pki, &err, Some(3), "tls.cert", &["duplicate"]);
+    assert_error(
+        &pki,
+        &err,
+        Some(3),
+        "tls.cert",
+        &["written twice", "line 2"],
+    );
 }
 
 #[test]
@@ -561,7 +570,7 @@ fn wrong_types_are_errors() {
         &err,
         Some(line_of(&yaml, "client_auth")),
         "client_auth",
-        &["mapping", "5"],
+        &["expected a section", "`5`"],
     );
 
     let yaml = with("routes:\n  public: /login\n");
@@ -571,7 +580,7 @@ fn wrong_types_are_errors() {
         &err,
         Some(line_of(&yaml, "/login")),
         "routes.public",
-        &["sequence", "/login"],
+        &["expected a list", "`[/login]`"],
     );
 
     let yaml = with("log:\n  format: [text]\n");
@@ -1258,9 +1267,12 @@ fn load_reads_the_file_and_names_it() {
     assert_eq!(err.key, "(file)");
     assert!(
         err.to_string()
-            .starts_with(&format!("{}: (file): cannot read", missing.display())),
+            .starts_with(&format!("{}: no such config file", missing.display())),
         "{err}"
     );
+    for hint in ["--config", "CERTGATE_CONFIG", "certgate init"] {
+        assert!(err.message.contains(hint), "{hint} missing from {err}");
+    }
 }
 
 #[test]
@@ -1730,4 +1742,144 @@ fn session_cookie_is_off_unless_named() {
         c.identity.session_cookie_ttl,
         Duration::from_secs(12 * 3600)
     );
+}
+
+#[test]
+fn the_key_table_is_what_the_parser_accepts() {
+    use crate::config::schema::{FileConfig, KEYS};
+    for (section, keys) in KEYS {
+        // `zz_unknown` written inside `section`: the parser lists that section's keys.
+        let mut yaml = String::new();
+        let mut indent = String::new();
+        for part in section.split('.').filter(|p| !p.is_empty()) {
+            yaml.push_str(&format!("{indent}{part}:\n"));
+            indent.push_str("  ");
+        }
+        yaml.push_str(&format!("{indent}zz_unknown: 1\n"));
+        let err = serde_saphyr::from_str::<FileConfig>(&yaml).unwrap_err();
+        let text = err.to_string();
+        let listed = super::super::yaml::between(&format!("{text}\n"), "expected one of ", "\n")
+            .unwrap_or_else(|| panic!("no key list in {text:?}"))
+            .split(", ")
+            .map(|k| k.trim().trim_matches('`').to_string())
+            .collect::<Vec<_>>();
+        let table: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        assert_eq!(listed, table, "section {section:?}");
+    }
+}
+
+#[test]
+fn misplaced_and_mistyped_keys_say_what_to_do() {
+    let pki = Pki::new();
+    // A key dedented out of its section into the top level, where it exists too.
+    let yaml = with("metrics:\nlisten: \"127.0.0.1:9090\"\n");
+    let err = pki.error(&with(&format!(
+        "listen: \"127.0.0.1:8443\"\n{}",
+        &yaml[MINIMAL.len()..]
+    )));
+    assert!(
+        err.message.contains("written twice") && err.message.contains("indent it under `metrics:`"),
+        "{err}"
+    );
+    assert!(!err.message.contains("duplicate mapping key"), "{err}");
+
+    // A key dedented out of its section, not known where it landed.
+    let yaml = "tls:\n  cert: certs/server.pem\nkey: certs/server.key\n";
+    let err = pki.error(yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(3),
+        "key",
+        &["`key` is a key of `tls`", "indent it under `tls:` (line 1)"],
+    );
+
+    // Nested: a redis key one level too shallow.
+    let yaml = with("state:\n  redis:\n    url: redis://x\n  mode: standalone\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "mode:")),
+        "state.mode",
+        &[
+            "`mode` is a key of `state.redis`",
+            "indent it under `redis:`",
+        ],
+    );
+
+    // Typos.
+    let yaml = with("limits:\n  idle_timout: 5s\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "idle_timout")),
+        "limits.idle_timout",
+        &["did you mean `idle_timeout`?"],
+    );
+    let err =
+        pki.error("tls:\n  cert: certs/server.pem\n  key: certs/server.key\nupstrem:\n  url: x\n");
+    assert_error(
+        &pki,
+        &err,
+        Some(4),
+        "upstrem",
+        &["did you mean `upstream`?"],
+    );
+
+    // A string where a list belongs.
+    let yaml = with("server_names: gate.example.com\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "server_names")),
+        "server_names",
+        &[
+            "expected a list",
+            "`[gate.example.com]`",
+            "`- gate.example.com`",
+        ],
+    );
+    assert!(!err.message.contains("sequence start"), "{err}");
+
+    // A value where a section belongs.
+    let err = pki.error("tls:\n  cert: certs/server.pem\n  key: certs/server.key\nupstream: \"http://127.0.0.1:8080\"\n");
+    assert_error(&pki, &err, Some(4), "upstream", &["expected a section"]);
+}
+
+#[test]
+fn a_public_url_that_cannot_work_is_warned_about() {
+    let pki = Pki::new();
+    let good = pki
+        .load(&with(
+            "enrollment:\n  public_url: \"https://localhost:8443\"\n",
+        ))
+        .unwrap();
+    assert!(good.warnings().is_empty(), "{:?}", good.warnings());
+
+    let cfg = pki
+        .load(&with(
+            "server_names: [localhost]\nenrollment:\n  public_url: \"http://gate.example.com\"\n",
+        ))
+        .unwrap();
+    let w = cfg.warnings().join("\n");
+    for words in [
+        "serves HTTPS only",
+        "has port 80 but listen is 0.0.0.0:8443",
+        "not in server_names (localhost)",
+        "not a name of the server certificate",
+        "names: localhost",
+    ] {
+        assert!(w.contains(words), "{words:?} missing from:\n{w}");
+    }
+
+    // A port forward (443 → 8443) is a warning only, naming both ports.
+    let cfg = pki
+        .load(&with("enrollment:\n  public_url: \"https://localhost\"\n"))
+        .unwrap();
+    let w = cfg.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("port 443") && w[0].contains("8443"), "{w:?}");
 }
