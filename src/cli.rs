@@ -23,16 +23,23 @@ pub const EXIT_USAGE: u8 = 2;
     about = "mTLS auth gateway: the client certificate factor of two-factor sign-in"
 )]
 pub struct Cli {
-    /// Configuration file.
-    #[arg(
-        long,
-        global = true,
-        env = "CERTGATE_CONFIG",
-        default_value = "config/certgate.yaml"
-    )]
-    pub config: PathBuf,
+    /// Configuration file [default: config/certgate.yaml].
+    #[arg(long, global = true, env = "CERTGATE_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where the configuration is read from without `--config` or `CERTGATE_CONFIG`.
+pub const DEFAULT_CONFIG: &str = "config/certgate.yaml";
+
+impl Cli {
+    /// The configuration file: `--config`, else `CERTGATE_CONFIG`, else [`DEFAULT_CONFIG`].
+    pub fn config_path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,11 +72,22 @@ pub enum Command {
         force: bool,
     },
     /// Start a self-contained demo: dev PKI, embedded store, built-in echo upstream, and
-    /// the gateway on https://localhost:8443; prints the commands to try.
+    /// the gateway on https://localhost:8443 (or a free port when that one is taken);
+    /// prints the addresses it chose and the commands to try. With --config (or
+    /// CERTGATE_CONFIG) it runs that configuration as it is instead of its own.
     Demo {
         /// Folder for the demo's PKI, config and store.
         #[arg(long, default_value = "demo")]
         dir: PathBuf,
+        /// The gateway's address [default: 127.0.0.1:8443, or a free port].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// The admin API's address [default: 127.0.0.1:9444, or a free port].
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<std::net::SocketAddr>,
+        /// The metrics address [default: 127.0.0.1:9090, or a free port].
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Admin API client: enable two-factor, reset, tickets, revoke, status, open connections.
     Admin(AdminArgs),
@@ -155,15 +173,29 @@ pub fn run() -> ExitCode {
         }
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let config = cli.config_path();
     match cli.command {
-        Command::CheckConfig => check_config(&cli.config),
-        Command::Health { ref url } => health(&cli.config, url.as_deref()),
-        Command::Run { create_store } => run_gateway(&cli.config, create_store),
+        Command::CheckConfig => check_config(&config),
+        Command::Health { ref url } => health(&config, url.as_deref()),
+        Command::Run { create_store } => run_gateway(&config, create_store),
         Command::Init { ref dir, force } => init(dir, force),
-        Command::Demo { ref dir } => run_demo(dir),
-        Command::Admin(ref args) => admin(&cli.config, args),
+        Command::Demo {
+            ref dir,
+            listen,
+            admin_listen,
+            metrics_listen,
+        } => run_demo(
+            dir,
+            cli.config.as_deref(),
+            demo::Wanted {
+                listen,
+                admin: admin_listen,
+                metrics: metrics_listen,
+            },
+        ),
+        Command::Admin(ref args) => admin(&config, args),
         Command::RotateAssertionKey { ref key_file } => {
-            rotate_assertion_key(&cli.config, key_file.as_deref())
+            rotate_assertion_key(&config, key_file.as_deref())
         }
     }
 }
@@ -622,13 +654,13 @@ fn rotate_assertion_key(config: &Path, key_file: Option<&Path>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run_demo(dir: &Path) -> ExitCode {
+fn run_demo(dir: &Path, config: Option<&Path>, wanted: demo::Wanted) -> ExitCode {
     let rt = match runtime() {
         Ok(r) => r,
         Err(code) => return code,
     };
     rt.block_on(async move {
-        match demo_main(dir).await {
+        match demo_main(dir, config, wanted).await {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("certgate demo: {e}");
@@ -638,22 +670,125 @@ fn run_demo(dir: &Path) -> ExitCode {
     })
 }
 
-async fn demo_main(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
+async fn demo_main(
+    dir: &Path,
+    explicit: Option<&Path>,
+    wanted: demo::Wanted,
+) -> Result<ExitCode, Box<dyn std::error::Error + Send + Sync>> {
     let mut signals = Signals::install()?;
-    let fresh = demo::ensure_initialised(dir)?;
-    let config_path = dir.join(demo::CONFIG_REL);
-    let echo = demo::start_echo().await?;
-    crate::pki::ca::write_file(&config_path, demo::demo_config(echo).as_bytes(), false)?;
-    let cfg = match load(&config_path) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
+    // With a config of its own the demo writes no PKI: only alice's files go to `dir`.
+    let fresh = match explicit {
+        Some(_) => {
+            std::fs::create_dir_all(dir)?;
+            false
+        }
+        None => demo::ensure_initialised(dir)?,
+    };
+    let config_path = explicit.map_or_else(|| dir.join(demo::CONFIG_REL), Path::to_path_buf);
+    let usage = |e: String| {
+        eprintln!("certgate demo: {e}");
+        Ok(ExitCode::from(EXIT_USAGE))
+    };
+    let mut notes = Vec::new();
+    // The demo's own file is rewritten only while it is the template or what the demo
+    // wrote last time; once edited (or when --config names a file) it is used as it is,
+    // and the addresses the demo has to change are changed in memory only.
+    let text = std::fs::read_to_string(&config_path).unwrap_or_default();
+    let existing = Config::load(&config_path).ok();
+    let ours = match explicit {
+        Some(_) => None,
+        None => demo::written_by_demo(&text, existing.as_ref()),
+    };
+    let (cfg, echo, file_admin) = match ours {
+        Some(previous) => {
+            let preferred = previous.map(|(_, p)| p).unwrap_or_default();
+            let (ports, chosen) = match demo::choose_ports(wanted, preferred) {
+                Ok(p) => p,
+                Err(e) => return usage(e),
+            };
+            notes.extend(chosen);
+            let echo = demo::start_echo(previous.map(|(e, _)| e)).await?;
+            let new_text = demo::demo_config(echo, ports);
+            if new_text != text {
+                crate::pki::ca::write_file(&config_path, new_text.as_bytes(), false)?;
+            }
+            let cfg = match load(&config_path) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let admin = cfg.admin.listen;
+            (cfg, Some(echo), admin)
+        }
+        None => {
+            notes.push(match explicit {
+                Some(_) => format!(
+                    "running {} as it is (named by --config or CERTGATE_CONFIG)",
+                    config_path.display()
+                ),
+                None => format!(
+                    "{} was edited, so the demo uses it as it is and does not rewrite it \
+                     (delete it to get the demo's own again)",
+                    config_path.display()
+                ),
+            });
+            let mut cfg = match load(&config_path) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let file_admin = cfg.admin.listen;
+            let preferred = demo::Ports {
+                listen: cfg.listen,
+                admin: cfg.admin.listen,
+                metrics: cfg.metrics.listen,
+            };
+            let (ports, chosen) = match demo::choose_ports(wanted, preferred) {
+                Ok(p) => p,
+                Err(e) => return usage(e),
+            };
+            notes.extend(chosen);
+            if let Some(en) = cfg.enrollment.as_mut()
+                && en.public_url == format!("https://localhost:{}", cfg.listen.port())
+            {
+                en.public_url = format!("https://localhost:{}", ports.listen.port());
+            }
+            cfg.listen = ports.listen;
+            cfg.admin.listen = ports.admin;
+            cfg.metrics.listen = ports.metrics;
+            // The built-in echo serves a loopback upstream.url nothing listens on.
+            let url = &cfg.upstream.url;
+            let loopback = format!(
+                "{}:{}",
+                url.host().unwrap_or_default(),
+                url.port_u16().unwrap_or(80)
+            )
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .filter(|a| a.ip().is_loopback() && url.scheme_str() == Some("http"));
+            let echo = match loopback {
+                Some(addr) => demo::start_echo_at(addr).await,
+                None => None,
+            };
+            (cfg, echo, file_admin)
+        }
     };
     init_tracing(&cfg.log);
     app::create_store_if_missing(&cfg)?;
-    let enroll = cfg
-        .enrollment
-        .clone()
-        .ok_or("the demo needs enrollment enabled")?;
+    let Some(enroll) = cfg.enrollment.clone() else {
+        return usage(format!(
+            "the demo needs enrollment (enrollment.enabled: true in {})",
+            config_path.display()
+        ));
+    };
+    let upstream = cfg.upstream.url.to_string();
+    let token_file = cfg.admin.token_file.clone();
+    let server_ca = cfg
+        .tls
+        .cert
+        .path
+        .parent()
+        .map(|p| p.join("server-ca.pem"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| dir.join("certs/server-ca.pem"));
     let gw = app::start(cfg).await?;
     let (csr_ticket, browser_ticket) = demo::alice_tickets(&gw.cache, enroll.ticket_ttl).await?;
 
@@ -667,21 +802,42 @@ async fn demo_main(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error + S
         alice_csr.display(),
         alice_cert.display(),
     );
-    let cfgp = config_path.display();
     let port = gw.listen.port();
     let base = format!("https://localhost:{port}");
-    let curl = format!("curl --cacert {d}/certs/server-ca.pem");
+    let ca = demo::shown(&server_ca);
+    let curl = format!("curl --cacert {ca}");
     let with_cert = format!("{curl} --cert {ac} --key {ak}");
+    // `admin` reads its address from the config; name it when the demo moved it.
+    let admin_cmd = if gw.admin == file_admin {
+        format!("{exe} --config {} admin", config_path.display())
+    } else {
+        format!(
+            "{exe} --config {} admin --url http://{}",
+            config_path.display(),
+            gw.admin
+        )
+    };
+    let upstream_line = match echo {
+        Some(e) => format!("built-in echo server on {e}"),
+        None => format!("{upstream} (from the config)"),
+    };
+    for n in &notes {
+        println!("certgate demo: {n}");
+    }
     let lines = [
         String::new(),
         format!(
             "certgate demo is running ({}).",
-            if fresh { "new dev PKI and store" } else { "existing dev PKI and store" }
+            match (explicit, fresh) {
+                (Some(_), _) => "your configuration",
+                (None, true) => "new dev PKI and store",
+                (None, false) => "existing dev PKI and store",
+            }
         ),
-        format!("  gateway   {base}   (server CA: {d}/certs/server-ca.pem)"),
-        format!("  admin     http://{}   (token: {d}/secrets/admin-token)", gw.admin),
+        format!("  gateway   {base}   (server CA: {ca})"),
+        format!("  admin     http://{}   (token: {})", gw.admin, demo::shown(&token_file)),
         format!("  metrics   http://{}/metrics", gw.metrics),
-        format!("  upstream  built-in echo server on {echo}"),
+        format!("  upstream  {upstream_line}"),
         String::new(),
         "Two-factor is on for alice; two one-time enrollment tickets were made for her.".into(),
         String::new(),
@@ -706,15 +862,15 @@ async fn demo_main(dir: &Path) -> Result<ExitCode, Box<dyn std::error::Error + S
         format!("  {base}/.certgate/enroll?ticket={browser_ticket}"),
         String::new(),
         "  # 6. Alice's account: generation, two-factor, certificates".into(),
-        format!("  {exe} --config {cfgp} admin status alice"),
+        format!("  {admin_cmd} status alice"),
         String::new(),
         "  # 7. Reset alice (she lost her certificate): the old certificate is refused at once (403 reset);".into(),
         "  #    the reset prints a new enrollment link".into(),
-        format!("  {exe} --config {cfgp} admin reset alice"),
+        format!("  {admin_cmd} reset alice"),
         format!("  {with_cert} {base}/hello"),
         String::new(),
         "  # 8. Revoke a certificate by serial (see 'admin status alice'); the CRL lists it".into(),
-        format!("  {exe} --config {cfgp} admin revoke <serial> --reason keyCompromise"),
+        format!("  {admin_cmd} revoke <serial> --reason keyCompromise"),
         format!("  {curl} -s {base}/.certgate/crl | openssl crl -inform DER -noout -text"),
         String::new(),
         "  # 9. Metrics".into(),
