@@ -200,8 +200,9 @@ pub fn choose(
 ) -> Result<(SocketAddr, std::net::TcpListener, Option<String>), String> {
     use std::net::TcpListener as Probe;
     if let Some(addr) = flag {
+        // Port 0 asks for any free port: the one the probe got is written down.
         return Probe::bind(addr)
-            .map(|probe| (addr, probe, None))
+            .and_then(|probe| Ok((probe.local_addr()?, probe, None)))
             .map_err(|e| {
                 format!(
                     "{flag_name} {addr}: {e}; choose another address, or leave {flag_name} \

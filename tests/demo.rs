@@ -304,3 +304,107 @@ fn the_demo_runs_a_config_named_with_config_as_it_is() {
         );
     }
 }
+
+/// Whether `program` runs here; without it the test is skipped loudly, and fails under CI.
+fn have(program: &str) -> bool {
+    let ok = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{program} is missing (CI=true: install it)"
+        );
+        eprintln!("SKIPPED: {program} is not installed");
+    }
+    ok
+}
+
+/// The enrollment page's command-line snippet, pasted into a shell as it is, enrolls.
+#[test]
+fn the_enrollment_pages_command_works_as_pasted() {
+    if !have("curl") || !have("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cwd = dir.path();
+    let demo = Demo::start(
+        cwd,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let link = demo
+        .out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.contains("/.certgate/enroll?ticket="))
+        .expect("the browser link")
+        .to_string();
+    let ca = cwd.join("demo/certs/server-ca.pem");
+    let page = Command::new("curl")
+        .args(["-sS", "--fail", "--cacert"])
+        .arg(&ca)
+        .arg(&link)
+        .output()
+        .unwrap();
+    assert!(
+        page.status.success(),
+        "{}",
+        String::from_utf8_lossy(&page.stderr)
+    );
+    let html = String::from_utf8_lossy(&page.stdout);
+    let snippet = html
+        .split("<pre id=\"cli\">")
+        .nth(1)
+        .and_then(|r| r.split("</pre>").next())
+        .unwrap_or_else(|| panic!("no command on the page:\n{html}"))
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    assert!(
+        !snippet.contains("$TICKET"),
+        "the ticket is filled in: {snippet}"
+    );
+    assert!(snippet.contains("--cacert server-ca.pem"), "{snippet}");
+    // A user's folder: the server CA the page names, and nothing else.
+    let user = cwd.join("user");
+    std::fs::create_dir_all(&user).unwrap();
+    std::fs::copy(&ca, user.join("server-ca.pem")).unwrap();
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(&snippet)
+        .current_dir(&user)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{snippet}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = std::fs::read_to_string(user.join("alice.pem")).unwrap();
+    assert!(pem.contains("BEGIN CERTIFICATE"), "{pem}");
+    let subject = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-in", "alice.pem"])
+        .current_dir(&user)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&subject.stdout).contains("alice"),
+        "{}",
+        String::from_utf8_lossy(&subject.stdout)
+    );
+    demo.stop();
+}

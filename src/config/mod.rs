@@ -23,18 +23,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use crate::core::identity::AccountSource;
 
 pub use file::load;
-
-/// Where `key` is written in the config file at `path`: `file:line`, or just the file when
-/// the key is not written there (its default applies) or the file cannot be read now.
-pub fn key_location(path: &std::path::Path, key: &str) -> String {
-    let line = read::regular_text(path, read::MAX_CONFIG_BYTES)
-        .ok()
-        .and_then(|text| yaml::KeyIndex::new(&text).line_of_exact(key));
-    match line {
-        Some(l) => format!("{}:{l}", path.display()),
-        None => format!("{} (default)", path.display()),
-    }
-}
+pub use yaml::key_location;
 
 /// A configuration error, always pointing at the file and key it comes from.
 /// Shown as `file:line: key: message`; an error about the whole file is `file: message`.
@@ -205,24 +194,6 @@ pub struct RoutesConfig {
     /// connection (WebSocket). Off: the upgrade is not forwarded, so no tunnel opens
     /// without a certificate.
     pub public_upgrades: bool,
-}
-
-impl Config {
-    /// What is valid but almost certainly not meant: printed by `check-config` and logged
-    /// at every (re)load.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.routes.public.iter().any(|p| p == "/") {
-            out.push(
-                "routes.public contains \"/\": every path is public, so no request needs a \
-                 client certificate and none is forwarded with identity headers (certgate \
-                 only terminates TLS); list the public prefixes instead"
-                    .to_string(),
-            );
-        }
-        out.extend(warn::public_url(self));
-        out
-    }
 }
 
 #[derive(Debug, Clone)]

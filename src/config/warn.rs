@@ -9,10 +9,28 @@ use x509_parser::prelude::FromDer;
 
 use super::Config;
 
+impl Config {
+    /// What is valid but almost certainly not meant: printed by `check-config` and logged
+    /// at every (re)load.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.routes.public.iter().any(|p| p == "/") {
+            out.push(
+                "routes.public contains \"/\": every path is public, so no request needs a \
+                 client certificate and none is forwarded with identity headers (certgate \
+                 only terminates TLS); list the public prefixes instead"
+                    .to_string(),
+            );
+        }
+        out.extend(public_url(self));
+        out
+    }
+}
+
 /// `enrollment.public_url` against where certgate listens and the names it serves: the
 /// URL goes into every enrollment link, so a mismatch sends users to a page that does not
 /// open (wrong port) or that the browser refuses (a name the server certificate lacks).
-pub(super) fn public_url(cfg: &Config) -> Vec<String> {
+fn public_url(cfg: &Config) -> Vec<String> {
     let Some(en) = &cfg.enrollment else {
         return Vec::new();
     };

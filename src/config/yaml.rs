@@ -255,6 +255,18 @@ pub(super) fn strip_comment(line: &str) -> &str {
     line
 }
 
+/// Where `key` is written in the config file at `path`: `file:line`, or the file with
+/// "(default)" when the key is not written there or the file cannot be read now.
+pub fn key_location(path: &Path, key: &str) -> String {
+    let line = super::read::regular_text(path, super::read::MAX_CONFIG_BYTES)
+        .ok()
+        .and_then(|text| KeyIndex::new(&text).line_of_exact(key));
+    match line {
+        Some(l) => format!("{}:{l}", path.display()),
+        None => format!("{} (default)", path.display()),
+    }
+}
+
 /// Where each dotted key is written, recovered from the block layout of the text. Serde
 /// errors only carry a line; this turns the line back into the key an operator must fix,
 /// and gives a line to errors about keys that are not scalars (`client_auth.trusted_cas`).

@@ -88,6 +88,20 @@ pub(super) fn csr_der(body: &[u8]) -> Result<Vec<u8>, CsrError> {
         })
 }
 
+/// The first common name of a certificate's issuer.
+pub(super) fn issuer_name(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::FromDer as _;
+    x509_parser::certificate::X509Certificate::from_der(der)
+        .ok()
+        .and_then(|(_, c)| {
+            c.issuer()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .map(str::to_string)
+        })
+}
+
 /// The first common name of a certificate's subject (for the page), or a generic label.
 pub(super) fn common_name(der: &[u8]) -> String {
     use x509_parser::prelude::FromDer as _;

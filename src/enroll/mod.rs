@@ -96,6 +96,9 @@ struct Issuing {
     ca_name: String,
     validity: Duration,
     public_url: String,
+    /// The server certificate comes from the development server CA of `certgate init`, so
+    /// the page's `curl` command needs `--cacert` with it.
+    dev_server_ca: bool,
     /// Shared with the next configuration on a reload (same counters).
     failures: Arc<FailureLimiter>,
     /// Shared with the next configuration while the CA stays the same.
@@ -139,6 +142,13 @@ impl Enrollment {
                 ca: Arc::new(ca),
                 validity: e.validity,
                 public_url: e.public_url.trim_end_matches('/').to_string(),
+                dev_server_ca: cfg
+                    .tls
+                    .cert
+                    .certs
+                    .first()
+                    .and_then(|c| form::issuer_name(c))
+                    .is_some_and(|n| n == crate::pki::ca::DEV_SERVER_CA_NAME),
                 failures,
                 crl,
             });
@@ -210,6 +220,7 @@ impl Enrollment {
             &issuing.public_url,
             &record.account,
             &presented,
+            issuing.dev_server_ca,
         )
     }
 

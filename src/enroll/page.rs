@@ -13,7 +13,23 @@ pub(super) fn enrollment_page(
     public_url: &str,
     account: &str,
     ticket: &str,
+    dev_server_ca: bool,
 ) -> Response<Full<Bytes>> {
+    // The command must work as pasted: with the development server CA of `certgate init`
+    // curl does not trust the server unless told to.
+    let (cacert, cacert_note) = if dev_server_ca {
+        (
+            "--cacert server-ca.pem ",
+            "<code>server-ca.pem</code> is the development server CA this gateway's certificate comes from \
+             (<code>certs/server-ca.pem</code> where <code>certgate init</code> ran); ask your administrator for it.",
+        )
+    } else {
+        (
+            "",
+            "If curl says the server certificate is not trusted, it comes from a private CA: add \
+             <code>--cacert</code> with that CA's file.",
+        )
+    };
     let account = escape_html(account);
     let ticket = escape_html(ticket);
     let ca_name = escape_html(ca_name);
@@ -43,11 +59,12 @@ This link works once.</li>
 <button id="generate" type="submit">Generate Certificate</button>
 </form>
 <details><summary>Keep the private key on your own machine instead (command line)</summary>
-<p>Make a key and a certificate signing request, and send the request with the ticket from this page's address (the part after <code>ticket=</code>):</p>
-<pre>openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+<p>Make a key and a certificate signing request, and send the request with this page's ticket (it is filled in below, and works once):</p>
+<pre id="cli">openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
   -keyout {account}.key -subj /CN={account} -out {account}.csr
-curl --data-binary @{account}.csr -H "Authorization: Bearer $TICKET" \
+curl {cacert}--fail --data-binary @{account}.csr -H "Authorization: Bearer {ticket}" \
   -o {account}.pem {base}/.certgate/enroll/csr</pre>
+<p>{cacert_note}</p>
 <p>Only the request's public key is used; the certificate's names are set by the gateway. Accepted keys: ECDSA P-256 or P-384, Ed25519, RSA of 2048 bits or more.</p>
 </details>
 </main></body></html>

@@ -359,6 +359,9 @@ pub const DEV_FILES: [&str; 7] = [
     "secrets/assertion-key.pem",
 ];
 
+/// The common name of the server CA `write_dev_pki` makes.
+pub const DEV_SERVER_CA_NAME: &str = "certgate development server CA";
+
 /// What `write_dev_pki` wrote.
 #[derive(Debug)]
 pub struct DevPki {
@@ -378,7 +381,7 @@ pub fn write_dev_pki(dir: &Path, force: bool) -> Result<DevPki, CaError> {
         }
     }
     let server_ca_key = new_key()?;
-    let server_ca_params = ca_params("certgate development server CA", 10);
+    let server_ca_params = ca_params(DEV_SERVER_CA_NAME, 10);
     let server_ca = server_ca_params.self_signed(&server_ca_key)?;
     let server_issuer = rcgen::Issuer::new(server_ca_params, server_ca_key);
 
