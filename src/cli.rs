@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, LogFormat};
+use crate::config::Config;
 use crate::pki::ca;
 use crate::{app, demo};
 
@@ -19,8 +19,16 @@ pub const EXIT_USAGE: u8 = 2;
 #[command(
     name = "certgate",
     version,
-    long_version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("CERTGATE_COMMIT"), ")"),
-    about = "mTLS auth gateway: the client certificate factor of two-factor sign-in"
+    long_version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (commit ",
+        env!("CERTGATE_COMMIT"),
+        ", built ",
+        env!("CERTGATE_BUILD_DATE"),
+        ")"
+    ),
+    about = "mTLS auth gateway: the client certificate factor of two-factor sign-in",
+    after_help = "Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error."
 )]
 pub struct Cli {
     /// Configuration file [default: config/certgate.yaml].
@@ -91,6 +99,14 @@ pub enum Command {
     },
     /// Admin API client: enable two-factor, reset, tickets, revoke, status, open connections.
     Admin(AdminArgs),
+    /// Print a shell completion script: `certgate completions bash >
+    /// /etc/bash_completion.d/certgate` (zsh: into a folder on $fpath as `_certgate`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `certgate man > /usr/local/share/man/man1/certgate.1`.
+    Man,
     /// Make a new signing key for the identity assertion (headers.assertion.key_file); the
     /// old key is kept as the previous key and stays published in /.certgate/jwks.json, so
     /// assertions signed before the rotation still verify. Running gateways pick it up on
@@ -105,13 +121,13 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct AdminArgs {
     /// Admin API base URL (default: from admin.listen in the config).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub url: Option<String>,
     /// File holding the admin token (default: admin.token_file from the config).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
     /// Print the raw JSON answer.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
     pub action: AdminAction,
@@ -194,6 +210,26 @@ pub fn run() -> ExitCode {
             },
         ),
         Command::Admin(ref args) => admin(&config, args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "certgate",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("certgate: cannot write the man page: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
         Command::RotateAssertionKey { ref key_file } => {
             rotate_assertion_key(&config, key_file.as_deref())
         }
@@ -233,32 +269,6 @@ fn check_config(path: &Path) -> ExitCode {
         }
         Err(code) => code,
     }
-}
-
-fn init_tracing(cfg: &crate::config::LogConfig) {
-    use tracing_subscriber::EnvFilter;
-    let directives = std::env::var("CERTGATE_LOG").unwrap_or_else(|_| cfg.level.clone());
-    let mut filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
-    // The HTTP/2 library warns once per connection it closes for abuse (rapid reset): a
-    // line an attacker can have written a thousand times a second. certgate logs those
-    // itself, rate-limited; the library's own lines only when asked for by name.
-    if !directives.contains("h2") {
-        filter = filter.add_directive("h2=error".parse().expect("a valid directive"));
-    }
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    let _ = match cfg.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
 }
 
 fn health(config: &Path, url: Option<&str>) -> ExitCode {
@@ -353,7 +363,7 @@ fn run_gateway(path: &Path, create_store: bool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_tracing(&cfg.log);
+    crate::logging::init(&cfg.log);
     if create_store {
         match app::create_store_if_missing(&cfg) {
             Ok(true) => {}
@@ -771,7 +781,7 @@ async fn demo_main(
             (cfg, echo, file_admin)
         }
     };
-    init_tracing(&cfg.log);
+    crate::logging::init(&cfg.log);
     app::create_store_if_missing(&cfg)?;
     let Some(enroll) = cfg.enrollment.clone() else {
         return usage(format!(
@@ -975,7 +985,11 @@ fn admin(config: &Path, args: &AdminArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("certgate admin: {e}");
-            ExitCode::from(EXIT_RUNTIME)
+            ExitCode::from(if e.is_usage() {
+                EXIT_USAGE
+            } else {
+                EXIT_RUNTIME
+            })
         }
     }
 }

@@ -17,6 +17,7 @@
 //! - [`proxy`]: one request: strip, classify, decide, forward or refuse.
 //! - [`admin`]: the admin API, its CLI client, and the route table and bodies both share.
 //! - [`server`]: connections (accept, PROXY → TLS → h1/h2, watchdog, plain HTTP/1).
+//! - [`logging`]: the log subscriber, its level changeable while running.
 //! - [`reload`]: configuration reload and file watching.
 //! - [`app`]: wires everything from a `Config` (only `cli` imports it).
 //! - [`demo`], [`cli`]: the demo and the `certgate` command line.
@@ -32,6 +33,7 @@ pub mod enroll;
 pub mod fuzz;
 pub mod http;
 pub mod live;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod pki;

@@ -111,6 +111,16 @@ impl Reloader {
             return Err(ReloadError::NeedsRestart(changed.join(", ")));
         }
         (self.apply)(&new).map_err(ReloadError::Build)?;
+        if new.log.level != old.log.level {
+            match crate::logging::set_level(&new.log.level) {
+                Ok(crate::logging::LevelChange::EnvWins) => tracing::warn!(
+                    level = %new.log.level,
+                    "log.level changed, but CERTGATE_LOG is set and stays in force"
+                ),
+                Ok(_) => tracing::info!(level = %new.log.level, "log level changed"),
+                Err(e) => tracing::warn!(error = %e, "log.level could not be applied"),
+            }
+        }
         for w in new.warnings() {
             tracing::warn!("configuration: {w}");
         }
@@ -185,8 +195,8 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.state != new.state {
         out.push("state");
     }
-    if old.log.format != new.log.format || old.log.level != new.log.level {
-        out.push("log.format/log.level");
+    if old.log.format != new.log.format {
+        out.push("log.format");
     }
     out
 }

@@ -479,7 +479,15 @@ fn version_names_the_commit() {
     let text = String::from_utf8_lossy(&out.stdout);
     let want = format!("certgate {} (commit ", env!("CARGO_PKG_VERSION"));
     assert!(text.starts_with(&want), "{text}");
-    let commit = text[want.len()..].trim_end().trim_end_matches(')');
+    let rest = text[want.len()..].trim_end().trim_end_matches(')');
+    let (commit, built) = rest.split_once(", built ").expect("a build date");
+    assert!(
+        built.len() == 10
+            && built.as_bytes()[4] == b'-'
+            && built.as_bytes()[7] == b'-'
+            && built.starts_with("20"),
+        "build date {built:?}"
+    );
     assert!(
         commit == "unknown" || (commit.len() >= 7 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
         "commit {commit:?}"
@@ -621,4 +629,162 @@ async fn a_port_in_use_names_the_key_and_line() {
         describe(&out)
     );
     drop(taken);
+}
+
+/// `log.level` changes on a reload, without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_level_changes_on_reload() {
+    let p = Prepared::new(Options::default()).await;
+    let text = std::fs::read_to_string(&p.config_path).unwrap();
+    assert!(text.contains("  level: warn\n"), "{text}");
+    std::fs::write(
+        &p.config_path,
+        text.replacen("  level: warn\n", "  level: info\n", 1),
+    )
+    .unwrap();
+    let gw = support::process::start_with_log(&p, None);
+    let poke = |addr: std::net::SocketAddr| {
+        use std::io::Write;
+        let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+        let _ = tcp.write_all(b"this is not TLS\r\n\r\n");
+        let _ = tcp.shutdown(std::net::Shutdown::Both);
+    };
+    poke(gw.listen);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !gw.log().contains("DEBUG"),
+        "debug lines at info:\n{}",
+        gw.log()
+    );
+
+    let text = std::fs::read_to_string(&p.config_path).unwrap();
+    std::fs::write(
+        &p.config_path,
+        text.replacen("  level: info\n", "  level: debug\n", 1),
+    )
+    .unwrap();
+    gw.signal(libc::SIGHUP);
+    let deadline = Instant::now() + STEP;
+    while !gw.log().contains("log level changed") {
+        assert!(Instant::now() < deadline, "no reload:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !gw.log().contains("only take effect after a restart"),
+        "{}",
+        gw.log()
+    );
+    poke(gw.listen);
+    while !gw.log().contains("DEBUG") {
+        assert!(
+            Instant::now() < deadline,
+            "no debug line after the reload:\n{}",
+            gw.log()
+        );
+        poke(gw.listen);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.signal(libc::SIGKILL);
+}
+
+/// The admin client's flags work after the subcommand too, and what the operator typed
+/// wrong exits 2 while a gateway that does not answer exits 1.
+#[test]
+fn admin_flags_anywhere_and_exit_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let t = token.to_str().unwrap();
+    // Flags after the subcommand: parsed (the failure is the connection: exit 1).
+    let out = certgate(
+        &[
+            "admin",
+            "status",
+            "alice",
+            "--json",
+            "--url",
+            &url,
+            "--token-file",
+            t,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot connect to the admin API"),
+        "{}",
+        describe(&out)
+    );
+    // A malformed URL is a usage error.
+    let out = certgate(
+        &[
+            "admin",
+            "status",
+            "alice",
+            "--url",
+            "ftp://x",
+            "--token-file",
+            t,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    // So is an unknown flag, and a missing argument.
+    let out = certgate(&["admin", "revoke"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let out = certgate(&["check-config", "--bogus"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_command_definitions() {
+    for (shell, marker) in [
+        ("bash", "_certgate()"),
+        ("zsh", "#compdef certgate"),
+        ("fish", "complete -c certgate"),
+    ] {
+        let out = certgate(&["completions", shell], &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(marker), "{shell}: {marker} missing");
+        for sub in [
+            "check-config",
+            "rotate-assertion-key",
+            "acknowledge-data-loss",
+        ] {
+            assert!(text.contains(sub), "{shell}: {sub} missing");
+        }
+    }
+    if Command::new("bash").arg("--version").output().is_ok() {
+        let out = certgate(&["completions", "bash"], &[]);
+        let script = dir_file("certgate.bash", &out.stdout);
+        let check = Command::new("bash")
+            .arg("-n")
+            .arg(&script.1)
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "bash -n: {}", describe(&check));
+    }
+    let out = certgate(&["man"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH certgate 1"), "{page}");
+    for sub in ["check\\-config", "demo", "admin", "health"] {
+        assert!(page.contains(sub), "{sub} missing from the man page");
+    }
+    let out = certgate(&["completions", "tcsh"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+}
+
+/// Writes `bytes` to a new temporary file named `name`; the folder lives as long as the
+/// returned guard.
+fn dir_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    (dir, path)
 }

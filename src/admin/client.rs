@@ -282,6 +282,21 @@ pub async fn call(
 
 /// Runs `cmd`; a non-2xx answer becomes [`ClientError::Api`] with the server's code and
 /// message.
+impl ClientError {
+    /// Whether the error is in what the operator typed (a malformed URL, an account or
+    /// serial the API refuses as invalid) rather than in the gateway or the network: the
+    /// command exits 2 for those, like any usage error.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            ClientError::InvalidUrl { .. } | ClientError::HttpsUnsupported(_) => true,
+            ClientError::Api { status, .. } => {
+                *status == StatusCode::BAD_REQUEST || *status == StatusCode::UNPROCESSABLE_ENTITY
+            }
+            _ => false,
+        }
+    }
+}
+
 pub async fn run(url: &str, token: &str, cmd: &AdminCommand) -> Result<Value, ClientError> {
     let (status, value) = call(url, token, cmd.method(), &cmd.path(), cmd.body()).await?;
     if status.is_success() {

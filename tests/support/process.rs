@@ -82,14 +82,23 @@ fn field(line: &str, key: &str) -> Option<SocketAddr> {
         .and_then(|v| v.trim_matches('"').parse().ok())
 }
 
-/// Spawns `certgate --config <p> run` and waits until it listens.
+/// Spawns `certgate --config <p> run` (with `CERTGATE_LOG=info`) and waits until it listens.
 pub fn start(p: &Prepared) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_certgate"))
-        .arg("--config")
+    start_with_log(p, Some("info"))
+}
+
+/// [`start`] with `CERTGATE_LOG` set to `log`, or unset (the config's `log.level` rules).
+pub fn start_with_log(p: &Prepared, log: Option<&str>) -> Running {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_certgate"));
+    cmd.arg("--config")
         .arg(&p.config_path)
         .arg("run")
         .env_remove("CERTGATE_CONFIG")
-        .env("CERTGATE_LOG", "info")
+        .env_remove("CERTGATE_LOG");
+    if let Some(level) = log {
+        cmd.env("CERTGATE_LOG", level);
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
