@@ -61,7 +61,13 @@ pub enum Command {
         create_store: bool,
     },
     /// Validate the configuration (files, keys, addresses) without binding anything.
-    CheckConfig,
+    CheckConfig {
+        /// Also check what the file cannot show: the state store answers, the upstream
+        /// answers, the certificates chain and are valid now, the key files are private.
+        /// Each is reported ok or failed; any failure exits 1.
+        #[arg(long)]
+        online: bool,
+    },
     /// Ask a running gateway whether it is ready (`GET /readyz` on `metrics.listen`):
     /// exit 0 when it answers 200, 1 otherwise. For container health checks.
     Health {
@@ -191,7 +197,7 @@ pub fn run() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let config = cli.config_path();
     match cli.command {
-        Command::CheckConfig => check_config(&config),
+        Command::CheckConfig { online } => check_config(&config, online),
         Command::Health { ref url } => health(&config, url.as_deref()),
         Command::Run { create_store } => run_gateway(&config, create_store),
         Command::Init { ref dir, force } => init(dir, force),
@@ -243,8 +249,38 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
-fn check_config(path: &Path) -> ExitCode {
+fn check_config(path: &Path, online: bool) -> ExitCode {
     match load(path) {
+        Ok(cfg) if online => {
+            let code = check_config(path, false);
+            if code != ExitCode::SUCCESS {
+                return code;
+            }
+            let rt = match runtime() {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            let checks = rt.block_on(crate::preflight::run(&cfg));
+            let width = checks.iter().map(|c| c.what.len()).max().unwrap_or(0);
+            for c in &checks {
+                println!(
+                    "{:width$}  {:6}  {}",
+                    c.what,
+                    if c.ok { "ok" } else { "FAILED" },
+                    c.detail
+                );
+            }
+            let failed = checks.iter().filter(|c| !c.ok).count();
+            if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "certgate: {failed} of {} online checks failed",
+                    checks.len()
+                );
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
         Ok(cfg) => {
             println!(
                 "{}: ok (listen {}, upstream {}, state {}, enrollment {})",

@@ -18,6 +18,7 @@
 //! - [`admin`]: the admin API, its CLI client, and the route table and bodies both share.
 //! - [`server`]: connections (accept, PROXY → TLS → h1/h2, watchdog, plain HTTP/1).
 //! - [`logging`]: the log subscriber, its level changeable while running.
+//! - [`preflight`]: `check-config --online` (store, upstream, chains, key files).
 //! - [`reload`]: configuration reload and file watching.
 //! - [`app`]: wires everything from a `Config` (only `cli` imports it).
 //! - [`demo`], [`cli`]: the demo and the `certgate` command line.
@@ -37,6 +38,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod pki;
+pub mod preflight;
 pub mod process;
 pub mod proxy;
 pub mod reload;

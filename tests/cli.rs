@@ -788,3 +788,106 @@ fn dir_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
     std::fs::write(&path, bytes).unwrap();
     (dir, path)
 }
+
+fn online(path: &Path) -> Output {
+    certgate(
+        &[
+            "--config",
+            path.to_str().expect("utf-8 path"),
+            "check-config",
+            "--online",
+        ],
+        &[],
+    )
+}
+
+/// The line `check-config --online` printed for `what`.
+fn online_line(out: &Output, what: &str) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(what))
+        .unwrap_or_else(|| panic!("no {what} line: {}", describe(out)))
+        .to_string()
+}
+
+/// `check-config --online` against a real Redis, killed and hung, a real upstream and a
+/// closed port, and a key file made readable by others.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_online_check_reports_each_part() {
+    let Some(redis) = support::redis::RedisServer::start() else {
+        return;
+    };
+    let p = Prepared::new(Options {
+        redis_url: Some(redis.url()),
+        ..Options::default()
+    })
+    .await;
+    let path = p.config_path.clone();
+    let out = tokio::task::spawn_blocking(move || online(&path))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    for what in [
+        "state",
+        "upstream.url",
+        "tls.cert",
+        "enrollment.ca_cert",
+        "tls.key",
+        "admin.token_file",
+    ] {
+        let line = online_line(&out, what);
+        assert!(line.contains(" ok "), "{line}");
+    }
+    assert!(online_line(&out, "state").contains("answered in"));
+    assert!(online_line(&out, "upstream.url").contains("answered HTTP"));
+
+    // Hung Redis: reported, within the check's bound.
+    redis.pause();
+    let path = p.config_path.clone();
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || online(&path))
+        .await
+        .unwrap();
+    redis.resume();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        online_line(&out, "state").contains("FAILED"),
+        "{}",
+        describe(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // The upstream on a closed port, and a key others can read.
+    let closed = support::closed_port().await;
+    let text = std::fs::read_to_string(&p.config_path).unwrap();
+    let upstream_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("url: \"http://"))
+        .expect("upstream url line")
+        .to_string();
+    let broken = text.replacen(&upstream_line, &format!("  url: \"http://{closed}\""), 1);
+    let broken_path = p.dir.path().join("broken.yaml");
+    std::fs::write(&broken_path, broken).unwrap();
+    let key = p.dir.path().join("pki/server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = tokio::task::spawn_blocking(move || online(&broken_path))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let up = online_line(&out, "upstream.url");
+    assert!(
+        up.contains("FAILED") && up.contains("cannot connect"),
+        "{up}"
+    );
+    let k = online_line(&out, "tls.key");
+    assert!(
+        k.contains("FAILED") && k.contains("0644") && k.contains("chmod 600"),
+        "{k}"
+    );
+    assert!(online_line(&out, "state").contains(" ok "), "Redis is back");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("2 of"),
+        "{}",
+        describe(&out)
+    );
+}
