@@ -344,6 +344,30 @@ pub(crate) fn build_runtime(
     metrics
         .crl_next_update
         .set(config.client_auth.crl_deadline().unwrap_or(0));
+    let not_after = |certificate| crate::metrics::CertificateLabels { certificate };
+    if let Some(t) = config.tls.cert.leaf_not_after() {
+        metrics
+            .certificate_not_after
+            .get_or_create(&not_after("server"))
+            .set(t);
+    }
+    match config
+        .enrollment
+        .as_ref()
+        .and_then(|e| e.ca_cert.leaf_not_after())
+    {
+        Some(t) => {
+            metrics
+                .certificate_not_after
+                .get_or_create(&not_after("enrollment_ca"))
+                .set(t);
+        }
+        None => {
+            metrics
+                .certificate_not_after
+                .remove(&not_after("enrollment_ca"));
+        }
+    }
     let own = Arc::new(Enrollment::reloaded(
         config,
         cache.clone(),

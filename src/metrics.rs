@@ -39,6 +39,7 @@ pub mod names {
     pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "certgate_config_last_reload_success";
     pub const CLIENT_CERT_NOT_AFTER: &str = "certgate_client_cert_not_after_seconds";
     pub const CRL_NEXT_UPDATE: &str = "certgate_crl_next_update_seconds";
+    pub const CERTIFICATE_NOT_AFTER: &str = "certgate_certificate_not_after_seconds";
     pub const ADMIN_REQUESTS: &str = "certgate_admin_requests";
     pub const HTTP_REQUESTS: &str = "certgate_http_requests";
     pub const HTTP_REQUEST_DURATION: &str = "certgate_http_request_duration_seconds";
@@ -62,6 +63,12 @@ impl EncodeLabelValue for FloodKind {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         EncodeLabelValue::encode(&self.as_str(), encoder)
     }
+}
+
+/// `certificate`: `server` (the leaf of `tls.cert`) or `enrollment_ca`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    pub certificate: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -212,6 +219,8 @@ pub struct Metrics {
     pub config_last_reload_success: Gauge,
     pub client_cert_not_after: Histogram,
     pub crl_next_update: Gauge,
+    /// Unix time of `notAfter` of the server certificate and of the enrollment CA.
+    pub certificate_not_after: Family<CertificateLabels, Gauge>,
     pub admin_requests: Family<AdminLabels, Counter>,
     /// `[method][status class]`, every one present from the start.
     http_requests: Arc<[[Counter; 5]; 8]>,
@@ -364,6 +373,13 @@ impl Metrics {
             "Unix time of the earliest nextUpdate of the configured CRLs (0: no CRL configured)",
             Gauge::default(),
         );
+        let certificate_not_after = Family::<CertificateLabels, Gauge>::default();
+        r.register(
+            CERTIFICATE_NOT_AFTER,
+            "Unix time of notAfter of the server certificate (certificate=\"server\") and of the \
+             enrollment CA (certificate=\"enrollment_ca\", absent when enrollment is off)",
+            certificate_not_after.clone(),
+        );
         let admin_requests = Family::<AdminLabels, Counter>::default();
         r.register(ADMIN_REQUESTS, "Admin API requests", admin_requests.clone());
         let http_family = Family::<HttpLabels, Counter>::default();
@@ -417,6 +433,7 @@ impl Metrics {
             config_last_reload_success,
             client_cert_not_after,
             crl_next_update,
+            certificate_not_after,
             admin_requests,
             http_requests,
             http_request_duration,

@@ -1021,6 +1021,13 @@ async fn metrics_name_the_build_and_the_process_from_the_start() {
         .as_secs_f64();
     assert!(start > 1.6e9 && start <= now, "start {start}");
 
+    // notAfter of the server certificate and the enrollment CA, as Unix times.
+    for which in ["server", "enrollment_ca"] {
+        let name = format!("certgate_certificate_not_after_seconds{{certificate=\"{which}\"}}");
+        let t = support::sample(&m, &name).unwrap_or_else(|| panic!("no {name} in\n{m}"));
+        assert!(t > now && t < now + 20.0 * 365.0 * 86_400.0, "{name} {t}");
+    }
+
     for family in [
         "certgate_connections_refused_total",
         "certgate_state_store_errors_total",

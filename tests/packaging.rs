@@ -250,6 +250,7 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
         "certgate_http_requests_total",
         "certgate_upstream_errors_total",
         "certgate_crl_next_update_seconds",
+        "certgate_certificate_not_after_seconds",
         "certgate_client_cert_not_after_seconds_bucket",
     ] {
         assert!(seen.contains(needed), "no alert uses {needed}");

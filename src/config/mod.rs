@@ -87,6 +87,16 @@ pub struct PemCerts {
     pub certs: Vec<CertificateDer<'static>>,
 }
 
+impl PemCerts {
+    /// Unix time of the first certificate's `notAfter`.
+    pub fn leaf_not_after(&self) -> Option<i64> {
+        use x509_parser::prelude::FromDer as _;
+        let der = self.certs.first()?;
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+}
+
 impl std::fmt::Debug for PemCerts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
