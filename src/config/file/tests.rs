@@ -1883,3 +1883,117 @@ fn a_public_url_that_cannot_work_is_warned_about() {
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].contains("port 443") && w[0].contains("8443"), "{w:?}");
 }
+
+#[test]
+fn shutdown_and_request_id_values() {
+    let pki = Pki::new();
+    let c = pki.load(MINIMAL).unwrap();
+    assert_eq!(c.shutdown.drain_delay, Duration::from_secs(2));
+    assert_eq!(c.shutdown.timeout, Duration::from_secs(30));
+    assert_eq!(c.headers.request_id, RequestIdMode::Generate);
+
+    let c = pki
+        .load(&with(
+            "shutdown:\n  drain_delay: 0s\n  timeout: 5s\nheaders:\n  request_id: accept\n",
+        ))
+        .unwrap();
+    assert_eq!(
+        c.shutdown.drain_delay,
+        Duration::ZERO,
+        "0s turns the lame duck off"
+    );
+    assert_eq!(c.shutdown.timeout, Duration::from_secs(5));
+    assert_eq!(c.headers.request_id, RequestIdMode::Accept);
+
+    let yaml = with("shutdown:\n  timeout: 0s\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "timeout")),
+        "shutdown.timeout",
+        &["0s"],
+    );
+    let yaml = with("shutdown:\n  drain_delay: soon\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "drain_delay")),
+        "shutdown.drain_delay",
+        &["soon"],
+    );
+    let yaml = with("shutdown:\n  drain_delay: -1s\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "drain_delay")),
+        "shutdown.drain_delay",
+        &["-1s"],
+    );
+    let yaml = with("headers:\n  request_id: trust\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "request_id")),
+        "headers.request_id",
+        &["\"trust\" is not one of: generate, accept, off"],
+    );
+}
+
+/// Lines of the shipped config dedented, duplicated, dropped and truncated at random
+/// (seeded): every result is a config or an error naming a key, never a panic, and every
+/// hint names a section that exists.
+#[test]
+fn mangled_configs_get_errors_not_panics() {
+    let pki = Pki::new();
+    let template = crate::demo::CONFIG_TEMPLATE;
+    let lines: Vec<&str> = template.lines().collect();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    for _ in 0..300 {
+        let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        for _ in 0..3 {
+            let i = next(out.len());
+            match next(4) {
+                0 => out[i] = out[i].trim_start().to_string(),
+                1 => {
+                    let l = out[i].clone();
+                    out.insert(i, l);
+                }
+                2 => {
+                    out.remove(i);
+                }
+                _ => {
+                    let cut = next(out[i].len() + 1);
+                    let cut = (0..=cut)
+                        .rev()
+                        .find(|c| out[i].is_char_boundary(*c))
+                        .unwrap_or(0);
+                    out[i].truncate(cut);
+                }
+            }
+        }
+        let text = out.join("\n");
+        if let Err(e) = pki.load(&text) {
+            assert!(!e.key.is_empty(), "{e}");
+            if let Some(section) =
+                super::super::yaml::between(&e.message, "indent it under `", ":`")
+            {
+                assert!(
+                    crate::config::schema::KEYS
+                        .iter()
+                        .any(|(p, _)| p.rsplit('.').next() == Some(section)),
+                    "hint names no section: {e}"
+                );
+            }
+        }
+    }
+}
