@@ -125,6 +125,43 @@ async fn allowed_request_carries_identity_headers_h2() {
     h.shutdown().await;
 }
 
+/// `headers.identity` turns single headers off; the others still arrive, and a client's
+/// copy of one that is off is removed all the same.
+#[tokio::test]
+async fn identity_headers_can_be_turned_off_one_by_one() {
+    let h = Harness::with(Options {
+        extra_headers: vec![
+            "identity:".into(),
+            "  client_cert: false".into(),
+            "  subject: false".into(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let alice = h.pki.client("alice");
+    for client in [h.client_h1(Some(&alice)), h.client(Some(&alice))] {
+        let spoofed = [
+            ("client-cert", ":AAAA:"),
+            ("x-client-cert-subject", "CN=mallory"),
+        ];
+        let r = get(&client, &h.url("/app"), &spoofed).await;
+        let echo = assert_ok(&r, "alice with two headers off");
+        assert_eq!(echo.one("x-client-account"), "alice");
+        assert_eq!(echo.one("x-client-cert-serial"), alice.serial);
+        assert_eq!(echo.one("x-client-cert-fingerprint"), alice.fingerprint);
+        assert_eq!(
+            echo.one("x-client-cert-not-after"),
+            alice.not_after_rfc3339()
+        );
+        assert!(!echo.has("client-cert"), "Client-Cert sent although off");
+        assert!(
+            !echo.has("x-client-cert-subject"),
+            "subject sent although off"
+        );
+    }
+    h.shutdown().await;
+}
+
 #[tokio::test]
 async fn account_comes_from_uri_then_email_then_cn() {
     let h = Harness::start().await;

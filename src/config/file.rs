@@ -36,10 +36,10 @@ use super::units;
 use super::yaml::{KeyIndex, parse, span_line};
 use super::{
     AdminConfig, AssertionConfig, CacheConfig, ClientAuthConfig, ClientAuthMode, Config,
-    ConfigError, Crl, EnrollmentConfig, HeadersConfig, IdentityConfig, LimitsConfig, LogConfig,
-    LogFormat, MetricsConfig, OnError, PemCerts, RedisConfig, RedisMode, RequestIdMode,
-    RoutesConfig, Secret, SecretKey, ShutdownConfig, StateBackend, StateConfig, TlsConfig,
-    TlsMinVersion, Underscores, UpstreamConfig,
+    ConfigError, Crl, EnrollmentConfig, HeadersConfig, IdentityConfig, IdentityHeaderSet,
+    LimitsConfig, LogConfig, LogFormat, MetricsConfig, OnError, PemCerts, RedisConfig, RedisMode,
+    RequestIdMode, RoutesConfig, Secret, SecretKey, ShutdownConfig, StateBackend, StateConfig,
+    TlsConfig, TlsMinVersion, Underscores, UpstreamConfig,
 };
 use crate::core::identity::AccountSource;
 
@@ -534,7 +534,16 @@ impl Ctx<'_> {
         let upstream = self.upstream(f.upstream)?;
         let routes = self.routes(f.routes.unwrap_or_default())?;
         let headers_file = f.headers.unwrap_or_default();
+        let id = headers_file.identity.unwrap_or_default();
         let headers = HeadersConfig {
+            identity: IdentityHeaderSet {
+                account: self.bool(&id.account, true),
+                serial: self.bool(&id.serial, true),
+                fingerprint: self.bool(&id.fingerprint, true),
+                subject: self.bool(&id.subject, true),
+                not_after: self.bool(&id.not_after, true),
+                client_cert: self.bool(&id.client_cert, true),
+            },
             xfcc: self.bool(&headers_file.xfcc, false),
             underscores: self.choice(
                 "headers.underscores",

@@ -208,11 +208,37 @@ pub struct RoutesConfig {
 
 #[derive(Debug, Clone)]
 pub struct HeadersConfig {
+    /// `headers.identity`: which identity headers are sent.
+    pub identity: IdentityHeaderSet,
     pub xfcc: bool,
     pub underscores: Underscores,
     pub request_id: RequestIdMode,
     /// `headers.assertion`; `None` when off.
     pub assertion: Option<AssertionConfig>,
+}
+
+/// `headers.identity`: each identity header on (sent) or off; all on by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdentityHeaderSet {
+    pub account: bool,
+    pub serial: bool,
+    pub fingerprint: bool,
+    pub subject: bool,
+    pub not_after: bool,
+    pub client_cert: bool,
+}
+
+impl Default for IdentityHeaderSet {
+    fn default() -> Self {
+        IdentityHeaderSet {
+            account: true,
+            serial: true,
+            fingerprint: true,
+            subject: true,
+            not_after: true,
+            client_cert: true,
+        }
+    }
 }
 
 /// `headers.assertion`: an ES256 JWS in `X-Client-Assertion` on every request forwarded

@@ -79,10 +79,23 @@ pub struct RoutesFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeadersFile {
+    pub identity: Option<IdentityHeadersFile>,
     pub xfcc: Option<S<bool>>,
     pub underscores: Option<S<String>>,
     pub request_id: Option<S<String>>,
     pub assertion: Option<AssertionFile>,
+}
+
+/// `headers.identity`: which identity headers are sent (each on by default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityHeadersFile {
+    pub account: Option<S<bool>>,
+    pub serial: Option<S<bool>>,
+    pub fingerprint: Option<S<bool>>,
+    pub subject: Option<S<bool>>,
+    pub not_after: Option<S<bool>>,
+    pub client_cert: Option<S<bool>>,
 }
 
 /// `headers.assertion`: the signed identity assertion; on when `audience` is set.
@@ -273,7 +286,18 @@ pub const KEYS: &[(&str, &[&str])] = &[
     ("routes", &["public", "public_upgrades"]),
     (
         "headers",
-        &["xfcc", "underscores", "request_id", "assertion"],
+        &["identity", "xfcc", "underscores", "request_id", "assertion"],
+    ),
+    (
+        "headers.identity",
+        &[
+            "account",
+            "serial",
+            "fingerprint",
+            "subject",
+            "not_after",
+            "client_cert",
+        ],
     ),
     (
         "headers.assertion",

@@ -195,6 +195,8 @@ pub struct Proxy {
     response_timeout: Duration,
     public: Vec<String>,
     check_host: bool,
+    /// `headers.identity`: which identity headers are sent.
+    send: crate::config::IdentityHeaderSet,
     xfcc: bool,
     public_upgrades: bool,
     tunnel_limits: tunnel::TunnelLimits,
@@ -442,6 +444,7 @@ impl Proxy {
             response_timeout: cfg.upstream.response_timeout,
             public: cfg.routes.public.clone(),
             check_host: !cfg.server_names.is_empty(),
+            send: cfg.headers.identity,
             xfcc: cfg.headers.xfcc,
             public_upgrades: cfg.routes.public_upgrades,
             tunnel_limits: tunnel::TunnelLimits {
@@ -665,14 +668,27 @@ impl Proxy {
         h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
         if with_identity && let Some(id) = conn.identity.as_deref() {
             let ih = &id.headers;
-            if let Some(a) = &ih.account {
+            let send = &self.send;
+            if send.account
+                && let Some(a) = &ih.account
+            {
                 h.insert(X_CLIENT_ACCOUNT.clone(), a.clone());
             }
-            h.insert(X_CLIENT_CERT_SERIAL.clone(), ih.serial.clone());
-            h.insert(X_CLIENT_CERT_FINGERPRINT.clone(), ih.fingerprint.clone());
-            h.insert(X_CLIENT_CERT_SUBJECT.clone(), ih.subject.clone());
-            h.insert(X_CLIENT_CERT_NOT_AFTER.clone(), ih.not_after.clone());
-            h.insert(CLIENT_CERT.clone(), ih.client_cert.clone());
+            if send.serial {
+                h.insert(X_CLIENT_CERT_SERIAL.clone(), ih.serial.clone());
+            }
+            if send.fingerprint {
+                h.insert(X_CLIENT_CERT_FINGERPRINT.clone(), ih.fingerprint.clone());
+            }
+            if send.subject {
+                h.insert(X_CLIENT_CERT_SUBJECT.clone(), ih.subject.clone());
+            }
+            if send.not_after {
+                h.insert(X_CLIENT_CERT_NOT_AFTER.clone(), ih.not_after.clone());
+            }
+            if send.client_cert {
+                h.insert(CLIENT_CERT.clone(), ih.client_cert.clone());
+            }
             if self.xfcc {
                 h.insert(X_FORWARDED_CLIENT_CERT.clone(), ih.xfcc.clone());
             }

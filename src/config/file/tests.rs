@@ -343,6 +343,12 @@ fn defaults_are_applied() {
     assert_eq!(c.upstream.pool_max_idle_per_host, 512);
     assert!(c.routes.public.is_empty());
     assert!(!c.headers.xfcc);
+    assert_eq!(
+        c.headers.identity,
+        crate::config::IdentityHeaderSet::default(),
+        "every identity header on by default"
+    );
+    assert!(c.headers.identity.client_cert && c.headers.identity.account);
     assert_eq!(c.headers.underscores, Underscores::Drop);
     let StateBackend::Embedded { path } = &c.state.backend else {
         panic!("expected the embedded backend")
@@ -1882,6 +1888,36 @@ fn a_public_url_that_cannot_work_is_warned_about() {
     let w = cfg.warnings();
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].contains("port 443") && w[0].contains("8443"), "{w:?}");
+}
+
+#[test]
+fn identity_headers_are_each_on_or_off() {
+    let pki = Pki::new();
+    let c = pki
+        .load(&with(
+            "headers:\n  identity:\n    client_cert: false\n    account: true\n",
+        ))
+        .unwrap();
+    assert!(!c.headers.identity.client_cert);
+    assert!(c.headers.identity.account && c.headers.identity.serial);
+    let yaml = with("headers:\n  identity:\n    client_cert: off\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "client_cert")),
+        "headers.identity.client_cert",
+        &["boolean"],
+    );
+    let yaml = with("headers:\n  identity:\n    clientcert: false\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "clientcert")),
+        "headers.identity.clientcert",
+        &["did you mean `client_cert`?"],
+    );
 }
 
 #[test]
