@@ -90,29 +90,26 @@ pub(super) fn csr_der(body: &[u8]) -> Result<Vec<u8>, CsrError> {
 
 /// The first common name of a certificate's issuer.
 pub(super) fn issuer_name(der: &[u8]) -> Option<String> {
-    use x509_parser::prelude::FromDer as _;
-    x509_parser::certificate::X509Certificate::from_der(der)
-        .ok()
-        .and_then(|(_, c)| {
-            c.issuer()
-                .iter_common_name()
-                .next()
-                .and_then(|cn| cn.as_str().ok())
-                .map(str::to_string)
-        })
+    first_cn(der, |c| c.issuer())
 }
 
 /// The first common name of a certificate's subject (for the page), or a generic label.
 pub(super) fn common_name(der: &[u8]) -> String {
+    first_cn(der, |c| c.subject()).unwrap_or_else(|| "certgate enrollment CA".into())
+}
+
+/// The first common name of the name `which` picks from the certificate in `der`.
+fn first_cn(
+    der: &[u8],
+    which: for<'a> fn(
+        &'a x509_parser::certificate::X509Certificate<'a>,
+    ) -> &'a x509_parser::x509::X509Name<'a>,
+) -> Option<String> {
     use x509_parser::prelude::FromDer as _;
-    x509_parser::certificate::X509Certificate::from_der(der)
-        .ok()
-        .and_then(|(_, c)| {
-            c.subject()
-                .iter_common_name()
-                .next()
-                .and_then(|cn| cn.as_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "certgate enrollment CA".into())
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    which(&c)
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string)
 }
