@@ -250,61 +250,47 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 }
 
 fn check_config(path: &Path, online: bool) -> ExitCode {
-    match load(path) {
-        Ok(cfg) if online => {
-            let code = check_config(path, false);
-            if code != ExitCode::SUCCESS {
-                return code;
-            }
-            let rt = match runtime() {
-                Ok(r) => r,
-                Err(code) => return code,
-            };
-            let checks = rt.block_on(crate::preflight::run(&cfg));
-            let width = checks.iter().map(|c| c.what.len()).max().unwrap_or(0);
-            for c in &checks {
-                println!(
-                    "{:width$}  {:6}  {}",
-                    c.what,
-                    if c.ok { "ok" } else { "FAILED" },
-                    c.detail
-                );
-            }
-            let failed = checks.iter().filter(|c| !c.ok).count();
-            if failed == 0 {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!(
-                    "certgate: {failed} of {} online checks failed",
-                    checks.len()
-                );
-                ExitCode::from(EXIT_RUNTIME)
-            }
-        }
-        Ok(cfg) => {
-            println!(
-                "{}: ok (listen {}, upstream {}, state {}, enrollment {})",
-                path.display(),
-                cfg.listen,
-                cfg.upstream.url,
-                match &cfg.state.backend {
-                    crate::config::StateBackend::Embedded { path } =>
-                        format!("embedded {}", path.display()),
-                    crate::config::StateBackend::Redis(r) => r.describe(),
-                },
-                if cfg.enrollment.is_some() {
-                    "on"
-                } else {
-                    "off"
-                },
-            );
-            for w in cfg.warnings() {
-                eprintln!("{}: warning: {w}", path.display());
-            }
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!(
+        "{}: ok (listen {}, upstream {}, state {}, enrollment {})",
+        path.display(),
+        cfg.listen,
+        cfg.upstream.url,
+        app::describe_store(&cfg.state.backend),
+        if cfg.enrollment.is_some() {
+            "on"
+        } else {
+            "off"
+        },
+    );
+    for w in cfg.warnings() {
+        eprintln!("{}: warning: {w}", path.display());
     }
+    if !online {
+        return ExitCode::SUCCESS;
+    }
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let checks = rt.block_on(crate::preflight::run(&cfg));
+    let width = checks.iter().map(|c| c.what.len()).max().unwrap_or(0);
+    for c in &checks {
+        let verdict = if c.ok { "ok" } else { "FAILED" };
+        println!("{:width$}  {verdict:6}  {}", c.what, c.detail);
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed == 0 {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "certgate: {failed} of {} online checks failed",
+        checks.len()
+    );
+    ExitCode::from(EXIT_RUNTIME)
 }
 
 fn health(config: &Path, url: Option<&str>) -> ExitCode {
