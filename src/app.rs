@@ -47,6 +47,8 @@ pub enum AppError {
     Enroll(#[from] EnrollError),
     #[error("upstream: {0}")]
     Proxy(#[from] crate::proxy::ProxyError),
+    #[error("{0}")]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
 }
 
 /// What to do about a listener that cannot bind.
@@ -117,6 +119,8 @@ impl Gateway {
             t.abort();
             let _ = t.await;
         }
+        // The spans of the last requests (a no-op without telemetry.otlp_endpoint).
+        let _ = tokio::task::spawn_blocking(crate::telemetry::shutdown).await;
     }
 
     /// Resolves when a shutdown was requested through [`Gateway::shutdown`]'s channel by
@@ -221,6 +225,7 @@ pub async fn start(config: Config) -> Result<Gateway, AppError> {
     }
 
     let runtime = build_runtime(&config, &cache, &metrics, None)?;
+    crate::telemetry::start(&config.telemetry)?;
 
     let config_file = config.source.as_path();
     let bind = |what: &'static str, addr: SocketAddr| async move {

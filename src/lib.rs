@@ -13,6 +13,7 @@
 //! - [`http`]: one rendering of any outcome (HTML or JSON), bearer credentials, limited
 //!   bodies.
 //! - [`enroll`]: certgate's own `/.certgate/` endpoints (enrollment, CA, CRL).
+//! - [`telemetry`]: OpenTelemetry request spans over OTLP, when configured.
 //! - [`live`]: the open connections with a certificate, closed when the decision changes.
 //! - [`proxy`]: one request: strip, classify, decide, forward or refuse.
 //! - [`admin`]: the admin API, its CLI client, and the route table and bodies both share.
@@ -44,4 +45,5 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 pub mod tls;

@@ -46,6 +46,9 @@ impl Check {
 /// Runs every check for `cfg`.
 pub async fn run(cfg: &Config) -> Vec<Check> {
     let mut out = vec![store(cfg).await, upstream(cfg).await];
+    if let Some(url) = &cfg.telemetry.otlp_endpoint {
+        out.push(collector(url).await);
+    }
     let now = crate::core::clock::now();
     out.push(chain("tls.cert", &cfg.tls.cert, now, true));
     if let Some(en) = &cfg.enrollment {
@@ -125,10 +128,13 @@ async fn store(cfg: &Config) -> Check {
     }
 }
 
-async fn upstream(cfg: &Config) -> Check {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let what = "upstream.url";
-    let url = &cfg.upstream.url;
+/// A TCP connection to `url`'s host and port within `timeout`, and that `host:port`; or
+/// why there is none.
+async fn connect(
+    url: &http::Uri,
+    timeout: std::time::Duration,
+    key: &str,
+) -> Result<(tokio::net::TcpStream, String), String> {
     let https = url.scheme_str() == Some("https");
     let host = url.host().unwrap_or_default().to_string();
     let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
@@ -137,27 +143,47 @@ async fn upstream(cfg: &Config) -> Check {
     } else {
         format!("{host}:{port}")
     };
-    let started = Instant::now();
-    let timeout = cfg.upstream.connect_timeout.min(CHECK_TIMEOUT);
     let connect = tokio::time::timeout(
         timeout,
         tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)),
     )
     .await;
-    let mut tcp = match connect {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            return Check::failed(
-                what,
-                format!("{url}: cannot connect to {authority}: {e} (is the application running?)"),
-            );
-        }
-        Err(_) => {
-            return Check::failed(
-                what,
-                format!("{url}: no connection to {authority} within upstream.connect_timeout"),
-            );
-        }
+    match connect {
+        Ok(Ok(t)) => Ok((t, authority)),
+        Ok(Err(e)) => Err(format!("{url}: cannot connect to {authority}: {e}")),
+        Err(_) => Err(format!("{url}: no connection to {authority} within {key}")),
+    }
+}
+
+/// `telemetry.otlp_endpoint`: the collector accepts connections.
+async fn collector(url: &http::Uri) -> Check {
+    let what = "telemetry.otlp_endpoint";
+    let started = Instant::now();
+    match connect(url, CHECK_TIMEOUT, &format!("{}s", CHECK_TIMEOUT.as_secs())).await {
+        Ok((_, authority)) => Check::ok(
+            what,
+            format!(
+                "{url}: {authority} accepts connections ({} ms)",
+                started.elapsed().as_millis()
+            ),
+        ),
+        Err(e) => Check::failed(
+            what,
+            format!("{e} (is the OpenTelemetry collector running? spans would be dropped)"),
+        ),
+    }
+}
+
+async fn upstream(cfg: &Config) -> Check {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let what = "upstream.url";
+    let url = &cfg.upstream.url;
+    let https = url.scheme_str() == Some("https");
+    let started = Instant::now();
+    let timeout = cfg.upstream.connect_timeout.min(CHECK_TIMEOUT);
+    let (mut tcp, authority) = match connect(url, timeout, "upstream.connect_timeout").await {
+        Ok(c) => c,
+        Err(e) => return Check::failed(what, format!("{e} (is the application running?)")),
     };
     if https {
         return Check::ok(

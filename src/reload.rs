@@ -198,6 +198,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.log.format != new.log.format {
         out.push("log.format");
     }
+    if old.telemetry != new.telemetry {
+        out.push("telemetry");
+    }
     out
 }
 

@@ -39,7 +39,7 @@ use super::{
     ConfigError, Crl, EnrollmentConfig, HeadersConfig, IdentityConfig, IdentityHeaderSet,
     LimitsConfig, LogConfig, LogFormat, MetricsConfig, OnError, PemCerts, RedisConfig, RedisMode,
     RequestIdMode, RoutesConfig, Secret, SecretKey, ShutdownConfig, StateBackend, StateConfig,
-    TlsConfig, TlsMinVersion, Underscores, UpstreamConfig,
+    TelemetryConfig, TlsConfig, TlsMinVersion, Underscores, UpstreamConfig,
 };
 use crate::core::identity::AccountSource;
 
@@ -606,6 +606,7 @@ impl Ctx<'_> {
         let limits = self.limits(f.limits.unwrap_or_default())?;
         let shutdown = self.shutdown(f.shutdown.unwrap_or_default())?;
         let log = self.log(f.log.unwrap_or_default())?;
+        let telemetry = self.telemetry(f.telemetry.unwrap_or_default())?;
 
         Ok(Config {
             source: self.file.to_path_buf(),
@@ -630,7 +631,54 @@ impl Ctx<'_> {
             limits,
             shutdown,
             log,
+            telemetry,
         })
+    }
+
+    fn telemetry(&self, t: TelemetryFile) -> Result<TelemetryConfig, ConfigError> {
+        let mut out = TelemetryConfig::default();
+        if let Some(v) = &t.otlp_endpoint
+            && !v.value.trim().is_empty()
+        {
+            let url = http_url("telemetry.otlp_endpoint", &v.value)
+                .map_err(|m| self.fail_at("telemetry.otlp_endpoint", v, m))?;
+            // The collector's base address gets the traces path of OTLP/HTTP.
+            let url = if matches!(url.path(), "" | "/") && url.query().is_none() {
+                let base = v.value.trim().trim_end_matches('/');
+                format!("{base}/v1/traces")
+                    .parse()
+                    .map_err(|e| self.fail_at("telemetry.otlp_endpoint", v, format!("{e}")))?
+            } else {
+                url
+            };
+            out.otlp_endpoint = Some(url);
+        }
+        if let Some(v) = &t.service_name {
+            let name = v.value.trim();
+            if name.is_empty() || name.chars().any(char::is_control) {
+                return Err(self.fail_at(
+                    "telemetry.service_name",
+                    v,
+                    "must be a name such as \"certgate\" (not empty, no control characters)",
+                ));
+            }
+            out.service_name = name.to_string();
+        }
+        if let Some(v) = &t.sample_ratio {
+            if !(0.0..=1.0).contains(&v.value) {
+                return Err(self.fail_at(
+                    "telemetry.sample_ratio",
+                    v,
+                    format!(
+                        "{} is not a share of traces: write a number from 0.0 (none) to 1.0 \
+                         (every one)",
+                        v.value
+                    ),
+                ));
+            }
+            out.sample_ratio = v.value;
+        }
+        Ok(out)
     }
 
     fn shutdown(&self, s: ShutdownFile) -> Result<ShutdownConfig, ConfigError> {

@@ -490,6 +490,29 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// `telemetry`: OpenTelemetry traces, exported over OTLP/HTTP when an endpoint is set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// Where spans are sent (`POST`, protobuf), e.g. `http://127.0.0.1:4318/v1/traces`;
+    /// `None` (the default) exports nothing and starts no trace.
+    pub otlp_endpoint: Option<http::Uri>,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+    /// The share of new traces recorded (0.0 to 1.0); a request that arrives with a
+    /// `traceparent` follows its caller's sampling decision.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: schema::defaults::SERVICE_NAME.to_string(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -521,4 +544,5 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub shutdown: ShutdownConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
 }

@@ -28,6 +28,7 @@ pub struct FileConfig {
     pub limits: Option<LimitsFile>,
     pub shutdown: Option<ShutdownFile>,
     pub log: Option<LogFile>,
+    pub telemetry: Option<TelemetryFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,6 +190,14 @@ pub struct ShutdownFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct TelemetryFile {
+    pub otlp_endpoint: Option<S<String>>,
+    pub service_name: Option<S<String>>,
+    pub sample_ratio: Option<S<f64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogFile {
     pub format: Option<S<String>>,
     pub level: Option<S<String>>,
@@ -236,6 +245,8 @@ pub mod defaults {
     /// Milliseconds.
     pub const DRAIN_DELAY_MS: u64 = 2_000;
     pub const SHUTDOWN_TIMEOUT: u64 = 30;
+    /// `telemetry.service_name`.
+    pub const SERVICE_NAME: &str = "certgate";
 }
 
 /// Every key of every section, as written (`""` is the top level): for "did you mean" and
@@ -260,6 +271,7 @@ pub const KEYS: &[(&str, &[&str])] = &[
             "limits",
             "shutdown",
             "log",
+            "telemetry",
         ],
     ),
     ("tls", &["cert", "key", "min_version", "session_resumption"]),
@@ -351,6 +363,10 @@ pub const KEYS: &[(&str, &[&str])] = &[
     ),
     ("shutdown", &["drain_delay", "timeout"]),
     ("log", &["format", "level", "access"]),
+    (
+        "telemetry",
+        &["otlp_endpoint", "service_name", "sample_ratio"],
+    ),
 ];
 
 /// The keys of section `path` (`""` for the top level), when it is a section.

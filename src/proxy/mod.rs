@@ -67,6 +67,9 @@ pub struct ConnInfo {
     pub tls_version: &'static str,
     /// The last signed identity assertion of this connection, reused while fresh.
     assertion: std::sync::Mutex<Option<CachedAssertion>>,
+    /// The TLS handshake's times, kept for the first request's trace (only while
+    /// `telemetry.otlp_endpoint` is set).
+    handshake: std::sync::Mutex<Option<Box<crate::telemetry::Handshake>>>,
 }
 
 /// An assertion kept for the requests of one connection.
@@ -106,7 +109,20 @@ impl ConnInfo {
             live: None,
             tls_version: "-",
             assertion: std::sync::Mutex::new(None),
+            handshake: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The same connection, with its handshake's times for the first request's trace.
+    pub fn with_handshake(self, h: Option<crate::telemetry::Handshake>) -> Self {
+        *self.handshake.lock().unwrap_or_else(|p| p.into_inner()) = h.map(Box::new);
+        self
+    }
+
+    /// The handshake's times, once (the connection's first traced request).
+    fn take_handshake(&self) -> Option<crate::telemetry::Handshake> {
+        let mut h = self.handshake.lock().unwrap_or_else(|p| p.into_inner());
+        h.take().map(|b| *b)
     }
 
     pub fn with_tls_version(mut self, v: &'static str) -> Self {
@@ -166,6 +182,16 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect(_) | UpstreamError::Protocol(_) => &BAD_GATEWAY,
             UpstreamError::ConnectTimeout | UpstreamError::ResponseTimeout => &GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// `error.type` of the upstream span.
+    fn span_kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::ConnectTimeout => "connect_timeout",
+            UpstreamError::ResponseTimeout => "response_timeout",
+            UpstreamError::Protocol(_) => "protocol",
         }
     }
 
@@ -400,22 +426,8 @@ impl Proxy {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(cfg.upstream.connect_timeout));
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let builder = if scheme == Scheme::HTTPS {
-            builder
-                .with_provider_and_native_roots(provider)
-                .map_err(ProxyError::UpstreamTls)?
-        } else {
-            // Plain http upstream: the TLS side is never used; empty roots keep start-up
-            // independent of the system trust store.
-            let tls = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| ProxyError::UpstreamTls(std::io::Error::other(e)))?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth();
-            builder.with_tls_config(tls)
-        };
+        let builder =
+            crate::tls::client_tls(scheme == Scheme::HTTPS).map_err(ProxyError::UpstreamTls)?;
         let connector = builder
             .https_or_http()
             .enable_http1()
@@ -498,9 +510,10 @@ impl Proxy {
     pub async fn handle(&self, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<RespBody> {
         let request_id = self.request_ids.assign(req.headers_mut());
         let start = Start::of(&req, request_id);
+        let trace = crate::telemetry::get().map(|t| self.trace(t, conn, &req));
         let (decision, mut resp) = match strip_identity_headers(req.headers_mut(), self.underscores)
         {
-            Ok(()) => self.route(conn, req).await,
+            Ok(()) => self.route(conn, req, trace.as_ref()).await,
             Err(UnderscoreInName(name)) => {
                 tracing::debug!(header = %name, "refusing a header name with '_' (headers.underscores: reject)");
                 refuse(Decision::BadRequest, req.headers())
@@ -517,8 +530,12 @@ impl Proxy {
         {
             e.insert(id.clone());
         }
+        let id = conn.identity.as_deref();
+        if let Some(t) = trace {
+            let who = id.map(|i| (i.serial.as_str(), i.account.as_deref()));
+            t.finish(decision.as_str(), resp.status().as_u16(), who);
+        }
         if decision.is_refusal() || self.log_access {
-            let id = conn.identity.as_deref();
             let via = Via {
                 peer: conn.peer,
                 sni: conn.sni.as_deref(),
@@ -533,10 +550,45 @@ impl Proxy {
         resp
     }
 
+    /// The request's spans (`telemetry.otlp_endpoint`), with the connection's handshake on
+    /// its first request.
+    fn trace(
+        &self,
+        t: &'static crate::telemetry::Telemetry,
+        conn: &ConnInfo,
+        req: &Request<Incoming>,
+    ) -> crate::telemetry::RequestTrace {
+        let headers = req.headers();
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.host())
+            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+        let trace = t.request(
+            headers,
+            &crate::telemetry::RequestStart {
+                method: req.method(),
+                path: req.uri().path(),
+                host,
+                version: req.version(),
+                peer: conn.peer,
+                tls_version: conn.tls_version,
+                user_agent: headers
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok()),
+            },
+        );
+        if let Some(h) = conn.take_handshake() {
+            trace.handshake(h, conn.sni.as_deref(), conn.identity.is_some());
+        }
+        trace
+    }
+
     async fn route(
         &self,
         conn: &ConnInfo,
         mut req: Request<Incoming>,
+        trace: Option<&crate::telemetry::RequestTrace>,
     ) -> (Decision, Response<RespBody>) {
         let headers = req.headers();
         let hosts = headers
@@ -579,10 +631,17 @@ impl Proxy {
                 {
                     return refuse(d, req.headers());
                 }
-                (Decision::Public, self.forward(conn, req, false).await)
+                (
+                    Decision::Public,
+                    self.forward(conn, req, false, trace).await,
+                )
             }
             Route::Protected => {
+                let span = trace.map(|t| t.decision());
                 let decision = self.decide(conn).await;
+                if let Some(s) = span {
+                    s.end(decision.as_str());
+                }
                 if decision != Decision::Allowed {
                     return refuse(decision, req.headers());
                 }
@@ -593,7 +652,7 @@ impl Proxy {
                 {
                     return refuse(d, req.headers());
                 }
-                (decision, self.forward(conn, req, true).await)
+                (decision, self.forward(conn, req, true, trace).await)
             }
         }
     }
@@ -631,6 +690,7 @@ impl Proxy {
         conn: &ConnInfo,
         req: Request<Incoming>,
         with_identity: bool,
+        trace: Option<&crate::telemetry::RequestTrace>,
     ) -> Response<RespBody> {
         let accept_html = pages::wants_html(req.headers());
         let (mut parts, body) = req.into_parts();
@@ -701,12 +761,23 @@ impl Proxy {
             h.insert(header::UPGRADE, up.clone());
         }
 
+        let span = trace.map(|t| t.upstream(&parts.method, &mut parts.headers));
         let (body, body_stats) = ClientBody::new(body);
         let upstream_req = Request::from_parts(parts, body);
         let started = Instant::now();
         let result =
             tokio::time::timeout(self.response_timeout, self.client.request(upstream_req)).await;
         let took = started.elapsed();
+        if let Some(s) = span {
+            s.end(match &result {
+                Ok(Ok(r)) => Ok(r.status().as_u16()),
+                Ok(Err(_)) if body_stats.failed.load(std::sync::atomic::Ordering::Acquire) => {
+                    Err("client_body")
+                }
+                Ok(Err(e)) => Err(classify_client_error(e).span_kind()),
+                Err(_) => Err(UpstreamError::ResponseTimeout.span_kind()),
+            });
+        }
         self.metrics.upstream_duration.observe(took.as_secs_f64());
         let mut info = UpstreamInfo {
             status: None,

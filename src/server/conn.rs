@@ -59,6 +59,7 @@ pub async fn serve_connection(
     }
     // Boxed: the handshake future is large and short-lived; keeping it out of the
     // connection task's own state saves memory on every idle connection.
+    let handshake_start = crate::telemetry::get().map(|_| std::time::SystemTime::now());
     let accepted = match Box::pin(tls::accept(tcp, &runtime.material, &server.metrics)).await {
         Ok(a) => a,
         Err(e) => {
@@ -66,6 +67,10 @@ pub async fn serve_connection(
             return;
         }
     };
+    let handshake = handshake_start.map(|start| crate::telemetry::Handshake {
+        start,
+        end: std::time::SystemTime::now(),
+    });
     let limits = runtime.limits;
     drop(runtime);
     let h2 = accepted.h2;
@@ -76,7 +81,8 @@ pub async fn serve_connection(
     let conn = Arc::new(
         ConnInfo::new(slot, phase.clone(), accepted.identity, peer, accepted.sni)
             .with_live(live.clone())
-            .with_tls_version(accepted.tls_version),
+            .with_tls_version(accepted.tls_version)
+            .with_handshake(handshake),
     );
     let activity = Arc::new(Activity::new(!h2, server.responses.clone()));
     let io = ActivityIo::new(accepted.stream, activity.clone());

@@ -132,6 +132,26 @@ impl TlsMaterial {
     }
 }
 
+/// The TLS side of an outbound HTTP client (the upstream, the trace collector): the
+/// system's roots for an `https` URL; for plain `http` none, so start-up does not depend on
+/// the system trust store for a TLS side that is never used.
+pub fn client_tls(
+    https: bool,
+) -> std::io::Result<hyper_rustls::HttpsConnectorBuilder<hyper_rustls::builderstates::WantsSchemes>>
+{
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    if https {
+        return builder.with_provider_and_native_roots(provider);
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    Ok(builder.with_tls_config(tls))
+}
+
 pub fn identity_options(cfg: &Config) -> IdentityOptions {
     IdentityOptions {
         account_from: cfg.identity.account_from.clone(),

@@ -1979,6 +1979,96 @@ fn shutdown_and_request_id_values() {
     );
 }
 
+#[test]
+fn telemetry_values() {
+    let pki = Pki::new();
+    let c = pki.load(MINIMAL).unwrap();
+    assert_eq!(c.telemetry.otlp_endpoint, None, "off by default");
+    assert_eq!(c.telemetry.service_name, "certgate");
+    assert_eq!(c.telemetry.sample_ratio, 1.0);
+
+    let c = pki
+        .load(&with(
+            "telemetry:\n  otlp_endpoint: http://collector:4318/\n  service_name: gate-eu\n  \
+             sample_ratio: 0.25\n",
+        ))
+        .unwrap();
+    assert_eq!(
+        c.telemetry.otlp_endpoint.unwrap().to_string(),
+        "http://collector:4318/v1/traces",
+        "a collector's base address gets the traces path"
+    );
+    assert_eq!(c.telemetry.service_name, "gate-eu");
+    assert_eq!(c.telemetry.sample_ratio, 0.25);
+    let c = pki
+        .load(&with(
+            "telemetry:\n  otlp_endpoint: https://otel.example.com/custom/traces\n  sample_ratio: 0\n",
+        ))
+        .unwrap();
+    assert_eq!(
+        c.telemetry.otlp_endpoint.unwrap().to_string(),
+        "https://otel.example.com/custom/traces",
+        "a path is kept as written"
+    );
+    assert_eq!(c.telemetry.sample_ratio, 0.0);
+    let c = pki
+        .load(&with("telemetry:\n  otlp_endpoint: \"\"\n"))
+        .unwrap();
+    assert_eq!(c.telemetry.otlp_endpoint, None, "empty is off");
+
+    for (yaml, key, needle) in [
+        (
+            "telemetry:\n  otlp_endpoint: grpc://collector:4317\n",
+            "otlp_endpoint",
+            "the scheme must be http or https",
+        ),
+        (
+            "telemetry:\n  otlp_endpoint: collector:4318\n",
+            "otlp_endpoint",
+            "collector:4318",
+        ),
+        (
+            "telemetry:\n  sample_ratio: 1.5\n",
+            "sample_ratio",
+            "from 0.0 (none) to 1.0",
+        ),
+        ("telemetry:\n  sample_ratio: -0.1\n", "sample_ratio", "-0.1"),
+        (
+            "telemetry:\n  service_name: \"  \"\n",
+            "service_name",
+            "not empty",
+        ),
+    ] {
+        let yaml = with(yaml);
+        let err = pki.error(&yaml);
+        assert_error(
+            &pki,
+            &err,
+            Some(line_of(&yaml, key)),
+            &format!("telemetry.{key}"),
+            &[needle],
+        );
+    }
+    let yaml = with("telemetry:\n  sample_rate: 0.5\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "sample_rate")),
+        "telemetry.sample_rate",
+        &["did you mean `sample_ratio`?"],
+    );
+    let yaml = with("telemetry:\n  endpoint: http://collector:4318\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "endpoint")),
+        "telemetry.endpoint",
+        &["keys in `telemetry`: otlp_endpoint"],
+    );
+}
+
 /// Lines of the shipped config dedented, duplicated, dropped and truncated at random
 /// (seeded): every result is a config or an error naming a key, never a panic, and every
 /// hint names a section that exists.
