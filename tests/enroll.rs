@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use support::enroll::{
     self as en, KeyKind, client_with, first_pem, get, metric, openssl_csr, pem_to_der, run, run_ok,
     tools,
@@ -38,6 +39,49 @@ fn assert_enrollment_headers(r: &Resp, what: &str) {
         Some("no-referrer"),
         "{what}"
     );
+}
+
+/// The page's one script: same-origin, with a Subresource Integrity digest that matches
+/// what the gateway serves, as JavaScript, never cached, never sniffed.
+async fn assert_page_script(h: &Harness, html: &str) {
+    let tag = html
+        .split("<script ")
+        .nth(1)
+        .and_then(|t| t.split('>').next())
+        .expect("script tag");
+    let attr = |name: &str| {
+        tag.split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|v| v.split('"').next())
+            .unwrap_or_else(|| panic!("no {name} in <script {tag}>"))
+            .to_string()
+    };
+    let src = attr("src");
+    assert_eq!(src, "/.certgate/assets/enroll.js");
+    let integrity = attr("integrity");
+    let r = en::get(&en::anonymous(h), &h.url(&src)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert_eq!(
+        r.header("x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+    assert_enrollment_headers(&r, "page script");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA384, &r.body);
+    let expected = format!(
+        "sha384-{}",
+        base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+    );
+    assert_eq!(integrity, expected, "the integrity digest is the script's");
+    assert!(
+        r.text().contains("pkijs@"),
+        "the bundle names what it was built from"
+    );
+    let post = en::anonymous(h).post(h.url(&src)).send().await.unwrap();
+    assert_eq!(post.status(), 405);
 }
 
 /// What the account looks like through the admin API: its certificates' serials.
@@ -156,7 +200,7 @@ async fn pkcs12_enrollment_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let ticket = en::enable(&h, "alice").await;
 
-    // The page: HTML, names the account, loads nothing, leaks no referrer.
+    // The page: HTML, names the account, loads only its own script, leaks no referrer.
     let r = en::page(&h, &ticket).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_enrollment_headers(&r, "page");
@@ -172,12 +216,26 @@ async fn pkcs12_enrollment_end_to_end() {
     assert!(html.contains("name=\"passphrase\""));
     assert!(html.contains("action=\"/.certgate/enroll/pkcs12\""));
     assert!(html.contains("ask your administrator to reset"));
-    for external in ["<script", "src=", "<link", "url(", "@import"] {
+    assert!(
+        html.contains("Without JavaScript, the gateway makes your private key"),
+        "the server-side path is labelled: {html}"
+    );
+    for external in ["<link", "url(", "@import", "src=\"http", "src=\"//"] {
         assert!(!html.contains(external), "page has {external}");
     }
+    assert_eq!(html.matches("<script").count(), 1, "one script: {html}");
+    assert_eq!(
+        html.matches("src=").count(),
+        1,
+        "one external resource: {html}"
+    );
     let csp = r.header("content-security-policy").expect("CSP");
     assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(csp.contains("connect-src 'self'"), "{csp}");
     assert!(csp.contains("form-action 'self'"), "{csp}");
+    assert!(!csp.contains("unsafe-eval"), "{csp}");
+    assert_page_script(&h, &html).await;
     // Looking at the page does not use the ticket: the form still works afterwards.
     let again = en::page(&h, &ticket).await;
     assert_eq!(again.status, 200);
@@ -1021,4 +1079,50 @@ async fn enrollment_posts_from_another_site_are_refused() {
     }
     let r = en::pkcs12(&h, &ticket, PASS).await;
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// `enrollment.server_side_keys: false`: the page says it needs JavaScript, the
+/// server-side PKCS#12 path is refused with a page that says what to do (the ticket stays
+/// valid), and a CSR still works.
+#[tokio::test]
+async fn server_side_keys_can_be_turned_off() {
+    let p = Prepared::new(Options::default()).await;
+    let yaml = std::fs::read_to_string(&p.config_path).unwrap().replace(
+        "enrollment:\n  enabled: true\n",
+        "enrollment:\n  enabled: true\n  server_side_keys: false\n",
+    );
+    assert!(yaml.contains("server_side_keys: false"), "{yaml}");
+    std::fs::write(&p.config_path, yaml).unwrap();
+    let h = p.start().await;
+    let ticket = en::enable(&h, "alice").await;
+
+    let page = en::page(&h, &ticket).await;
+    assert_eq!(page.status, 200);
+    let html = page.text();
+    assert!(html.contains("<noscript>"), "{html}");
+    assert!(html.contains("This page needs JavaScript"), "{html}");
+    assert!(!html.contains("Without JavaScript, the gateway makes your private key"));
+    assert_page_script(&h, &html).await;
+
+    let r = en::pkcs12(&h, &ticket, PASS).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"], "server_side_keys_off", "{}", r.text());
+    assert!(
+        r.text().contains("Your link is still valid"),
+        "{}",
+        r.text()
+    );
+
+    // The ticket was not spent: a CSR made elsewhere (here: by the test) is certified.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let r = en::csr(&h, Some(&ticket), csr.into_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("BEGIN CERTIFICATE"));
+    h.shutdown().await;
 }

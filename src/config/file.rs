@@ -1328,6 +1328,7 @@ impl Ctx<'_> {
                 defaults::TICKET_TTL,
             )?,
             public_url: url_text.trim().trim_end_matches('/').to_string(),
+            server_side_keys: self.bool(&en.server_side_keys, true),
         }))
     }
 

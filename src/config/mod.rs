@@ -438,6 +438,10 @@ pub struct EnrollmentConfig {
     pub ticket_ttl: Duration,
     /// Base of the enroll_url handed out, without a trailing slash.
     pub public_url: String,
+    /// `enrollment.server_side_keys`: the page's form without JavaScript (and
+    /// `POST /.certgate/enroll/pkcs12`) may have the key made by the gateway. Off: keys are
+    /// only ever made by the client (the page's script, or a CSR).
+    pub server_side_keys: bool,
 }
 
 #[derive(Debug, Clone)]

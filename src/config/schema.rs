@@ -151,6 +151,7 @@ pub struct EnrollmentFile {
     pub validity: Option<S<String>>,
     pub ticket_ttl: Option<S<String>>,
     pub public_url: Option<S<String>>,
+    pub server_side_keys: Option<S<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -342,6 +343,7 @@ pub const KEYS: &[(&str, &[&str])] = &[
             "validity",
             "ticket_ttl",
             "public_url",
+            "server_side_keys",
         ],
     ),
     ("admin", &["listen", "token_file"]),

@@ -23,6 +23,7 @@
 //! accounts, the registry of issued certificates and the CRL number; `pages` renders the
 //! error pages.
 
+mod assets;
 mod crl;
 mod form;
 mod limiter;
@@ -99,6 +100,8 @@ struct Issuing {
     /// The server certificate comes from the development server CA of `certgate init`, so
     /// the page's `curl` command needs `--cacert` with it.
     dev_server_ca: bool,
+    /// `enrollment.server_side_keys`.
+    server_side_keys: bool,
     /// Shared with the next configuration on a reload (same counters).
     failures: Arc<FailureLimiter>,
     /// Shared with the next configuration while the CA stays the same.
@@ -149,6 +152,7 @@ impl Enrollment {
                     .first()
                     .and_then(|c| form::issuer_name(c))
                     .is_some_and(|n| n == crate::pki::ca::DEV_SERVER_CA_NAME),
+                server_side_keys: e.server_side_keys,
                 failures,
                 crl,
             });
@@ -180,6 +184,7 @@ impl Enrollment {
                 with_type(Response::new(Full::new(pem)), "application/x-pem-file")
             }
             "/crl" if get => self.crl(issuing).await,
+            assets::SCRIPT_PATH if get => no_store(assets::script()),
             "/enroll" if get => self.page(issuing, peer, &req).await,
             "/enroll/pkcs12" if post => {
                 let headers = req.headers().clone();
@@ -191,7 +196,9 @@ impl Enrollment {
                 let result = self.csr(issuing, peer, req).await;
                 self.finish(peer, "csr", result, &headers)
             }
-            "/ca.pem" | "/crl" | "/enroll" => method_not_allowed("GET, HEAD", req.headers()),
+            "/ca.pem" | "/crl" | "/enroll" | assets::SCRIPT_PATH => {
+                method_not_allowed("GET, HEAD", req.headers())
+            }
             "/enroll/pkcs12" | "/enroll/csr" => method_not_allowed("POST", req.headers()),
             _ => pages::render(&NOT_FOUND, req.headers()),
         }
@@ -215,13 +222,16 @@ impl Enrollment {
                 return refusal(refused, headers);
             }
         };
-        enrollment_page(
-            &issuing.ca_name,
-            &issuing.public_url,
-            &record.account,
-            &presented,
-            issuing.dev_server_ca,
-        )
+        enrollment_page(&page::PageFacts {
+            ca_name: &issuing.ca_name,
+            public_url: &issuing.public_url,
+            account: &record.account,
+            ticket: &presented,
+            dev_server_ca: issuing.dev_server_ca,
+            server_side_keys: issuing.server_side_keys,
+            script: &format!("/.certgate{}", assets::SCRIPT_PATH),
+            integrity: assets::integrity(),
+        })
     }
 
     /// `POST /enroll/pkcs12`: key pair made here, certificate issued, PKCS#12 returned.
@@ -232,6 +242,9 @@ impl Enrollment {
         req: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, Refusal> {
         same_origin(req.headers(), req.uri(), &issuing.public_url)?;
+        if !issuing.server_side_keys {
+            return Err(Refusal::ServerKeysOff);
+        }
         let form_type = req
             .headers()
             .get(header::CONTENT_TYPE)

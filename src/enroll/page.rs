@@ -1,4 +1,5 @@
-//! The Client Certificate Initialization page (HTML, no JavaScript needed).
+//! The Client Certificate Initialization page: HTML that works without JavaScript, and
+//! with it the key made in the browser (`assets/enroll`).
 
 use super::limits::*;
 use crate::http::pages::{self, escape_html};
@@ -7,17 +8,27 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-/// The Client Certificate Initialization page.
-pub(super) fn enrollment_page(
-    ca_name: &str,
-    public_url: &str,
-    account: &str,
-    ticket: &str,
-    dev_server_ca: bool,
-) -> Response<Full<Bytes>> {
+/// What the page shows.
+pub(super) struct PageFacts<'a> {
+    pub ca_name: &'a str,
+    pub public_url: &'a str,
+    pub account: &'a str,
+    pub ticket: &'a str,
+    /// The server certificate comes from `certgate init`'s development server CA.
+    pub dev_server_ca: bool,
+    /// `enrollment.server_side_keys`.
+    pub server_side_keys: bool,
+    /// The page script's path and its `sha384-…` digest.
+    pub script: &'a str,
+    pub integrity: &'a str,
+}
+
+/// The Client Certificate Initialization page. With JavaScript its script makes the key in
+/// the browser and sends only a CSR; without, the form asks the gateway for a PKCS#12.
+pub(super) fn enrollment_page(f: &PageFacts<'_>) -> Response<Full<Bytes>> {
     // The command must work as pasted: with the development server CA of `certgate init`
     // curl does not trust the server unless told to.
-    let (cacert, cacert_note) = if dev_server_ca {
+    let (cacert, cacert_note) = if f.dev_server_ca {
         (
             "--cacert server-ca.pem ",
             "<code>server-ca.pem</code> is the development server CA this gateway's certificate comes from \
@@ -30,35 +41,76 @@ pub(super) fn enrollment_page(
              <code>--cacert</code> with that CA's file.",
         )
     };
-    let account = escape_html(account);
-    let ticket = escape_html(ticket);
-    let ca_name = escape_html(ca_name);
-    let base = escape_html(public_url);
+    let account = escape_html(f.account);
+    let ticket = escape_html(f.ticket);
+    let ca_name = escape_html(f.ca_name);
+    let base = escape_html(f.public_url);
+    let script = escape_html(f.script);
+    let integrity = escape_html(f.integrity);
+    // Replaced by the script when it runs (it says the key stays in the browser).
+    let mode = if f.server_side_keys {
+        "Without JavaScript, the gateway makes your private key and sends it to you inside the \
+         passphrase-protected file; it keeps no copy. With JavaScript on, your browser makes the key \
+         itself and it never leaves this page."
+    } else {
+        "Your browser makes your private key on this page; the gateway never sees it."
+    };
+    let noscript = if f.server_side_keys {
+        ""
+    } else {
+        "<noscript><p class=\"error\">This page needs JavaScript: on this gateway only your browser \
+         makes private keys. Turn JavaScript on for this site, or use the command line below.</p></noscript>"
+    };
     let body = format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
-<title>Client Certificate Initialization</title><style>{css}{extra}</style></head>
+<title>Client Certificate Initialization</title><style>{css}{extra}</style>
+<script src="{script}" integrity="{integrity}" defer></script></head>
 <body><main>
 <h1>Client Certificate Initialization</h1>
 <p class="lead">Set up the client certificate for account <b id="account">{account}</b>.
 Two-factor sign-in for this account needs it: from now on your browser presents it every time you sign in.</p>
+<p id="mode" class="mode">{mode}</p>
+{noscript}
 <ol>
 <li><b>Generate.</b> Choose a passphrase (at least {min} characters) and click <b>Generate Certificate</b>.
 Your browser downloads <code>{account}.p12</code>: your certificate and its private key, protected by the passphrase.
 This link works once.</li>
-<li><b>Import.</b> Open the downloaded file and enter the passphrase (or import it in the browser's settings: Privacy and security &rarr; Security &rarr; Manage certificates &rarr; Import).</li>
+<li><b>Import.</b> Open the downloaded file and enter the passphrase (see <i>Importing the file</i> below for your system).</li>
 <li><b>Sign in.</b> Go back to the application. When the browser asks for a certificate, pick the one for <b>{account}</b> issued by <i>{ca_name}</i>.</li>
 <li><b>Lost it?</b> New computer, reinstalled browser, deleted file: ask your administrator to reset your certificate. You get a new link, and the old certificate stops working.</li>
 </ol>
-<form method="post" action="/.certgate/enroll/pkcs12" autocomplete="off">
+<form id="enroll-form" data-account="{account}" method="post" action="/.certgate/enroll/pkcs12" autocomplete="off">
 <input type="hidden" name="ticket" value="{ticket}">
 <label for="passphrase">Passphrase for the certificate file</label>
 <input id="passphrase" name="passphrase" type="password" minlength="{min}" maxlength="{max}" required autocomplete="new-password">
+<span id="key-choice" hidden><label for="key_type">Key type</label>
+<select id="key_type" name="key_type">
+<option value="ec-p256" selected>ECDSA P-256 (recommended: current Windows, macOS, Linux, Firefox, Chrome)</option>
+<option value="rsa-2048">RSA 2048 (for Windows 7 and 8, and devices or smart cards without EC keys)</option>
+</select></span>
 <button id="generate" type="submit">Generate Certificate</button>
 </form>
-<details><summary>Keep the private key on your own machine instead (command line)</summary>
+<p id="status" role="status" hidden></p>
+<p id="error" class="error" role="alert" hidden></p>
+<p id="browser-note" hidden></p>
+<section id="done" hidden>
+<h2>Your certificate is ready</h2>
+<p>Your browser saved <code>{account}.p12</code> (<a id="download" hidden>save it again</a>). Import it as described below, then sign in.
+The file holds your private key: keep it, and its passphrase, to yourself.</p>
+</section>
+<details id="import-help"><summary>Importing the file</summary>
+<ul>
+<li><b>Windows</b> (Edge, Chrome): double-click <code>{account}.p12</code>; the Certificate Import Wizard opens. Choose <i>Current User</i>, enter the passphrase, keep the suggested store, finish.</li>
+<li><b>macOS</b> (Safari, Chrome): double-click <code>{account}.p12</code>; Keychain Access opens. Add it to the <i>login</i> keychain and enter the passphrase.</li>
+<li><b>Firefox</b> (every system): Settings &rarr; Privacy &amp; Security &rarr; Certificates &rarr; View Certificates &rarr; Your Certificates &rarr; Import, pick the file, enter the passphrase.</li>
+<li><b>Chromium or Chrome on Linux</b>: Settings &rarr; Privacy and security &rarr; Security &rarr; Manage certificates &rarr; Your certificates &rarr; Import (or <code>pk12util -i {account}.p12 -d sql:$HOME/.pki/nssdb</code>).</li>
+<li><b>The browser offers the wrong certificate, or none?</b> Close every window of the browser and start it again (browsers remember the choice while running), or try a private window. Pick the certificate for <b>{account}</b> issued by <i>{ca_name}</i>.</li>
+</ul>
+</details>
+<details><summary>Or use the command line (openssl and curl)</summary>
 <p>Make a key and a certificate signing request, and send the request with this page's ticket (it is filled in below, and works once):</p>
 <pre id="cli">openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
   -keyout {account}.key -subj /CN={account} -out {account}.csr
@@ -77,18 +129,23 @@ curl {cacert}--fail --data-binary @{account}.csr -H "Authorization: Bearer {tick
     let mut resp = pages::build(StatusCode::OK, "text/html; charset=utf-8", body);
     resp.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
-             base-uri 'none'; frame-ancestors 'none'",
-        ),
+        HeaderValue::from_static(PAGE_CSP),
     );
     resp.headers_mut()
         .insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     resp
 }
 
+/// The page's Content-Security-Policy: its own script only (no inline script), requests
+/// to its own origin only, its inline styles, forms to itself.
+pub(super) const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; \
+     style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
 pub(super) const PAGE_CSS: &str = "form{margin:1.5rem 0;display:flex;flex-wrap:wrap;gap:.5rem;align-items:center}\
 label{width:100%;font-weight:600}input[type=password]{flex:1;min-width:12rem;padding:.5rem;\
 border:1px solid #99a;border-radius:4px;font-size:1rem}button{padding:.55rem 1.2rem;font-size:1rem;\
 background:#1f5fbf;color:#fff;border:0;border-radius:4px;cursor:pointer}\
-pre{background:#f4f5f7;padding:.75rem;overflow-x:auto;font-size:.8rem}summary{cursor:pointer}";
+pre{background:#f4f5f7;padding:.75rem;overflow-x:auto;font-size:.8rem}summary{cursor:pointer}\
+[hidden]{display:none!important}select{padding:.4rem;font-size:.95rem;max-width:100%}\
+#key-choice{width:100%;display:flex;flex-wrap:wrap;gap:.5rem;align-items:center}\
+.mode{color:#345}.error{color:#a11;font-weight:600}";

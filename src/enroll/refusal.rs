@@ -33,6 +33,8 @@ pub(super) enum Refusal {
     BodyTimeout,
     BadBody,
     BadCsr(CsrError),
+    /// `POST /enroll/pkcs12` with `enrollment.server_side_keys: false`.
+    ServerKeysOff,
     StoreUnavailable(StoreError),
     /// Details are logged, not sent.
     Internal(String),
@@ -50,9 +52,10 @@ impl Outcome for Refusal {
         match self {
             Refusal::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
             Refusal::MissingBearer => StatusCode::UNAUTHORIZED,
-            Refusal::UnknownTicket | Refusal::StaleTicket | Refusal::CrossSite => {
-                StatusCode::FORBIDDEN
-            }
+            Refusal::UnknownTicket
+            | Refusal::StaleTicket
+            | Refusal::CrossSite
+            | Refusal::ServerKeysOff => StatusCode::FORBIDDEN,
             Refusal::MissingTicket
             | Refusal::ShortPassphrase
             | Refusal::LongPassphrase
@@ -83,6 +86,7 @@ impl Outcome for Refusal {
             Refusal::BadCsr(CsrError::Malformed(_)) => "bad_csr",
             Refusal::BadCsr(CsrError::BadSignature) => "bad_csr_signature",
             Refusal::BadCsr(_) => "unsupported_key",
+            Refusal::ServerKeysOff => "server_side_keys_off",
             Refusal::StoreUnavailable(_) => "store_unavailable",
             Refusal::Internal(_) => "internal_error",
         }
@@ -100,6 +104,7 @@ impl Outcome for Refusal {
             Refusal::TooLarge => "Request too large",
             Refusal::BodyTimeout => "Request too slow",
             Refusal::BadCsr(_) => "Certificate request refused",
+            Refusal::ServerKeysOff => "Your browser must make the key",
             Refusal::StoreUnavailable(_) => "Temporarily unavailable",
             Refusal::Internal(_) => "Enrollment failed",
         }
@@ -120,6 +125,10 @@ impl Outcome for Refusal {
             ],
             Refusal::MissingTicket => &[
                 "Copy the whole link from the message you received, or ask your administrator for a new one.",
+            ],
+            Refusal::ServerKeysOff => &[
+                "Turn JavaScript on for this site (or use a browser that runs it), open your enrollment link again and click <b>Generate Certificate</b>: the page makes your key in the browser.",
+                "Or make the key yourself with the command shown on the enrollment page and send only the certificate request.",
             ],
             _ => &[],
         }
@@ -180,6 +189,9 @@ impl Refusal {
             Refusal::TooLarge => format!("The request body is larger than {MAX_BODY_BYTES} bytes."),
             Refusal::BodyTimeout => "The request body did not arrive in time.".into(),
             Refusal::BadCsr(e) => format!("{e}. Your ticket is still valid."),
+            Refusal::ServerKeysOff => {
+                "This gateway does not make private keys: your browser makes yours, on the enrollment page, with JavaScript. Your link is still valid.".into()
+            }
             Refusal::StoreUnavailable(_) => {
                 "Enrollment cannot be completed right now. Your link is still valid: try again in a moment.".into()
             }

@@ -296,6 +296,17 @@ impl Browser {
         }
     }
 
+    /// Every event `method` received so far (on any session), in order, taken out of the
+    /// backlog. A round trip first, so the events sent before it are all read.
+    pub async fn take_events(&mut self, method: &str) -> Vec<Value> {
+        self.call("Browser.getVersion", json!({}), None).await;
+        let (taken, kept) = std::mem::take(&mut self.backlog)
+            .into_iter()
+            .partition::<VecDeque<Value>, _>(|v| v["method"] == method);
+        self.backlog = kept;
+        taken.into_iter().map(|v| v["params"].clone()).collect()
+    }
+
     /// Downloads go to `dir` under their suggested names, with progress events.
     pub async fn allow_downloads(&mut self, dir: &Path) {
         self.call(

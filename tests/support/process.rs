@@ -14,6 +14,7 @@ pub struct Running {
     pub child: Child,
     pub listen: SocketAddr,
     pub metrics: SocketAddr,
+    pub admin: SocketAddr,
     /// Every stderr line so far (a thread keeps reading).
     pub log: Arc<Mutex<String>>,
 }
@@ -115,7 +116,11 @@ pub fn start_with_log(p: &Prepared, log: Option<&str>) -> Running {
             if line.contains("certgate listening")
                 && let Some(tx) = tx.take()
             {
-                let _ = tx.send((field(&line, "listen"), field(&line, "metrics")));
+                let _ = tx.send((
+                    field(&line, "listen"),
+                    field(&line, "metrics"),
+                    field(&line, "admin"),
+                ));
             }
             let mut l = log2.lock().unwrap();
             l.push_str(&line);
@@ -123,10 +128,11 @@ pub fn start_with_log(p: &Prepared, log: Option<&str>) -> Running {
         }
     });
     match rx.recv_timeout(STEP) {
-        Ok((Some(listen), Some(metrics))) => Running {
+        Ok((Some(listen), Some(metrics), Some(admin))) => Running {
             child,
             listen,
             metrics,
+            admin,
             log,
         },
         other => {

@@ -1980,6 +1980,29 @@ fn shutdown_and_request_id_values() {
 }
 
 #[test]
+fn enrollment_server_side_keys() {
+    let pki = Pki::new();
+    let c = pki.load(MINIMAL).unwrap();
+    assert!(
+        c.enrollment.as_ref().unwrap().server_side_keys,
+        "on by default: the page works without JavaScript"
+    );
+    let c = pki
+        .load(&with("enrollment:\n  server_side_keys: false\n"))
+        .unwrap();
+    assert!(!c.enrollment.unwrap().server_side_keys);
+    let yaml = with("enrollment:\n  server_side_keys: never\n");
+    let err = pki.error(&yaml);
+    assert_error(
+        &pki,
+        &err,
+        Some(line_of(&yaml, "server_side_keys")),
+        "enrollment.server_side_keys",
+        &["never"],
+    );
+}
+
+#[test]
 fn telemetry_values() {
     let pki = Pki::new();
     let c = pki.load(MINIMAL).unwrap();
