@@ -64,6 +64,8 @@ WORKDIR /src
 # missing, even when building only the binary).
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
+# The enrollment page's script, compiled into the binary (assets/enroll/build.sh makes it).
+COPY assets/enroll/dist ./assets/enroll/dist
 COPY config ./config
 COPY benches ./benches
 # Read by build.rs; empty means "ask git", which the context lacks (.dockerignore), so
