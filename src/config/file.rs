@@ -1329,6 +1329,11 @@ impl Ctx<'_> {
             )?,
             public_url: url_text.trim().trim_end_matches('/').to_string(),
             server_side_keys: self.bool(&en.server_side_keys, true),
+            renew_before: self.duration(
+                "enrollment.renew_before",
+                &en.renew_before,
+                defaults::RENEW_BEFORE,
+            )?,
         }))
     }
 

@@ -442,6 +442,10 @@ pub struct EnrollmentConfig {
     /// `POST /.certgate/enroll/pkcs12`) may have the key made by the gateway. Off: keys are
     /// only ever made by the client (the page's script, or a CSR).
     pub server_side_keys: bool,
+    /// `enrollment.renew_before`: a certificate of the enrollment CA that expires within
+    /// this can be renewed by its holder (`/.certgate/certificate`, `/.certgate/renew`);
+    /// zero turns self-renewal off.
+    pub renew_before: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -152,6 +152,7 @@ pub struct EnrollmentFile {
     pub ticket_ttl: Option<S<String>>,
     pub public_url: Option<S<String>>,
     pub server_side_keys: Option<S<bool>>,
+    pub renew_before: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,6 +235,8 @@ pub mod defaults {
     pub const MAX_STALE: u64 = 5 * 60;
     pub const VALIDITY: u64 = 365 * 86_400;
     pub const TICKET_TTL: u64 = 24 * 3_600;
+    /// `enrollment.renew_before`: 30 days, in seconds.
+    pub const RENEW_BEFORE: u64 = 30 * 86_400;
     pub const MAX_CONNECTIONS: u64 = 10_000;
     pub const HANDSHAKE_TIMEOUT: u64 = 10;
     pub const HEADER_READ_TIMEOUT: u64 = 10;
@@ -344,6 +347,7 @@ pub const KEYS: &[(&str, &[&str])] = &[
             "ticket_ttl",
             "public_url",
             "server_side_keys",
+            "renew_before",
         ],
     ),
     ("admin", &["listen", "token_file"]),

@@ -7,6 +7,9 @@ use http::HeaderValue;
 /// SAN URI that carries the certificate's generation (only on enrollment-CA certificates).
 pub const GENERATION_URI_PREFIX: &str = "urn:certgate:generation:";
 
+/// SAN URI of a renewed certificate naming the serial (lowercase hex) it replaces.
+pub const RENEWS_URI_PREFIX: &str = "urn:certgate:renews:";
+
 /// Where the account id of a client certificate comes from, tried in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccountSource {
@@ -54,6 +57,19 @@ impl std::fmt::Debug for ClientIdentity {
             .field("generation", &self.generation)
             .field("not_after", &self.not_after)
             .finish_non_exhaustive()
+    }
+}
+
+impl ClientIdentity {
+    /// The serial this certificate renews, when the enrollment CA issued it as a renewal.
+    pub fn renews(&self) -> Option<&str> {
+        if !self.issued_by_enrollment_ca {
+            return None;
+        }
+        self.san_uris
+            .iter()
+            .find_map(|u| u.strip_prefix(RENEWS_URI_PREFIX))
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()))
     }
 }
 

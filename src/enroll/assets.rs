@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
 use http::Response;
+use http::header::{self, HeaderValue};
 use http_body_util::Full;
 
 /// The script, as built.

@@ -30,6 +30,7 @@ mod limiter;
 mod limits;
 mod page;
 mod refusal;
+mod renew;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,6 +59,7 @@ use limiter::*;
 pub use limits::*;
 use page::*;
 use refusal::*;
+pub use renew::Presented;
 
 /// Lifetime of a CRL (its `nextUpdate` − `thisUpdate`).
 pub const CRL_VALIDITY: Duration = Duration::from_secs(24 * 60 * 60);
@@ -102,6 +104,8 @@ struct Issuing {
     dev_server_ca: bool,
     /// `enrollment.server_side_keys`.
     server_side_keys: bool,
+    /// `enrollment.renew_before`.
+    renew_before: Duration,
     /// Shared with the next configuration on a reload (same counters).
     failures: Arc<FailureLimiter>,
     /// Shared with the next configuration while the CA stays the same.
@@ -153,6 +157,7 @@ impl Enrollment {
                     .and_then(|c| form::issuer_name(c))
                     .is_some_and(|n| n == crate::pki::ca::DEV_SERVER_CA_NAME),
                 server_side_keys: e.server_side_keys,
+                renew_before: e.renew_before,
                 failures,
                 crl,
             });
@@ -167,10 +172,14 @@ impl Enrollment {
 
     /// Handles `/.certgate{path}` (`path` is normalised, e.g. `/ca.pem`). `peer` is the
     /// client's address. Never fails: every outcome is a response.
+    ///
+    /// `who` is the connection's certificate and the gate's decision for it, for the paths
+    /// that need it ([`Enrollment::needs_certificate`]).
     pub async fn handle(
         &self,
         path: &str,
         peer: SocketAddr,
+        who: Option<Presented<'_>>,
         req: Request<Incoming>,
     ) -> Response<Full<Bytes>> {
         let Some(issuing) = &self.issuer else {
@@ -196,12 +205,30 @@ impl Enrollment {
                 let result = self.csr(issuing, peer, req).await;
                 self.finish(peer, "csr", result, &headers)
             }
-            "/ca.pem" | "/crl" | "/enroll" | assets::SCRIPT_PATH => {
+            "/certificate" if get => {
+                let result = self.certificate(issuing, who).await;
+                match result {
+                    Ok(r) => no_store(r),
+                    Err(refused) => refusal(refused, req.headers()),
+                }
+            }
+            "/renew" if post => {
+                let headers = req.headers().clone();
+                let result = self.renew(issuing, peer, who, req).await;
+                self.finish(peer, "renew", result, &headers)
+            }
+            "/renew" => method_not_allowed("POST", req.headers()),
+            "/ca.pem" | "/crl" | "/enroll" | "/certificate" | assets::SCRIPT_PATH => {
                 method_not_allowed("GET, HEAD", req.headers())
             }
             "/enroll/pkcs12" | "/enroll/csr" => method_not_allowed("POST", req.headers()),
             _ => pages::render(&NOT_FOUND, req.headers()),
         }
+    }
+
+    /// Whether `/.certgate{path}` needs the connection's certificate and its decision.
+    pub fn needs_certificate(path: &str) -> bool {
+        matches!(path, "/certificate" | "/renew")
     }
 
     /// `GET /enroll?ticket=T`: the page, or why the link does not work.
@@ -309,7 +336,7 @@ impl Enrollment {
             }
         };
         self.record(&record, &issued).await?;
-        audit(peer, "pkcs12", &record, &issued);
+        audit(peer, "pkcs12", &record.account, record.generation, &issued);
         let mut resp = Response::new(Full::new(Bytes::from(p12)));
         let disposition = format!("attachment; filename=\"{}.p12\"", record.account);
         if let Ok(v) = HeaderValue::from_str(&disposition) {
@@ -348,7 +375,7 @@ impl Enrollment {
             }
         };
         self.record(&record, &issued).await?;
-        audit(peer, "csr", &record, &issued);
+        audit(peer, "csr", &record.account, record.generation, &issued);
         let chain = format!("{}{}", issued.cert_pem, issuing.ca.cert_pem);
         Ok(with_type(
             Response::new(Full::new(Bytes::from(chain))),
@@ -596,13 +623,19 @@ impl Enrollment {
 }
 
 /// One audit line per issued certificate: never the ticket, the passphrase or a key.
-fn audit(peer: SocketAddr, method: &'static str, record: &TicketRecord, issued: &ca::Issued) {
+fn audit(
+    peer: SocketAddr,
+    method: &'static str,
+    account: &str,
+    generation: u64,
+    issued: &ca::Issued,
+) {
     tracing::info!(
         target: "certgate::audit",
         action = "enroll",
         method,
-        account = %record.account,
-        generation = record.generation,
+        account,
+        generation,
         serial = %issued.serial,
         not_after = %crate::core::text::rfc3339(issued.not_after),
         %peer,

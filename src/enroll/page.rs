@@ -101,15 +101,7 @@ This link works once.</li>
 <p>Your browser saved <code>{account}.p12</code> (<a id="download" hidden>save it again</a>). Import it as described below, then sign in.
 The file holds your private key: keep it, and its passphrase, to yourself.</p>
 </section>
-<details id="import-help"><summary>Importing the file</summary>
-<ul>
-<li><b>Windows</b> (Edge, Chrome): double-click <code>{account}.p12</code>; the Certificate Import Wizard opens. Choose <i>Current User</i>, enter the passphrase, keep the suggested store, finish.</li>
-<li><b>macOS</b> (Safari, Chrome): double-click <code>{account}.p12</code>; Keychain Access opens. Add it to the <i>login</i> keychain and enter the passphrase.</li>
-<li><b>Firefox</b> (every system): Settings &rarr; Privacy &amp; Security &rarr; Certificates &rarr; View Certificates &rarr; Your Certificates &rarr; Import, pick the file, enter the passphrase.</li>
-<li><b>Chromium or Chrome on Linux</b>: Settings &rarr; Privacy and security &rarr; Security &rarr; Manage certificates &rarr; Your certificates &rarr; Import (or <code>pk12util -i {account}.p12 -d sql:$HOME/.pki/nssdb</code>).</li>
-<li><b>The browser offers the wrong certificate, or none?</b> Close every window of the browser and start it again (browsers remember the choice while running), or try a private window. Pick the certificate for <b>{account}</b> issued by <i>{ca_name}</i>.</li>
-</ul>
-</details>
+{import_help}
 <details><summary>Or use the command line (openssl and curl)</summary>
 <p>Make a key and a certificate signing request, and send the request with this page's ticket (it is filled in below, and works once):</p>
 <pre id="cli">openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
@@ -125,8 +117,161 @@ curl {cacert}--fail --data-binary @{account}.csr -H "Authorization: Bearer {tick
         extra = PAGE_CSS,
         min = MIN_PASSPHRASE_CHARS,
         max = MAX_PASSPHRASE_CHARS,
+        import_help = import_help(&account, &ca_name),
     );
-    let mut resp = pages::build(StatusCode::OK, "text/html; charset=utf-8", body);
+    with_page_headers(pages::build(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        body,
+    ))
+}
+
+/// Whether, and when, the holder can renew the certificate on the page.
+pub(super) enum Renewal {
+    /// Within `enrollment.renew_before` of expiry.
+    Due,
+    /// Opens at this Unix time.
+    OpensAt(i64),
+    /// `enrollment.renew_before: 0s`.
+    Off,
+    /// Not from the enrollment CA.
+    NotOurs,
+}
+
+/// What "Managing your client certificate" shows.
+pub(super) struct CertificateFacts<'a> {
+    pub account: &'a str,
+    pub serial: &'a str,
+    pub ca_name: &'a str,
+    pub not_before: i64,
+    pub not_after: i64,
+    /// From the store's record, when certgate issued it.
+    pub issued_at: Option<i64>,
+    /// The account's other certificates that still work: serial, notAfter.
+    pub others: &'a [(String, i64)],
+    pub renewal: Renewal,
+    pub public_url: &'a str,
+    pub script: &'a str,
+    pub integrity: &'a str,
+    pub now: i64,
+}
+
+/// `GET /.certgate/certificate`: the signed-in certificate, the account's others, renewal.
+pub(super) fn certificate_page(f: &CertificateFacts<'_>) -> Response<Full<Bytes>> {
+    use crate::core::text::rfc3339;
+    let account = escape_html(f.account);
+    let ca_name = escape_html(f.ca_name);
+    let serial = escape_html(f.serial);
+    let base = escape_html(f.public_url);
+    let days_left = (f.not_after - f.now).max(0) / 86_400;
+    let issued = f
+        .issued_at
+        .map(|t| format!("<tr><th>Issued</th><td>{}</td></tr>", rfc3339(t)))
+        .unwrap_or_default();
+    let others = if f.others.is_empty() {
+        "<p id=\"others\">No other certificate of this account works at the moment.</p>".to_string()
+    } else {
+        let items: String = f
+            .others
+            .iter()
+            .map(|(s, until)| {
+                format!(
+                    "<li><code>{}</code>, valid until {}</li>",
+                    escape_html(s),
+                    rfc3339(*until)
+                )
+            })
+            .collect();
+        format!(
+            "<p>Other certificates of this account that work (on other devices or browsers):</p><ul id=\"others\">{items}</ul>"
+        )
+    };
+    let renewal = match f.renewal {
+        Renewal::Due => format!(
+            r#"<section id="renew">
+<h2>Renew your certificate</h2>
+<p class="notice" id="renew-notice">Your certificate expires on {until} (in {days_left} days). Renew it now: your browser makes a new key, the gateway certifies it, and you import the new file.
+The current certificate keeps working until you first sign in with the new one; then it stops working.</p>
+<noscript><p class="error">Renewing on this page needs JavaScript. Or use the command line below.</p></noscript>
+<form id="enroll-form" data-account="{account}" data-endpoint="/.certgate/renew" method="post" action="/.certgate/renew" autocomplete="off">
+<label for="passphrase">Passphrase for the new certificate file</label>
+<input id="passphrase" name="passphrase" type="password" minlength="{min}" maxlength="{max}" required autocomplete="new-password">
+<span id="key-choice" hidden><label for="key_type">Key type</label>
+<select id="key_type" name="key_type">
+<option value="ec-p256" selected>ECDSA P-256 (recommended)</option>
+<option value="rsa-2048">RSA 2048 (for Windows 7 and 8, and devices without EC keys)</option>
+</select></span>
+<button id="generate" type="submit" disabled>Renew Certificate</button>
+</form>
+<p id="status" role="status" hidden></p>
+<p id="error" class="error" role="alert" hidden></p>
+<p id="browser-note" hidden></p>
+<section id="done" hidden>
+<h2>Your new certificate is ready</h2>
+<p>Your browser saved <code>{account}.p12</code> (<a id="download" hidden>save it again</a>). Import it as described below, close every window of the browser, and sign in again with the new certificate (issued {today}).</p>
+</section>
+{import_help}
+<details><summary>Or renew on the command line (openssl and curl)</summary>
+<pre id="cli">openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+  -keyout {account}-new.key -subj /CN={account} -out {account}-new.csr
+curl --fail --cert {account}.pem --key {account}.key --data-binary @{account}-new.csr \
+  -o {account}-new.pem {base}/.certgate/renew</pre>
+<p>The current certificate and its key authenticate the request; no ticket is needed.</p>
+</details>
+</section>"#,
+            until = rfc3339(f.not_after),
+            min = MIN_PASSPHRASE_CHARS,
+            max = MAX_PASSPHRASE_CHARS,
+            today = rfc3339(f.now),
+            import_help = import_help(&account, &ca_name),
+        ),
+        Renewal::OpensAt(t) => format!(
+            "<p id=\"renew-later\">You can renew this certificate here from {} on (before it expires on {}).</p>",
+            rfc3339(t),
+            rfc3339(f.not_after)
+        ),
+        Renewal::Off | Renewal::NotOurs => "<p id=\"renew-later\">Ask your administrator for a new certificate before this one expires.</p>".to_string(),
+    };
+    let script = escape_html(f.script);
+    let integrity = escape_html(f.integrity);
+    let body = format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>Managing your client certificate</title><style>{css}{extra}</style>
+<script src="{script}" integrity="{integrity}" defer></script></head>
+<body><main>
+<h1>Managing your client certificate</h1>
+<p class="lead">Your browser signed in with the certificate of account <b id="account">{account}</b>.</p>
+<table id="current">
+<tr><th>Account</th><td>{account}</td></tr>
+<tr><th>Serial</th><td><code id="serial">{serial}</code></td></tr>
+<tr><th>Issued by</th><td>{ca_name}</td></tr>
+<tr><th>Valid from</th><td>{from}</td></tr>
+<tr><th>Valid until</th><td id="not-after">{until} ({days_left} days left)</td></tr>
+{issued}
+</table>
+{renewal}
+{others}
+<h2>Lost a certificate, or someone else may have it?</h2>
+<p>Ask your administrator to reset your certificate. Every certificate of your account stops working at once, and you get a new enrollment link to make a new one.</p>
+</main></body></html>
+"#,
+        css = pages::CSS,
+        extra = PAGE_CSS,
+        from = rfc3339(f.not_before),
+        until = rfc3339(f.not_after),
+    );
+    with_page_headers(pages::build(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        body,
+    ))
+}
+
+/// The CSP and framing headers of the pages that run the script.
+fn with_page_headers(mut resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
     resp.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(PAGE_CSP),
@@ -134,6 +279,22 @@ curl {cacert}--fail --data-binary @{account}.csr -H "Authorization: Bearer {tick
     resp.headers_mut()
         .insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     resp
+}
+
+/// How to import `<account>.p12` on each platform, and what to do when the browser offers
+/// the wrong certificate (`account` and `ca_name` already escaped).
+fn import_help(account: &str, ca_name: &str) -> String {
+    format!(
+        r#"<details id="import-help"><summary>Importing the file</summary>
+<ul>
+<li><b>Windows</b> (Edge, Chrome): double-click <code>{account}.p12</code>; the Certificate Import Wizard opens. Choose <i>Current User</i>, enter the passphrase, keep the suggested store, finish.</li>
+<li><b>macOS</b> (Safari, Chrome): double-click <code>{account}.p12</code>; Keychain Access opens. Add it to the <i>login</i> keychain and enter the passphrase.</li>
+<li><b>Firefox</b> (every system): Settings &rarr; Privacy &amp; Security &rarr; Certificates &rarr; View Certificates &rarr; Your Certificates &rarr; Import, pick the file, enter the passphrase.</li>
+<li><b>Chromium or Chrome on Linux</b>: Settings &rarr; Privacy and security &rarr; Security &rarr; Manage certificates &rarr; Your certificates &rarr; Import (or <code>pk12util -i {account}.p12 -d sql:$HOME/.pki/nssdb</code>).</li>
+<li><b>The browser offers the wrong certificate, or none?</b> Close every window of the browser and start it again (browsers remember the choice while running), or try a private window. Pick the certificate for <b>{account}</b> issued by <i>{ca_name}</i>.</li>
+</ul>
+</details>"#
+    )
 }
 
 /// The page's Content-Security-Policy: its own script only (no inline script), requests
@@ -148,4 +309,7 @@ background:#1f5fbf;color:#fff;border:0;border-radius:4px;cursor:pointer}\
 pre{background:#f4f5f7;padding:.75rem;overflow-x:auto;font-size:.8rem}summary{cursor:pointer}\
 [hidden]{display:none!important}select{padding:.4rem;font-size:.95rem;max-width:100%}\
 #key-choice{width:100%;display:flex;flex-wrap:wrap;gap:.5rem;align-items:center}\
-.mode{color:#345}.error{color:#a11;font-weight:600}";
+.mode{color:#345}.error{color:#a11;font-weight:600}\
+.notice{background:#fff6d6;border-left:4px solid #d9a400;padding:.6rem .8rem}\
+table{border-collapse:collapse;margin:1rem 0}th{text-align:left;padding:.25rem 1rem .25rem 0;\
+font-weight:600;vertical-align:top}td{padding:.25rem 0}";

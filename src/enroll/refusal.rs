@@ -3,6 +3,7 @@
 use super::limits::*;
 use std::borrow::Cow;
 
+use crate::core::decision::Decision;
 use crate::core::outcome::{MethodNotAllowed, Outcome};
 use crate::http::pages;
 use crate::pki::ca::CsrError;
@@ -35,6 +36,15 @@ pub(super) enum Refusal {
     BadCsr(CsrError),
     /// `POST /enroll/pkcs12` with `enrollment.server_side_keys: false`.
     ServerKeysOff,
+    /// Renewal: the connection's certificate is refused by the gate (none, revoked, reset,
+    /// expired, store unavailable): that decision's own answer.
+    Gate(Decision),
+    /// Renewal: a certificate certgate did not issue (its own CA renews it).
+    NotRenewable,
+    /// Renewal: not yet within `enrollment.renew_before` of expiry; opens at this Unix time.
+    NotDue(i64),
+    /// Renewal: `enrollment.renew_before: 0s`.
+    RenewalOff,
     StoreUnavailable(StoreError),
     /// Details are logged, not sent.
     Internal(String),
@@ -55,7 +65,11 @@ impl Outcome for Refusal {
             Refusal::UnknownTicket
             | Refusal::StaleTicket
             | Refusal::CrossSite
-            | Refusal::ServerKeysOff => StatusCode::FORBIDDEN,
+            | Refusal::ServerKeysOff
+            | Refusal::NotRenewable
+            | Refusal::NotDue(_)
+            | Refusal::RenewalOff => StatusCode::FORBIDDEN,
+            Refusal::Gate(d) => d.status(),
             Refusal::MissingTicket
             | Refusal::ShortPassphrase
             | Refusal::LongPassphrase
@@ -87,6 +101,10 @@ impl Outcome for Refusal {
             Refusal::BadCsr(CsrError::BadSignature) => "bad_csr_signature",
             Refusal::BadCsr(_) => "unsupported_key",
             Refusal::ServerKeysOff => "server_side_keys_off",
+            Refusal::Gate(d) => d.as_str(),
+            Refusal::NotRenewable => "not_renewable",
+            Refusal::NotDue(_) => "renewal_not_due",
+            Refusal::RenewalOff => "renewal_off",
             Refusal::StoreUnavailable(_) => "store_unavailable",
             Refusal::Internal(_) => "internal_error",
         }
@@ -105,6 +123,9 @@ impl Outcome for Refusal {
             Refusal::BodyTimeout => "Request too slow",
             Refusal::BadCsr(_) => "Certificate request refused",
             Refusal::ServerKeysOff => "Your browser must make the key",
+            Refusal::Gate(d) => Outcome::title(d),
+            Refusal::NotRenewable | Refusal::RenewalOff => "Renewal not available",
+            Refusal::NotDue(_) => "Renewal not due yet",
             Refusal::StoreUnavailable(_) => "Temporarily unavailable",
             Refusal::Internal(_) => "Enrollment failed",
         }
@@ -116,6 +137,10 @@ impl Outcome for Refusal {
 
     fn steps(&self) -> &'static [&'static str] {
         match self {
+            Refusal::Gate(d) => Outcome::steps(d),
+            Refusal::NotRenewable | Refusal::RenewalOff => {
+                &["Ask your administrator for a new certificate before this one expires."]
+            }
             Refusal::UnknownTicket => &[
                 "Already generated your certificate with this link? Then you are done: open the downloaded <code>.p12</code> file to import it, and sign in.",
                 "Otherwise ask your administrator for a new enrollment link. Each link works once, and only for a limited time.",
@@ -189,6 +214,17 @@ impl Refusal {
             Refusal::TooLarge => format!("The request body is larger than {MAX_BODY_BYTES} bytes."),
             Refusal::BodyTimeout => "The request body did not arrive in time.".into(),
             Refusal::BadCsr(e) => format!("{e}. Your ticket is still valid."),
+            Refusal::Gate(d) => Outcome::message(d).into_owned(),
+            Refusal::NotRenewable => {
+                "This certificate was not issued by this gateway, so it cannot be renewed here.".into()
+            }
+            Refusal::RenewalOff => {
+                "Certificates are not renewed by their holders on this gateway.".into()
+            }
+            Refusal::NotDue(at) => format!(
+                "Your certificate can be renewed from {} on (shortly before it expires).",
+                crate::core::text::rfc3339(*at)
+            ),
             Refusal::ServerKeysOff => {
                 "This gateway does not make private keys: your browser makes yours, on the enrollment page, with JavaScript. Your link is still valid.".into()
             }

@@ -21,7 +21,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::FromDer as _;
 
-use crate::core::identity::GENERATION_URI_PREFIX;
+use crate::core::identity::{GENERATION_URI_PREFIX, RENEWS_URI_PREFIX};
 use crate::core::text::{self, pem_encode};
 
 /// SAN URI prefix naming the account in issued certificates.
@@ -277,6 +277,34 @@ impl CaIssuer {
         generation: u64,
         validity: Duration,
     ) -> Result<Issued, CaError> {
+        self.issue(public_key, account, generation, validity, None)
+    }
+
+    /// [`CaIssuer::issue_client`] for a renewal of the certificate with serial `renews`
+    /// (lowercase hex): the new certificate names it (`urn:certgate:renews:<serial>`), so
+    /// its first use can retire the old one.
+    pub fn issue_renewal(
+        &self,
+        public_key: &impl PublicKeyData,
+        account: &str,
+        generation: u64,
+        validity: Duration,
+        renews: &str,
+    ) -> Result<Issued, CaError> {
+        if renews.is_empty() || !renews.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(CaError::BadAccount(format!("renewed serial {renews:?}")));
+        }
+        self.issue(public_key, account, generation, validity, Some(renews))
+    }
+
+    fn issue(
+        &self,
+        public_key: &impl PublicKeyData,
+        account: &str,
+        generation: u64,
+        validity: Duration,
+        renews: Option<&str>,
+    ) -> Result<Issued, CaError> {
         if !text::is_valid_account(account) {
             return Err(CaError::BadAccount(account.to_string()));
         }
@@ -296,6 +324,11 @@ impl CaIssuer {
             SanType::URI(format!("{ACCOUNT_URI_PREFIX}{account}").try_into()?),
             SanType::URI(format!("{GENERATION_URI_PREFIX}{generation}").try_into()?),
         ];
+        if let Some(old) = renews {
+            p.subject_alt_names.push(SanType::URI(
+                format!("{RENEWS_URI_PREFIX}{old}").try_into()?,
+            ));
+        }
         let cert = p.signed_by(public_key, &self.issuer)?;
         let der = cert.der().to_vec();
         let serial = p

@@ -67,6 +67,8 @@ pub struct ConnInfo {
     pub tls_version: &'static str,
     /// The last signed identity assertion of this connection, reused while fresh.
     assertion: std::sync::Mutex<Option<CachedAssertion>>,
+    /// Set at the connection's first allowed request (a renewed certificate's first use).
+    allowed_once: std::sync::atomic::AtomicBool,
     /// The TLS handshake's times, kept for the first request's trace (only while
     /// `telemetry.otlp_endpoint` is set).
     handshake: std::sync::Mutex<Option<Box<crate::telemetry::Handshake>>>,
@@ -110,7 +112,14 @@ impl ConnInfo {
             tls_version: "-",
             assertion: std::sync::Mutex::new(None),
             handshake: std::sync::Mutex::new(None),
+            allowed_once: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// True at the connection's first allowed request only.
+    fn first_allowed(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        !self.allowed_once.load(Relaxed) && !self.allowed_once.swap(true, Relaxed)
     }
 
     /// The same connection, with its handshake's times for the first request's trace.
@@ -238,6 +247,9 @@ pub struct Proxy {
     assertion: Option<Arc<AssertionSigner>>,
     /// `identity.session_cookie`, when set.
     sessions: Option<session::SessionGuard>,
+    /// `enrollment.renew_before` in seconds and the renewal page's URL: sent to the
+    /// application as `X-Client-Cert-Renew` while a certificate is due for renewal.
+    renew_notice: Option<(i64, HeaderValue)>,
 }
 
 fn assertion_signer(cfg: &Config) -> Result<Option<Arc<AssertionSigner>>, ProxyError> {
@@ -308,6 +320,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_CLIENT_ASSERTION: HeaderName = HeaderName::from_static("x-client-assertion");
+static X_CLIENT_CERT_RENEW: HeaderName = HeaderName::from_static("x-client-cert-renew");
 
 /// `a` equals `b` when `_` and `-` count as the same byte. CGI-style applications
 /// (PHP-FPM, WSGI, many frameworks) map both to `_` in a variable name, so to them
@@ -472,6 +485,13 @@ impl Proxy {
             own,
             assertion: assertion_signer(cfg)?,
             sessions: session::SessionGuard::new(cfg),
+            renew_notice: cfg.enrollment.as_ref().and_then(|e| {
+                let url = format!("{}/.certgate/certificate", e.public_url);
+                (!e.renew_before.is_zero())
+                    .then(|| HeaderValue::from_str(&url).ok())
+                    .flatten()
+                    .map(|v| (e.renew_before.as_secs() as i64, v))
+            }),
         })
     }
 
@@ -620,7 +640,16 @@ impl Proxy {
             }
             Route::Own(rest) => {
                 let rest = rest.into_owned();
-                let resp = self.own.handle(&rest, conn.peer, req).await;
+                // /.certgate/certificate and /renew act for the connection's certificate:
+                // decided like a protected request.
+                let mut who = None;
+                if Enrollment::needs_certificate(&rest)
+                    && let Some(identity) = conn.identity.as_deref()
+                {
+                    let decision = self.decide(conn).await;
+                    who = Some(crate::enroll::Presented { identity, decision });
+                }
+                let resp = self.own.handle(&rest, conn.peer, who, req).await;
                 (Decision::Own, resp.map(Either::Right))
             }
             Route::Public => {
@@ -641,6 +670,12 @@ impl Proxy {
                 let decision = self.decide(conn).await;
                 if let Some(s) = span {
                     s.end(decision.as_str());
+                }
+                if decision == Decision::Allowed && conn.first_allowed() {
+                    // A renewed certificate's first use retires the one it renews.
+                    if let Some(id) = conn.identity.as_deref() {
+                        self.own.retire_renewed(id);
+                    }
                 }
                 if decision != Decision::Allowed {
                     return refuse(decision, req.headers());
@@ -754,6 +789,12 @@ impl Proxy {
             }
             if let Some(a) = self.assertion_for(conn, id) {
                 h.insert(X_CLIENT_ASSERTION.clone(), a);
+            }
+            if let Some((before, url)) = &self.renew_notice
+                && id.issued_by_enrollment_ca
+                && crate::core::clock::now() >= id.not_after - before
+            {
+                h.insert(X_CLIENT_CERT_RENEW.clone(), url.clone());
             }
         }
         if let Some(up) = &upgrade {

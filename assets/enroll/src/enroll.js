@@ -185,15 +185,16 @@ export async function makePkcs12(privateKey, chainDer, passphrase, friendlyName)
   return pfx.toSchema().toBER(false);
 }
 
-/** Sends the request; the certificate chain (DER, leaf first), or an Error to show. */
-async function requestCertificate(csrPem, ticket) {
-  const resp = await fetch("/.certgate/enroll/csr", {
+/**
+ * Sends the request to `endpoint` (with the enrollment ticket, or for a renewal with the
+ * browser's current certificate alone); the chain (DER, leaf first), or an Error to show.
+ */
+async function requestCertificate(endpoint, csrPem, ticket) {
+  const headers = { "Content-Type": "application/pkcs10", Accept: "application/json" };
+  if (ticket) headers.Authorization = `Bearer ${ticket}`;
+  const resp = await fetch(endpoint, {
     method: "POST",
-    headers: {
-      Authorization: `Bearer ${ticket}`,
-      "Content-Type": "application/pkcs10",
-      Accept: "application/json",
-    },
+    headers,
     body: csrPem,
     credentials: "same-origin",
     cache: "no-store",
@@ -234,7 +235,8 @@ function show(id, text) {
 }
 
 async function generate(form) {
-  const ticket = form.elements.ticket.value;
+  const ticket = form.elements.ticket ? form.elements.ticket.value : "";
+  const endpoint = form.dataset.endpoint || "/.certgate/enroll/csr";
   const passphrase = form.elements.passphrase.value;
   const account = form.dataset.account;
   const type = form.elements.key_type ? form.elements.key_type.value : "ec-p256";
@@ -246,7 +248,7 @@ async function generate(form) {
     const { keys, hash } = await makeKeys(type);
     const csr = await makeCsr(keys, hash, account);
     show("status", "Asking the gateway for your certificate…");
-    const chain = await requestCertificate(csr, ticket);
+    const chain = await requestCertificate(endpoint, csr, ticket);
     show("status", "Packing your certificate and key into a protected file…");
     const p12 = await makePkcs12(keys.privateKey, chain, passphrase, `${account} (certgate)`);
     offerDownload(p12, `${account}.p12`);
@@ -275,6 +277,9 @@ function start() {
   if (mode) mode.textContent = "Your browser makes the private key; it never leaves this page.";
   const choice = document.getElementById("key-choice");
   if (choice) choice.hidden = false;
+  // A form that only works with this script (renewal) starts disabled.
+  const button = form.querySelector("button");
+  if (button) button.disabled = false;
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     if (form.reportValidity()) generate(form);
