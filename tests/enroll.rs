@@ -1114,13 +1114,7 @@ async fn server_side_keys_can_be_turned_off() {
     );
 
     // The ticket was not spent: a CSR made elsewhere (here: by the test) is certified.
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
+    let (_, csr) = en::p256_key_and_csr();
     let r = en::csr(&h, Some(&ticket), csr.into_bytes()).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("BEGIN CERTIFICATE"));

@@ -22,22 +22,10 @@ async fn gateway(extra: &str) -> Harness {
     p.start().await
 }
 
-/// A new P-256 key and a CSR for it: (key PEM, CSR PEM).
-fn key_and_csr() -> (String, String) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    (key.serialize_pem(), csr)
-}
-
 /// Enrolls `account` by CSR: (certificate PEM, key PEM).
 async fn enrolled(h: &Harness, account: &str) -> (String, String) {
     let ticket = en::enable(h, account).await;
-    let (key, csr) = key_and_csr();
+    let (key, csr) = en::p256_key_and_csr();
     let r = en::csr(h, Some(&ticket), csr.into_bytes()).await;
     assert_eq!(r.status, 200, "{}", r.text());
     (first_pem(&r.text()), key)
@@ -117,7 +105,7 @@ async fn renewal_keeps_the_account_and_retires_the_old_certificate_at_first_use(
     assert!(csp.contains("script-src 'self'"), "{csp}");
 
     // Renewal with a CSR over the old certificate: no ticket.
-    let (new_key, csr) = key_and_csr();
+    let (new_key, csr) = en::p256_key_and_csr();
     let r = renew(&old, &h, &csr).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
@@ -195,7 +183,7 @@ async fn renewal_is_refused_with_reasons() {
     let h = gateway("").await;
     let (pem, key) = enrolled(&h, "alice").await;
     let alice = client_with(&h, &pem, &key);
-    let (_, csr) = key_and_csr();
+    let (_, csr) = en::p256_key_and_csr();
     let r = renew(&alice, &h, &csr).await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.json()["error"], "renewal_not_due", "{}", r.text());

@@ -268,6 +268,18 @@ pub fn client_with(h: &Harness, cert_pem: &str, key_pem: &str) -> reqwest::Clien
         .expect("client")
 }
 
+/// A new P-256 key and a CSR for it, made in-process: (key PEM, CSR PEM).
+pub fn p256_key_and_csr() -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    (key.serialize_pem(), csr)
+}
+
 /// `GET url` with `client`.
 pub async fn get(client: &reqwest::Client, url: &str) -> Resp {
     send(client.get(url), &format!("GET {url}")).await
