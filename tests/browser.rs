@@ -477,3 +477,144 @@ async fn browser_makes_the_key_and_sends_only_a_csr() {
     gw.signal(libc::SIGTERM);
     assert_eq!(gw.wait_exit(std::time::Duration::from_secs(20)), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_renews_on_the_certificate_page_and_the_old_one_retires() {
+    if !tools(
+        &["chromium", "pk12util", "certutil", "openssl"],
+        "apt-get install chromium libnss3-tools openssl",
+    ) {
+        return;
+    }
+    // renew_before longer than the validity: a new certificate is due at once.
+    let p = Prepared::new(Options {
+        extra: "shutdown:\n  drain_delay: 0s\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let yaml = std::fs::read_to_string(&p.config_path).unwrap().replace(
+        "enrollment:\n  enabled: true\n",
+        "enrollment:\n  enabled: true\n  renew_before: 400d\n",
+    );
+    std::fs::write(&p.config_path, yaml).unwrap();
+    let mut gw = start(&p);
+    let work = tempfile::tempdir().unwrap();
+    let shots = screenshots();
+    let base = format!("https://localhost:{}", gw.listen.port());
+    let _policy = match AutoSelectPolicy::install(&base) {
+        Ok(p) => p,
+        Err(e) => {
+            assert!(!en::in_ci(), "cannot write the Chromium policy: {e}");
+            eprintln!("\n!!! SKIPPED: cannot write the Chromium policy: {e}\n");
+            return;
+        }
+    };
+
+    // 1. The first certificate, made in the browser from the enrollment link.
+    let first = Nss::new(&work.path().join("home-1"), &p.pki.server_ca.cert_pem);
+    let downloads_1 = work.path().join("downloads-1");
+    std::fs::create_dir_all(&downloads_1).unwrap();
+    let ticket = enable(&gw, &p.token, "alice").await;
+    let mut browser = Browser::launch(&first.home, &work.path().join("profile-1")).await;
+    browser.allow_downloads(&downloads_1).await;
+    let tab = browser.tab().await;
+    browser
+        .navigate(&tab, &format!("{base}/.certgate/enroll?ticket={ticket}"))
+        .await;
+    assert_eq!(generate_in_page(&mut browser, &tab).await, "alice.p12");
+    browser.close().await;
+    let old_p12 = downloads_1.join("alice.p12");
+    let out = first.import_p12(&old_p12, PASS);
+    assert!(out.contains("PKCS12 IMPORT SUCCESSFUL"), "{out}");
+
+    // 2. Signed in with it, the certificate page offers renewal; renewed in the browser.
+    let downloads_2 = work.path().join("downloads-2");
+    std::fs::create_dir_all(&downloads_2).unwrap();
+    let mut browser = Browser::launch(&first.home, &work.path().join("profile-2")).await;
+    browser.allow_downloads(&downloads_2).await;
+    let tab = browser.tab().await;
+    browser
+        .navigate(&tab, &format!("{base}/.certgate/certificate"))
+        .await;
+    let html = browser.html(&tab).await;
+    assert!(html.contains("Managing your client certificate"), "{html}");
+    assert!(html.contains("Renew your certificate"), "{html}");
+    let old_serial = eval(
+        &mut browser,
+        &tab,
+        "document.getElementById('serial').textContent",
+    )
+    .await
+    .as_str()
+    .unwrap_or_default()
+    .to_string();
+    assert!(!old_serial.is_empty(), "{html}");
+    browser
+        .screenshot(&tab, &shots.join("renew-1-certificate-page.png"))
+        .await;
+    assert_eq!(generate_in_page(&mut browser, &tab).await, "alice.p12");
+    browser
+        .screenshot(&tab, &shots.join("renew-2-renewed.png"))
+        .await;
+    browser.close().await;
+    let log = gw.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("certificate renewed") && l.contains(&old_serial)),
+        "{log}"
+    );
+    assert!(
+        !log.contains("method=\"pkcs12\""),
+        "no key made by the gateway: {log}"
+    );
+
+    // 3. A browser with only the new certificate signs in: a new serial, same account.
+    let second = Nss::new(&work.path().join("home-2"), &p.pki.server_ca.cert_pem);
+    let out = second.import_p12(&downloads_2.join("alice.p12"), PASS);
+    assert!(out.contains("PKCS12 IMPORT SUCCESSFUL"), "{out}");
+    let mut browser = Browser::launch(&second.home, &work.path().join("profile-3")).await;
+    let tab = browser.tab().await;
+    browser.navigate(&tab, &format!("{base}/hello")).await;
+    let echo = Echo::parse(browser.text(&tab).await.as_bytes());
+    assert_eq!(echo.one("x-client-account"), "alice");
+    let new_serial = echo.one("x-client-cert-serial");
+    assert_ne!(new_serial, old_serial);
+    browser.close().await;
+
+    // 4. That first use retired the old certificate: refused from then on.
+    let pass = format!("pass:{PASS}");
+    let p12s = old_p12.to_str().unwrap();
+    let old_cert = openssl(&[
+        "pkcs12", "-in", p12s, "-passin", &pass, "-nokeys", "-clcerts",
+    ]);
+    let old_key = openssl(&[
+        "pkcs12", "-in", p12s, "-passin", &pass, "-nocerts", "-nodes",
+    ]);
+    let identity = reqwest::Identity::from_pem(format!("{old_cert}{old_key}").as_bytes()).unwrap();
+    let ca = reqwest::Certificate::from_pem(p.pki.server_ca.cert_pem.as_bytes()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        // A new connection each time (a revoked certificate's open ones are closed).
+        let client = reqwest::Client::builder()
+            .tls_certs_only([ca.clone()])
+            .resolve("localhost", gw.listen)
+            .no_proxy()
+            .identity(identity.clone())
+            .build()
+            .unwrap();
+        let r = client.get(format!("{base}/hello")).send().await.unwrap();
+        if r.status() == 403 {
+            let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            assert_eq!(v["error"], "revoked", "{v}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old certificate still works: {}",
+            r.status()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait_exit(std::time::Duration::from_secs(20)), Some(0));
+}
