@@ -618,3 +618,71 @@ async fn browser_renews_on_the_certificate_page_and_the_old_one_retires() {
     gw.signal(libc::SIGTERM);
     assert_eq!(gw.wait_exit(std::time::Duration::from_secs(20)), Some(0));
 }
+
+/// What a user with an expired certificate sees in Chromium: the page that says so, or,
+/// where the browser does not offer an expired certificate at all, the no-certificate page
+/// with its steps; never a TLS error page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_with_an_expired_certificate_sees_a_page() {
+    if !tools(
+        &["chromium", "pk12util", "certutil", "openssl"],
+        "apt-get install chromium libnss3-tools openssl",
+    ) {
+        return;
+    }
+    let h = Harness::start().await;
+    en::enable(&h, "gina").await;
+    let generation = h.admin().generation("gina").await;
+    let old = h.pki.enroll_ca.issue(
+        &support::LeafSpec::account("gina")
+            .generation(generation)
+            .expired(),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let nss = Nss::new(&work.path().join("home"), &h.pki.server_ca.cert_pem);
+    let pem = work.path().join("gina.pem");
+    std::fs::write(&pem, String::from_utf8(old.identity_pem()).unwrap()).unwrap();
+    let p12 = work.path().join("gina.p12");
+    openssl(&[
+        "pkcs12",
+        "-export",
+        "-in",
+        pem.to_str().unwrap(),
+        "-out",
+        p12.to_str().unwrap(),
+        "-passout",
+        &format!("pass:{PASS}"),
+        "-name",
+        "gina (certgate)",
+    ]);
+    let out = nss.import_p12(&p12, PASS);
+    assert!(out.contains("PKCS12 IMPORT SUCCESSFUL"), "{out}");
+    let origin = format!("https://localhost:{}", h.listen().port());
+    let _policy = match AutoSelectPolicy::install(&origin) {
+        Ok(p) => p,
+        Err(e) => {
+            assert!(!en::in_ci(), "cannot write the Chromium policy: {e}");
+            eprintln!("\n!!! SKIPPED: cannot write the Chromium policy: {e}\n");
+            return;
+        }
+    };
+    let mut browser = Browser::launch(&nss.home, &work.path().join("profile")).await;
+    let tab = browser.tab().await;
+    browser.navigate(&tab, &h.url("/hello")).await;
+    browser
+        .screenshot(&tab, &screenshots().join("expired-certificate.png"))
+        .await;
+    let html = browser.html(&tab).await;
+    // Chromium does not offer an expired certificate: the no-certificate page, which says
+    // that expiry is a reason; a client that presents it gets the expired page
+    // (tests/renew.rs).
+    assert!(
+        html.contains("Certificate expired")
+            || (html.contains("Client certificate required")
+                && html.contains("browsers stop offering an expired certificate")),
+        "{html}"
+    );
+    assert!(h.upstream.seen_with_prefix("/hello").is_empty());
+    browser.close().await;
+    h.shutdown().await;
+}

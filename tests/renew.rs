@@ -248,3 +248,62 @@ async fn renewal_is_refused_with_reasons() {
     assert_eq!(r.json()["error"], "renewal_off");
     h.shutdown().await;
 }
+
+/// An expired certificate of the enrollment CA gets the "expired" page (HTML for a
+/// browser, JSON otherwise), not a TLS alert: accepted in the handshake for that only,
+/// never forwarded, not renewable. An expired one of another trusted CA still fails the
+/// handshake (tests/data_plane.rs).
+#[tokio::test]
+async fn expired_enrollment_certificate_gets_the_expired_page() {
+    let h = gateway("  renew_before: 400d\n").await;
+    en::enable(&h, "gina").await;
+    let generation = h.admin().generation("gina").await;
+    let old = h.pki.enroll_ca.issue(
+        &support::LeafSpec::account("gina")
+            .generation(generation)
+            .expired(),
+    );
+    let client = h.client_h1(Some(&old));
+    let page = support::get(&client, &h.url("/app/expired"), &[("accept", "text/html")]).await;
+    assert_eq!(page.status, 403, "{}", page.text());
+    let html = page.text();
+    assert!(html.contains("Certificate expired"), "{html}");
+    assert!(html.contains("reset your certificate"), "{html}");
+    assert!(html.contains("cannot be renewed"), "{html}");
+    let r = support::get(&client, &h.url("/app/expired"), &[]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "expired");
+    assert!(h.upstream.seen_with_prefix("/app/expired").is_empty());
+    // Not renewable, and its certificate page is the same refusal.
+    let (_, csr) = en::p256_key_and_csr();
+    let r = renew(&client, &h, &csr).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"], "expired");
+    let r = support::get(&client, &h.url("/.certgate/certificate"), &[]).await;
+    assert_eq!(r.json()["error"], "expired", "{}", r.text());
+    // Over HTTP/2 too.
+    let r = support::get(&h.client(Some(&old)), &h.url("/app/expired"), &[]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "expired");
+
+    // Only certificates the enrollment CA really signed: an expired one from a CA that
+    // merely has its name still fails the handshake, as does a not-yet-valid one of ours.
+    let impostor = support::pki::Ca::new("certgate test enrollment CA");
+    let forged = impostor.issue(
+        &support::LeafSpec::account("gina")
+            .generation(generation)
+            .expired(),
+    );
+    h.raw(Some(&forged))
+        .expect_refused("expired certificate of a same-name CA")
+        .await;
+    let early = h.pki.enroll_ca.issue(
+        &support::LeafSpec::account("gina")
+            .generation(generation)
+            .not_before(support::pki::now() + ::time::Duration::hours(1)),
+    );
+    h.raw(Some(&early))
+        .expect_refused("not yet valid certificate of the enrollment CA")
+        .await;
+    h.shutdown().await;
+}

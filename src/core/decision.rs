@@ -121,6 +121,7 @@ const NO_CERT: Page = Page {
         "Not set up yet? Open the enrollment link your administrator sent you (or sign in again: the application sends you there). On the <b>Client Certificate Initialization</b> page choose a passphrase and click <b>Generate Certificate</b>, open the downloaded file to import it, then come back here.",
         ASK_AGAIN,
         "Lost your certificate (new computer, reinstalled browser)? Ask your administrator to reset it; you will get a new enrollment link.",
+        "Signed in with a certificate before, and now the browser does not ask? It may have expired: browsers stop offering an expired certificate. Ask your administrator to reset it; you will get a new enrollment link.",
     ],
 };
 
@@ -152,9 +153,10 @@ const EXPIRED: Page = Page {
     status: StatusCode::FORBIDDEN,
     token: "expired",
     title: "Certificate expired",
-    message: "The client certificate your browser presented has expired.",
+    message: "The client certificate your browser presented has expired, so it no longer signs you in.",
     steps: &[
-        "Ask your administrator for a new enrollment link and generate a new certificate.",
+        "Have a newer certificate (renewed, or made from a new enrollment link)? Close every window of the browser, open this page again and pick the newest certificate for your account.",
+        "Otherwise ask your administrator to reset your certificate: you get a new enrollment link and make a new certificate there. An expired certificate cannot be renewed.",
         ASK_AGAIN,
     ],
 };

@@ -74,10 +74,17 @@ pub async fn serve_connection(
     let limits = runtime.limits;
     drop(runtime);
     let h2 = accepted.h2;
-    let live = accepted.identity.as_ref().map(|id| {
-        let proto = if h2 { PROTO_H2 } else { PROTO_H1 };
-        server.live.open(id.clone(), peer, proto)
-    });
+    // An expired certificate (the enrollment CA's are let through to see the "expired"
+    // page) is refused on every request: nothing to close later.
+    let now = crate::core::clock::now();
+    let live = accepted
+        .identity
+        .as_ref()
+        .filter(|id| id.not_after >= now)
+        .map(|id| {
+            let proto = if h2 { PROTO_H2 } else { PROTO_H1 };
+            server.live.open(id.clone(), peer, proto)
+        });
     let conn = Arc::new(
         ConnInfo::new(slot, phase.clone(), accepted.identity, peer, accepted.sni)
             .with_live(live.clone())

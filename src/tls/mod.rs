@@ -200,10 +200,16 @@ pub fn build_server_config(cfg: &Config) -> Result<Arc<ServerConfig>, TlsError> 
         vb = vb.allow_unauthenticated();
     }
     let verifier = vb.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let verifier = Arc::new(RememberingVerifier::new(
-        verifier,
-        cfg.client_auth.crl_deadline(),
-    ));
+    let mut verifier = RememberingVerifier::new(verifier, cfg.client_auth.crl_deadline());
+    if let Some(ca) = cfg
+        .enrollment
+        .as_ref()
+        .and_then(|e| e.ca_cert.certs.first())
+        && let Ok((_, cert)) = x509_parser::parse_x509_certificate(ca.as_ref())
+    {
+        verifier = verifier.with_expired_page_issuer(cert.subject().as_raw().to_vec());
+    }
+    let verifier = Arc::new(verifier);
 
     let versions: &[&'static rustls::SupportedProtocolVersion] = match cfg.tls.min_version {
         TlsMinVersion::Tls12 => &[&TLS13, &TLS12],

@@ -98,8 +98,14 @@ impl Nss {
 
 /// A managed `AutoSelectCertificateForUrls` policy for one origin, in its own file; the
 /// file is removed on drop.
+///
+/// Chromium does not merge one policy set in several files (one of them wins), so tests
+/// running at the same time in other processes would replace each other's rule and leave
+/// a browser waiting for a chooser. An exclusive `flock` on a lock file in the temporary
+/// folder is held for the policy's life: such tests take turns.
 pub struct AutoSelectPolicy {
     path: PathBuf,
+    _lock: std::fs::File,
 }
 
 impl AutoSelectPolicy {
@@ -107,6 +113,23 @@ impl AutoSelectPolicy {
     pub fn install(origin: &str) -> Result<AutoSelectPolicy, String> {
         let dir = Path::new(POLICY_DIR);
         std::fs::create_dir_all(dir).map_err(|e| format!("{POLICY_DIR}: {e}"))?;
+        // Outside the policy folder: Chromium reads every file there.
+        let lock_path = std::env::temp_dir().join("certgate-test-chromium-policy.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: flock(2) on a descriptor this function owns; blocks until it is free.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(format!(
+                "{}: {}",
+                lock_path.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
         let mut rnd = [0u8; 8];
         aws_lc_rs::rand::fill(&mut rnd).expect("random");
         let name = format!(
@@ -119,7 +142,7 @@ impl AutoSelectPolicy {
         let policy = json!({ "AutoSelectCertificateForUrls": [rule] });
         std::fs::write(&path, policy.to_string())
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(AutoSelectPolicy { path })
+        Ok(AutoSelectPolicy { path, _lock: lock })
     }
 }
 

@@ -47,6 +47,10 @@ pub struct RememberingVerifier {
     accepted: moka::sync::Cache<[u8; 32], Window>,
     /// The earliest `nextUpdate` of the configured CRLs, when there are CRLs.
     crl_deadline: Option<u64>,
+    /// The subject (DER) of the enrollment CA: its certificates are accepted after their
+    /// `notAfter` (when valid at it), so the user gets the "expired" page rather than a TLS
+    /// alert; every protected request of such a connection is refused (`gate`).
+    expired_page_issuer: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for RememberingVerifier {
@@ -73,7 +77,35 @@ impl RememberingVerifier {
             inner,
             accepted,
             crl_deadline,
+            expired_page_issuer: None,
         }
+    }
+
+    /// Accepts expired certificates of the CA with subject `issuer_der` (the enrollment
+    /// CA) when they were valid at their own `notAfter`: chain, signatures and all.
+    pub fn with_expired_page_issuer(mut self, issuer_der: Vec<u8>) -> Self {
+        self.expired_page_issuer = Some(issuer_der);
+        self
+    }
+
+    /// `end_entity`'s `notAfter` when it expired and comes from the expired-page issuer.
+    fn expired_of_ours(&self, end_entity: &CertificateDer<'_>, e: &Error) -> Option<UnixTime> {
+        use rustls::CertificateError;
+        let issuer = self.expired_page_issuer.as_deref()?;
+        if !matches!(
+            e,
+            Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. }
+            )
+        ) {
+            return None;
+        }
+        let (_, cert) = x509_parser::parse_x509_certificate(end_entity.as_ref()).ok()?;
+        if cert.issuer().as_raw() != issuer {
+            return None;
+        }
+        let not_after = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+        Some(UnixTime::since_unix_epoch(Duration::from_secs(not_after)))
     }
 
     /// How many accepted chains are remembered now (for tests and diagnostics).
@@ -140,9 +172,21 @@ impl ClientCertVerifier for RememberingVerifier {
             }
             accepted.invalidate(&key);
         }
-        let verified = self
+        let verified = match self
             .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Ok(v) => v,
+            Err(e) => {
+                // An expired certificate of the enrollment CA: verified as of its last valid
+                // second, accepted only to show the "expired" page (never remembered).
+                let at = self.expired_of_ours(end_entity, &e).ok_or(e.clone())?;
+                return match self.inner.verify_client_cert(end_entity, intermediates, at) {
+                    Ok(v) => Ok(v),
+                    Err(_) => Err(e),
+                };
+            }
+        };
         let chain = std::iter::once(end_entity)
             .chain(intermediates)
             .map(|c| c.as_ref());
