@@ -22,6 +22,19 @@ use support::{Echo, Harness, Options, Prepared};
 
 const PASS: &str = "browser passphrase";
 
+/// The certificate policy for `origin`, or `None` after a loud message when the policy
+/// folder cannot be written (a failure under `CI=true`).
+fn policy_or_skip(origin: &str) -> Option<AutoSelectPolicy> {
+    match AutoSelectPolicy::install(origin) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            assert!(!en::in_ci(), "cannot write the Chromium policy: {e}");
+            eprintln!("\n!!! SKIPPED the signed-in part: cannot write the Chromium policy: {e}\n");
+            None
+        }
+    }
+}
+
 fn screenshots() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/browser-screenshots");
     std::fs::create_dir_all(&dir).expect("screenshot folder");
@@ -102,14 +115,9 @@ async fn browser_enrolls_signs_in_and_sees_the_reset_page() {
     // 4. A browser on that store, told to present the certificate to the gateway's origin,
     //    signs in: the upstream answers for alice.
     let origin = format!("https://localhost:{}", h.listen().port());
-    let _policy = match AutoSelectPolicy::install(&origin) {
-        Ok(p) => p,
-        Err(e) => {
-            assert!(!en::in_ci(), "cannot write the Chromium policy: {e}");
-            eprintln!("\n!!! SKIPPED the sign-in part: cannot write the Chromium policy: {e}\n");
-            h.shutdown().await;
-            return;
-        }
+    let Some(_policy) = policy_or_skip(&origin) else {
+        h.shutdown().await;
+        return;
     };
     let mut browser = Browser::launch(&nss.home, &work.path().join("profile-2")).await;
     let tab = browser.tab().await;
@@ -456,13 +464,8 @@ async fn browser_makes_the_key_and_sends_only_a_csr() {
     // 5. Imported into NSS, the browser signs in as alice.
     let out = nss.import_p12(&p12, PASS);
     assert!(out.contains("PKCS12 IMPORT SUCCESSFUL"), "{out}");
-    let _policy = match AutoSelectPolicy::install(&base) {
-        Ok(p) => p,
-        Err(e) => {
-            assert!(!en::in_ci(), "cannot write the Chromium policy: {e}");
-            eprintln!("\n!!! SKIPPED the sign-in part: cannot write the Chromium policy: {e}\n");
-            return;
-        }
+    let Some(_policy) = policy_or_skip(&base) else {
+        return;
     };
     let mut browser = Browser::launch(&nss.home, &work.path().join("profile-js-2")).await;
     let tab = browser.tab().await;
@@ -501,13 +504,8 @@ async fn browser_renews_on_the_certificate_page_and_the_old_one_retires() {
     let work = tempfile::tempdir().unwrap();
     let shots = screenshots();
     let base = format!("https://localhost:{}", gw.listen.port());
-    let _policy = match AutoSelectPolicy::install(&base) {
-        Ok(p) => p,
-        Err(e) => {
-            assert!(!en::in_ci(), "cannot write the Chromium policy: {e}");
-            eprintln!("\n!!! SKIPPED: cannot write the Chromium policy: {e}\n");
-            return;
-        }
+    let Some(_policy) = policy_or_skip(&base) else {
+        return;
     };
 
     // 1. The first certificate, made in the browser from the enrollment link.
@@ -633,11 +631,7 @@ async fn browser_with_an_expired_certificate_sees_a_page() {
     let h = Harness::start().await;
     en::enable(&h, "gina").await;
     let generation = h.admin().generation("gina").await;
-    let old = h.pki.enroll_ca.issue(
-        &support::LeafSpec::account("gina")
-            .generation(generation)
-            .expired(),
-    );
+    let old = h.pki.enrolled_expired("gina", generation);
     let work = tempfile::tempdir().unwrap();
     let nss = Nss::new(&work.path().join("home"), &h.pki.server_ca.cert_pem);
     let pem = work.path().join("gina.pem");
@@ -658,13 +652,8 @@ async fn browser_with_an_expired_certificate_sees_a_page() {
     let out = nss.import_p12(&p12, PASS);
     assert!(out.contains("PKCS12 IMPORT SUCCESSFUL"), "{out}");
     let origin = format!("https://localhost:{}", h.listen().port());
-    let _policy = match AutoSelectPolicy::install(&origin) {
-        Ok(p) => p,
-        Err(e) => {
-            assert!(!en::in_ci(), "cannot write the Chromium policy: {e}");
-            eprintln!("\n!!! SKIPPED: cannot write the Chromium policy: {e}\n");
-            return;
-        }
+    let Some(_policy) = policy_or_skip(&origin) else {
+        return;
     };
     let mut browser = Browser::launch(&nss.home, &work.path().join("profile")).await;
     let tab = browser.tab().await;

@@ -258,11 +258,7 @@ async fn expired_enrollment_certificate_gets_the_expired_page() {
     let h = gateway("  renew_before: 400d\n").await;
     en::enable(&h, "gina").await;
     let generation = h.admin().generation("gina").await;
-    let old = h.pki.enroll_ca.issue(
-        &support::LeafSpec::account("gina")
-            .generation(generation)
-            .expired(),
-    );
+    let old = h.pki.enrolled_expired("gina", generation);
     let client = h.client_h1(Some(&old));
     let page = support::get(&client, &h.url("/app/expired"), &[("accept", "text/html")]).await;
     assert_eq!(page.status, 403, "{}", page.text());

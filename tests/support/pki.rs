@@ -370,6 +370,12 @@ impl Pki {
         self.enroll_ca
             .issue(&LeafSpec::account(account).generation(generation))
     }
+
+    /// Like [`Pki::enrolled`], expired an hour ago.
+    pub fn enrolled_expired(&self, account: &str, generation: u64) -> Leaf {
+        self.enroll_ca
+            .issue(&LeafSpec::account(account).generation(generation).expired())
+    }
 }
 
 impl Default for Pki {
