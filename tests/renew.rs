@@ -95,6 +95,10 @@ async fn renewal_keeps_the_account_and_retires_the_old_certificate_at_first_use(
     let html = page.text();
     assert!(html.contains("Managing your client certificate"), "{html}");
     assert!(html.contains(&old_serial), "{html}");
+    assert!(
+        html.contains("to <span id=\"issued-from\">127.0.0.1</span>"),
+        "the page says where the certificate was issued to: {html}"
+    );
     assert!(html.contains("id=\"renew\""), "{html}");
     assert!(
         html.contains("data-endpoint=\"/.certgate/renew\""),

@@ -86,6 +86,7 @@ fn cert(serial: &str, account: &str, generation: u64, issued_at: i64) -> CertRec
         fingerprint: format!("{serial:0>64}"),
         not_after: issued_at + 365 * 86_400,
         issued_at,
+        issued_from: (generation % 2 == 1).then(|| format!("192.0.2.{generation}")),
     }
 }
 

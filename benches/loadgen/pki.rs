@@ -57,6 +57,7 @@ pub fn run(a: PkiArgs) -> Result<(), BoxError> {
                     fingerprint: issued.fingerprint.clone(),
                     not_after: issued.not_after,
                     issued_at: issued.issued_at,
+                    issued_from: None,
                 })
                 .await?;
             write(dir, &format!("certs/{name}.pem"), &issued.cert_pem, false)?;

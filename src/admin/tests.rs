@@ -121,6 +121,7 @@ fn cert(serial: &str, account: &str, generation: u64) -> CertRecord {
         fingerprint: format!("fp-{serial}"),
         not_after: 1_900_000_000,
         issued_at: 1_800_000_000 + generation as i64,
+        issued_from: None,
     }
 }
 

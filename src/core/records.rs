@@ -90,6 +90,9 @@ pub struct CertRecord {
     pub fingerprint: String,
     pub not_after: UnixTime,
     pub issued_at: UnixTime,
+    /// The client address it was issued to (enrollment or renewal), when certgate issued it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_from: Option<String>,
 }
 
 /// An enrollment ticket as stored: only the hash of the ticket string is kept.

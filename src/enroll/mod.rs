@@ -335,7 +335,7 @@ impl Enrollment {
                     .await);
             }
         };
-        self.record(&record, &issued).await?;
+        self.record(peer, &record, &issued).await?;
         audit(peer, "pkcs12", &record.account, record.generation, &issued);
         let mut resp = Response::new(Full::new(Bytes::from(p12)));
         let disposition = format!("attachment; filename=\"{}.p12\"", record.account);
@@ -374,7 +374,7 @@ impl Enrollment {
                     .await);
             }
         };
-        self.record(&record, &issued).await?;
+        self.record(peer, &record, &issued).await?;
         audit(peer, "csr", &record.account, record.generation, &issued);
         let chain = format!("{}{}", issued.cert_pem, issuing.ca.cert_pem);
         Ok(with_type(
@@ -515,7 +515,12 @@ impl Enrollment {
         refused
     }
 
-    async fn record(&self, record: &TicketRecord, issued: &ca::Issued) -> Result<(), Refusal> {
+    async fn record(
+        &self,
+        peer: SocketAddr,
+        record: &TicketRecord,
+        issued: &ca::Issued,
+    ) -> Result<(), Refusal> {
         let cert = CertRecord {
             serial: issued.serial.clone(),
             account: record.account.clone(),
@@ -523,6 +528,7 @@ impl Enrollment {
             fingerprint: issued.fingerprint.clone(),
             not_after: issued.not_after,
             issued_at: issued.issued_at,
+            issued_from: Some(peer.ip().to_string()),
         };
         if let Err(e) = self.cache.store().record_certificate(cert).await {
             // Not handed out: the certificate would be valid but unknown to the registry.

@@ -145,8 +145,9 @@ pub(super) struct CertificateFacts<'a> {
     pub ca_name: &'a str,
     pub not_before: i64,
     pub not_after: i64,
-    /// From the store's record, when certgate issued it.
+    /// From the store's record, when certgate issued it: when, and to which address.
     pub issued_at: Option<i64>,
+    pub issued_from: Option<&'a str>,
     /// The account's other certificates that still work: serial, notAfter.
     pub others: &'a [(String, i64)],
     pub renewal: Renewal,
@@ -166,7 +167,13 @@ pub(super) fn certificate_page(f: &CertificateFacts<'_>) -> Response<Full<Bytes>
     let days_left = (f.not_after - f.now).max(0) / 86_400;
     let issued = f
         .issued_at
-        .map(|t| format!("<tr><th>Issued</th><td>{}</td></tr>", rfc3339(t)))
+        .map(|t| {
+            let from = f
+                .issued_from
+                .map(|a| format!(" to <span id=\"issued-from\">{}</span>", escape_html(a)))
+                .unwrap_or_default();
+            format!("<tr><th>Issued</th><td>{}{from}</td></tr>", rfc3339(t))
+        })
         .unwrap_or_default();
     let others = if f.others.is_empty() {
         "<p id=\"others\">No other certificate of this account works at the moment.</p>".to_string()

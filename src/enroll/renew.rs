@@ -72,6 +72,7 @@ impl Enrollment {
         let store = self.cache.store();
         let account = id.account.as_deref().unwrap_or("-");
         let mut issued_at = None;
+        let mut issued_from = None;
         let mut others = Vec::new();
         if let Some(a) = id.account.as_deref() {
             let certs = store
@@ -81,6 +82,7 @@ impl Enrollment {
             for c in certs {
                 if c.serial == id.serial {
                     issued_at = Some(c.issued_at);
+                    issued_from = c.issued_from;
                     continue;
                 }
                 if c.not_after <= now || Some(c.generation) != id.generation {
@@ -107,6 +109,7 @@ impl Enrollment {
             not_before: id.not_before,
             not_after: id.not_after,
             issued_at,
+            issued_from: issued_from.as_deref(),
             others: &others,
             renewal: issuing.renewal(id, now),
             public_url: &issuing.public_url,
@@ -150,6 +153,7 @@ impl Enrollment {
             fingerprint: issued.fingerprint.clone(),
             not_after: issued.not_after,
             issued_at: issued.issued_at,
+            issued_from: Some(peer.ip().to_string()),
         };
         self.cache
             .store()

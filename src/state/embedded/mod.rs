@@ -592,6 +592,7 @@ impl StateStore for EmbeddedStore {
                 fingerprint: cert.fingerprint.clone(),
                 not_after: cert.not_after,
                 issued_at: cert.issued_at,
+                issued_from: cert.issued_from.clone(),
             };
             put_indexed(
                 tx,

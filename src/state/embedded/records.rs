@@ -29,6 +29,9 @@ pub(super) struct StoredCert {
     pub(super) fingerprint: String,
     pub(super) not_after: UnixTime,
     pub(super) issued_at: UnixTime,
+    /// Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) issued_from: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -78,6 +81,7 @@ impl StoredCert {
             fingerprint: self.fingerprint,
             not_after: self.not_after,
             issued_at: self.issued_at,
+            issued_from: self.issued_from,
         }
     }
 }

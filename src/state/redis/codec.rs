@@ -97,6 +97,7 @@ pub(super) fn decode_cert(serial: &str, f: &Fields) -> Result<CertRecord, StoreE
         fingerprint: field(f, "certificate", serial, "fingerprint")?,
         not_after: field(f, "certificate", serial, "not_after")?,
         issued_at: field(f, "certificate", serial, "issued_at")?,
+        issued_from: f.get("issued_from").filter(|v| !v.is_empty()).cloned(),
     })
 }
 

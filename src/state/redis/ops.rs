@@ -220,6 +220,7 @@ impl RedisStore {
             .arg(cert.not_after)
             .arg(cert.issued_at)
             .arg(drop_at)
+            .arg(cert.issued_from.as_deref().unwrap_or(""))
             .invoke_async::<String>(&mut conn)
             .await;
         let previous = self.check(id, r, "record certificate")?;

@@ -45,12 +45,12 @@ end
 return {1, {}}
 ";
 
-/// KEYS: cert. ARGV: account, generation, fingerprint, not_after, issued_at, expire_at.
-/// Returns the previous account ('' when none).
+/// KEYS: cert. ARGV: account, generation, fingerprint, not_after, issued_at, expire_at,
+/// issued_from ('' when unknown). Returns the previous account ('' when none).
 pub(super) const RECORD_CERT: &str = r"
 local previous = redis.call('HGET', KEYS[1], 'account')
 redis.call('HSET', KEYS[1], 'account', ARGV[1], 'generation', ARGV[2], 'fingerprint', ARGV[3],
-           'not_after', ARGV[4], 'issued_at', ARGV[5])
+           'not_after', ARGV[4], 'issued_at', ARGV[5], 'issued_from', ARGV[7])
 redis.call('EXPIREAT', KEYS[1], ARGV[6])
 if previous then return previous else return '' end
 ";
