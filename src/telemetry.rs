@@ -139,6 +139,18 @@ impl Telemetry {
     /// The server span of one request, a child of the client's `traceparent` when valid.
     pub fn request(&'static self, headers: &HeaderMap, r: &RequestStart<'_>) -> RequestTrace {
         let parent = self.propagator.extract(&HeaderExtractor(headers));
+        let mut span = self
+            .tracer
+            .span_builder(method_name(r.method))
+            .with_kind(SpanKind::Server)
+            .start_with_context(&self.tracer, &parent);
+        // A span the sampler left out is not recorded: its attributes are never built.
+        if !span.is_recording() {
+            return RequestTrace {
+                telemetry: self,
+                cx: parent.with_span(span),
+            };
+        }
         let mut attributes = vec![
             KeyValue::new("http.request.method", r.method.as_str().to_string()),
             KeyValue::new("url.scheme", "https"),
@@ -156,12 +168,7 @@ impl Telemetry {
         if let Some(ua) = r.user_agent {
             attributes.push(KeyValue::new("user_agent.original", ua.to_string()));
         }
-        let span = self
-            .tracer
-            .span_builder(r.method.as_str().to_string())
-            .with_kind(SpanKind::Server)
-            .with_attributes(attributes)
-            .start_with_context(&self.tracer, &parent);
+        span.set_attributes(attributes);
         RequestTrace {
             telemetry: self,
             cx: parent.with_span(span),
@@ -178,6 +185,9 @@ pub struct RequestTrace {
 impl RequestTrace {
     /// Records the connection's TLS handshake as a child span (its first request only).
     pub fn handshake(&self, h: Handshake, sni: Option<&str>, client_certificate: bool) {
+        if !self.cx.span().is_recording() {
+            return;
+        }
         let mut attributes = vec![KeyValue::new(
             "certgate.client_certificate",
             client_certificate,
@@ -209,14 +219,13 @@ impl RequestTrace {
     /// `traceparent` (and `tracestate`) in `headers`, the request to the application.
     pub fn upstream(&self, method: &http::Method, headers: &mut HeaderMap) -> UpstreamSpan {
         let t = &self.telemetry.tracer;
-        let span = t
-            .span_builder(method.as_str().to_string())
+        let mut span = t
+            .span_builder(method_name(method))
             .with_kind(SpanKind::Client)
-            .with_attributes([KeyValue::new(
-                "http.request.method",
-                method.as_str().to_string(),
-            )])
             .start_with_context(t, &self.cx);
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new("http.request.method", method_name(method)));
+        }
         let cx = self.cx.with_span(span);
         headers.remove(TRACEPARENT);
         headers.remove(TRACESTATE);
@@ -229,6 +238,10 @@ impl RequestTrace {
     /// Ends the request span with what was decided and answered.
     pub fn finish(self, decision: &'static str, status: u16, who: Option<(&str, Option<&str>)>) {
         let span = self.cx.span();
+        if !span.is_recording() {
+            span.end();
+            return;
+        }
         span.set_attribute(KeyValue::new("certgate.decision", decision));
         span.set_attribute(KeyValue::new(
             "http.response.status_code",
@@ -284,6 +297,29 @@ impl UpstreamSpan {
             }
         }
         span.end();
+    }
+}
+
+/// The method as a span name, without an allocation for the standard methods.
+fn method_name(m: &http::Method) -> std::borrow::Cow<'static, str> {
+    use http::Method;
+    let known = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match known.iter().position(|k| k == m) {
+        Some(i) => std::borrow::Cow::Borrowed(NAMES[i]),
+        None => std::borrow::Cow::Owned(m.as_str().to_string()),
     }
 }
 

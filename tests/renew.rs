@@ -212,8 +212,20 @@ async fn renewal_is_refused_with_reasons() {
     let r = en::get(&anon, &h.url("/.certgate/certificate")).await;
     assert_eq!(r.status, 403);
 
-    // A certificate of another trusted CA is not certgate's to renew.
+    // A certificate of another trusted CA is not certgate's to renew; its page names that
+    // CA and says to ask the administrator.
     let bob = h.pki.client("bob");
+    let page = support::get(&h.client(Some(&bob)), &h.url("/.certgate/certificate"), &[]).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(
+        page.text().contains("CN=certgate test client CA"),
+        "{}",
+        page.text()
+    );
+    assert!(
+        page.text()
+            .contains("Ask your administrator for a new certificate")
+    );
     let r = renew(&h.client(Some(&bob)), &h, &csr).await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.json()["error"], "not_renewable", "{}", r.text());

@@ -340,3 +340,72 @@ async fn without_an_endpoint_trace_headers_pass_through_unchanged() {
     }
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_ratio_zero_records_only_what_the_caller_sampled() {
+    let collector = Collector::start().await;
+    let p = Prepared::new(Options {
+        extra: format!(
+            "shutdown:\n  drain_delay: 0s\ntelemetry:\n  otlp_endpoint: http://{}\n  \
+             sample_ratio: 0\n",
+            collector.addr
+        ),
+        ..Options::default()
+    })
+    .await;
+    let alice = p.pki.client("alice");
+    let mut gw = start(&p);
+    let ca = reqwest::Certificate::from_pem(p.pki.server_ca.cert_pem.as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .resolve("localhost", gw.listen)
+        .no_proxy()
+        .identity(alice.reqwest_identity())
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{}", gw.listen.port());
+
+    // Not sampled: the app still gets a traceparent (flags 00), nothing is exported.
+    let r = get(&client, &format!("{base}/app/unsampled"), &[]).await;
+    let sent = echo_of(&r.body).one("traceparent");
+    assert!(
+        sent.ends_with("-00"),
+        "an unsampled trace is still propagated: {sent}"
+    );
+    // The caller sampled it: recorded whatever the ratio (parent-based).
+    let traceparent = format!("00-{TRACE_ID}-{PARENT_ID}-01");
+    let r = get(
+        &client,
+        &format!("{base}/app/sampled"),
+        &[("traceparent", traceparent.as_str())],
+    )
+    .await;
+    let sent = echo_of(&r.body).one("traceparent");
+    assert!(
+        sent.starts_with(&format!("00-{TRACE_ID}-")) && sent.ends_with("-01"),
+        "{sent}"
+    );
+
+    gw.signal(libc::SIGTERM);
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        gw.log()
+    );
+    let spans = collector.spans();
+    assert!(!spans.is_empty(), "the caller's sampled trace is exported");
+    for (_, s) in &spans {
+        assert_eq!(
+            hex(&s.trace_id),
+            TRACE_ID,
+            "only the sampled trace: {}",
+            s.name
+        );
+    }
+    assert!(
+        spans
+            .iter()
+            .any(|(_, s)| attr(&s.attributes, "url.path").as_deref() == Some("/app/sampled"))
+    );
+}

@@ -100,7 +100,10 @@ impl Enrollment {
         let ca_name = if id.issued_by_enrollment_ca {
             issuing.ca_name.clone()
         } else {
-            id.subject.clone()
+            use x509_parser::prelude::FromDer as _;
+            x509_parser::x509::X509Name::from_der(&id.issuer_raw)
+                .map(|(_, n)| n.to_string())
+                .unwrap_or_else(|_| "another certificate authority".into())
         };
         Ok(certificate_page(&CertificateFacts {
             account,
