@@ -113,39 +113,50 @@ fn echo_of(body: &[u8]) -> Echo {
     Echo::parse(body)
 }
 
+/// The real binary with `telemetry` pointed at `collector` plus `more` keys of that section.
+async fn traced(collector: &Collector, more: &str) -> (Prepared, support::process::Running) {
+    let p = Prepared::new(Options {
+        extra: format!(
+            "shutdown:\n  drain_delay: 0s\ntelemetry:\n  otlp_endpoint: http://{}\n{more}",
+            collector.addr
+        ),
+        ..Options::default()
+    })
+    .await;
+    let gw = start(&p);
+    (p, gw)
+}
+
+/// An HTTP/1.1 client of `gw` trusting the server CA, with `identity` when given.
+fn client_of(
+    p: &Prepared,
+    gw: &support::process::Running,
+    identity: Option<reqwest::Identity>,
+) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(p.pki.server_ca.cert_pem.as_bytes()).unwrap();
+    let b = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .resolve("localhost", gw.listen)
+        .no_proxy()
+        .http1_only();
+    match identity {
+        Some(i) => b.identity(i),
+        None => b,
+    }
+    .build()
+    .unwrap()
+}
+
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_the_collector_and_the_app_continues_the_trace() {
     let collector = Collector::start().await;
-    let p = Prepared::new(Options {
-        extra: format!(
-            "shutdown:\n  drain_delay: 0s\ntelemetry:\n  otlp_endpoint: http://{}\n  \
-             service_name: gate-under-test\n",
-            collector.addr
-        ),
-        ..Options::default()
-    })
-    .await;
+    let (p, mut gw) = traced(&collector, "  service_name: gate-under-test\n").await;
     let alice = p.pki.client("alice");
-    let mut gw = start(&p);
-    let ca = reqwest::Certificate::from_pem(p.pki.server_ca.cert_pem.as_bytes()).unwrap();
-    let client = |identity: Option<reqwest::Identity>| {
-        let b = reqwest::Client::builder()
-            .tls_certs_only([ca.clone()])
-            .resolve("localhost", gw.listen)
-            .no_proxy()
-            .http1_only();
-        match identity {
-            Some(i) => b.identity(i),
-            None => b,
-        }
-        .build()
-        .unwrap()
-    };
     let base = format!("https://localhost:{}", gw.listen.port());
-    let with_cert = client(Some(alice.reqwest_identity()));
+    let with_cert = client_of(&p, &gw, Some(alice.reqwest_identity()));
 
     // 1. A caller's trace: the first request of alice's connection.
     let traceparent = format!("00-{TRACE_ID}-{PARENT_ID}-01");
@@ -181,7 +192,12 @@ async fn spans_reach_the_collector_and_the_app_continues_the_trace() {
     );
 
     // 3. Refused: no certificate on a protected path.
-    let r = get(&client(None), &format!("{base}/app/denied"), &[]).await;
+    let r = get(
+        &client_of(&p, &gw, None),
+        &format!("{base}/app/denied"),
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 403, "{}", r.text());
 
     // SIGTERM: the last spans are flushed before the process exits.
@@ -344,25 +360,9 @@ async fn without_an_endpoint_trace_headers_pass_through_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_ratio_zero_records_only_what_the_caller_sampled() {
     let collector = Collector::start().await;
-    let p = Prepared::new(Options {
-        extra: format!(
-            "shutdown:\n  drain_delay: 0s\ntelemetry:\n  otlp_endpoint: http://{}\n  \
-             sample_ratio: 0\n",
-            collector.addr
-        ),
-        ..Options::default()
-    })
-    .await;
+    let (p, mut gw) = traced(&collector, "  sample_ratio: 0\n").await;
     let alice = p.pki.client("alice");
-    let mut gw = start(&p);
-    let ca = reqwest::Certificate::from_pem(p.pki.server_ca.cert_pem.as_bytes()).unwrap();
-    let client = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .resolve("localhost", gw.listen)
-        .no_proxy()
-        .identity(alice.reqwest_identity())
-        .build()
-        .unwrap();
+    let client = client_of(&p, &gw, Some(alice.reqwest_identity()));
     let base = format!("https://localhost:{}", gw.listen.port());
 
     // Not sampled: the app still gets a traceparent (flags 00), nothing is exported.
