@@ -238,6 +238,15 @@ async fn renewal_is_refused_with_reasons() {
     let r = renew(&carol, &h, "not a csr").await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["error"], "bad_csr");
+    // Unused renewals pile up to a bound: then the administrator decides.
+    for i in 1..10 {
+        let r = renew(&carol, &h, &csr).await;
+        assert_eq!(r.status, 200, "renewal {i}: {}", r.text());
+    }
+    let r = renew(&carol, &h, &csr).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"], "too_many_certificates", "{}", r.text());
+    assert!(r.text().contains("10 working certificates"), "{}", r.text());
     h.admin().reset("carol").await;
     let carol = client_with(&h, &pem, &key);
     let r = renew(&carol, &h, &csr).await;
@@ -246,8 +255,8 @@ async fn renewal_is_refused_with_reasons() {
     let r = h.admin().get("/v1/accounts/carol").await;
     assert_eq!(
         r.json()["certificates"].as_array().map(Vec::len),
-        Some(1),
-        "nothing issued: {}",
+        Some(10),
+        "nothing issued after the reset: {}",
         r.text()
     );
     // GET is not the way to renew.

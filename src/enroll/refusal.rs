@@ -45,6 +45,8 @@ pub(super) enum Refusal {
     NotDue(i64),
     /// Renewal: `enrollment.renew_before: 0s`.
     RenewalOff,
+    /// Renewal: the account already has this many working certificates.
+    TooManyCertificates(usize),
     StoreUnavailable(StoreError),
     /// Details are logged, not sent.
     Internal(String),
@@ -68,7 +70,8 @@ impl Outcome for Refusal {
             | Refusal::ServerKeysOff
             | Refusal::NotRenewable
             | Refusal::NotDue(_)
-            | Refusal::RenewalOff => StatusCode::FORBIDDEN,
+            | Refusal::RenewalOff
+            | Refusal::TooManyCertificates(_) => StatusCode::FORBIDDEN,
             Refusal::Gate(d) => d.status(),
             Refusal::MissingTicket
             | Refusal::ShortPassphrase
@@ -105,6 +108,7 @@ impl Outcome for Refusal {
             Refusal::NotRenewable => "not_renewable",
             Refusal::NotDue(_) => "renewal_not_due",
             Refusal::RenewalOff => "renewal_off",
+            Refusal::TooManyCertificates(_) => "too_many_certificates",
             Refusal::StoreUnavailable(_) => "store_unavailable",
             Refusal::Internal(_) => "internal_error",
         }
@@ -126,6 +130,7 @@ impl Outcome for Refusal {
             Refusal::Gate(d) => Outcome::title(d),
             Refusal::NotRenewable | Refusal::RenewalOff => "Renewal not available",
             Refusal::NotDue(_) => "Renewal not due yet",
+            Refusal::TooManyCertificates(_) => "Too many certificates",
             Refusal::StoreUnavailable(_) => "Temporarily unavailable",
             Refusal::Internal(_) => "Enrollment failed",
         }
@@ -138,7 +143,7 @@ impl Outcome for Refusal {
     fn steps(&self) -> &'static [&'static str] {
         match self {
             Refusal::Gate(d) => Outcome::steps(d),
-            Refusal::NotRenewable | Refusal::RenewalOff => {
+            Refusal::NotRenewable | Refusal::RenewalOff | Refusal::TooManyCertificates(_) => {
                 &["Ask your administrator for a new certificate before this one expires."]
             }
             Refusal::UnknownTicket => &[
@@ -221,6 +226,9 @@ impl Refusal {
             Refusal::RenewalOff => {
                 "Certificates are not renewed by their holders on this gateway.".into()
             }
+            Refusal::TooManyCertificates(n) => format!(
+                "Your account already has {n} working certificates, the most that can be renewed without your administrator. Sign in once with the newest one (that retires the one it renewed), or ask your administrator."
+            ),
             Refusal::NotDue(at) => format!(
                 "Your certificate can be renewed from {} on (shortly before it expires).",
                 crate::core::text::rfc3339(*at)

@@ -26,6 +26,11 @@ use crate::core::identity::ClientIdentity;
 use crate::core::records::{CertRecord, Revocation, RevocationReason};
 use crate::pki::ca;
 
+/// The most working (unexpired, unrevoked) certificates of one account generation for
+/// which renewal still issues another: each renewal adds one until the new one is used, so
+/// this bounds what a due certificate can mint.
+pub const MAX_LIVE_CERTIFICATES: usize = 10;
+
 /// The connection's certificate and what the gate decides for it now.
 #[derive(Clone, Copy)]
 pub struct Presented<'a> {
@@ -74,28 +79,22 @@ impl Enrollment {
         let mut issued_at = None;
         let mut issued_from = None;
         let mut others = Vec::new();
-        if let Some(a) = id.account.as_deref() {
+        if let (Some(a), Some(generation)) = (id.account.as_deref(), id.generation) {
             let certs = store
                 .certificates_of(a)
                 .await
                 .map_err(Refusal::StoreUnavailable)?;
-            for c in certs {
-                if c.serial == id.serial {
-                    issued_at = Some(c.issued_at);
-                    issued_from = c.issued_from;
-                    continue;
-                }
-                if c.not_after <= now || Some(c.generation) != id.generation {
-                    continue;
-                }
-                let revoked = store
-                    .revocation(&c.serial)
-                    .await
-                    .map_err(Refusal::StoreUnavailable)?;
-                if revoked.is_none() {
-                    others.push((c.serial, c.not_after));
-                }
+            if let Some(c) = certs.into_iter().find(|c| c.serial == id.serial) {
+                issued_at = Some(c.issued_at);
+                issued_from = c.issued_from;
             }
+            others = self
+                .working_certificates(a, generation, now)
+                .await?
+                .into_iter()
+                .filter(|c| c.serial != id.serial)
+                .map(|c| (c.serial, c.not_after))
+                .collect();
         }
         let ca_name = if id.issued_by_enrollment_ca {
             issuing.ca_name.clone()
@@ -145,6 +144,13 @@ impl Enrollment {
         let body = read_body(req).await?;
         let der = csr_der(&body).map_err(Refusal::BadCsr)?;
         let spki = ca::csr_public_key(&der).map_err(Refusal::BadCsr)?;
+        let live = self
+            .working_certificates(account, generation, now)
+            .await?
+            .len();
+        if live >= MAX_LIVE_CERTIFICATES {
+            return Err(Refusal::TooManyCertificates(live));
+        }
         let issued = issuing
             .ca
             .issue_renewal(&spki, account, generation, issuing.validity, &id.serial)
@@ -177,6 +183,34 @@ impl Enrollment {
             Response::new(Full::new(Bytes::from(chain))),
             "application/pem-certificate-chain",
         ))
+    }
+
+    /// The certificates of `account`'s `generation` that are unexpired and unrevoked.
+    async fn working_certificates(
+        &self,
+        account: &str,
+        generation: u64,
+        now: i64,
+    ) -> Result<Vec<CertRecord>, Refusal> {
+        let store = self.cache.store();
+        let certs = store
+            .certificates_of(account)
+            .await
+            .map_err(Refusal::StoreUnavailable)?;
+        let mut working = Vec::new();
+        for c in certs {
+            if c.generation != generation || c.not_after <= now {
+                continue;
+            }
+            let revoked = store
+                .revocation(&c.serial)
+                .await
+                .map_err(Refusal::StoreUnavailable)?;
+            if revoked.is_none() {
+                working.push(c);
+            }
+        }
+        Ok(working)
     }
 
     /// Called by the proxy at the first allowed request of a connection: when its
