@@ -302,23 +302,11 @@ impl UpstreamSpan {
 
 /// The method as a span name, without an allocation for the standard methods.
 fn method_name(m: &http::Method) -> std::borrow::Cow<'static, str> {
-    use http::Method;
-    let known = [
-        Method::GET,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::PATCH,
-        Method::CONNECT,
-        Method::TRACE,
-    ];
     const NAMES: [&str; 9] = [
         "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
     ];
-    match known.iter().position(|k| k == m) {
-        Some(i) => std::borrow::Cow::Borrowed(NAMES[i]),
+    match NAMES.iter().find(|n| **n == m.as_str()) {
+        Some(n) => std::borrow::Cow::Borrowed(n),
         None => std::borrow::Cow::Owned(m.as_str().to_string()),
     }
 }

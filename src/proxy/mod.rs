@@ -530,7 +530,7 @@ impl Proxy {
     pub async fn handle(&self, conn: &ConnInfo, mut req: Request<Incoming>) -> Response<RespBody> {
         let request_id = self.request_ids.assign(req.headers_mut());
         let start = Start::of(&req, request_id);
-        let trace = crate::telemetry::get().map(|t| self.trace(t, conn, &req));
+        let trace = crate::telemetry::get().map(|t| self.trace(t, conn, req.headers(), &start));
         let (decision, mut resp) = match strip_identity_headers(req.headers_mut(), self.underscores)
         {
             Ok(()) => self.route(conn, req, trace.as_ref()).await,
@@ -572,30 +572,29 @@ impl Proxy {
 
     /// The request's spans (`telemetry.otlp_endpoint`), with the connection's handshake on
     /// its first request.
+    /// The request's fields come from the access log's [`Start`], read once.
     fn trace(
         &self,
         t: &'static crate::telemetry::Telemetry,
         conn: &ConnInfo,
-        req: &Request<Incoming>,
+        headers: &HeaderMap,
+        start: &Start,
     ) -> crate::telemetry::RequestTrace {
-        let headers = req.headers();
-        let host = req
-            .uri()
+        let host = start
+            .uri
             .authority()
             .map(|a| a.host())
-            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+            .or_else(|| start.host.as_ref().and_then(|h| h.to_str().ok()));
         let trace = t.request(
             headers,
             &crate::telemetry::RequestStart {
-                method: req.method(),
-                path: req.uri().path(),
+                method: &start.method,
+                path: start.uri.path(),
                 host,
-                version: req.version(),
+                version: start.version,
                 peer: conn.peer,
                 tls_version: conn.tls_version,
-                user_agent: headers
-                    .get(header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok()),
+                user_agent: start.user_agent.as_ref().and_then(|v| v.to_str().ok()),
             },
         );
         if let Some(h) = conn.take_handshake() {

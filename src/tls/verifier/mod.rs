@@ -180,7 +180,9 @@ impl ClientCertVerifier for RememberingVerifier {
             Err(e) => {
                 // An expired certificate of the enrollment CA: verified as of its last valid
                 // second, accepted only to show the "expired" page (never remembered).
-                let at = self.expired_of_ours(end_entity, &e).ok_or(e.clone())?;
+                let Some(at) = self.expired_of_ours(end_entity, &e) else {
+                    return Err(e);
+                };
                 return match self.inner.verify_client_cert(end_entity, intermediates, at) {
                     Ok(v) => Ok(v),
                     Err(_) => Err(e),
