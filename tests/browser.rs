@@ -22,6 +22,31 @@ use support::{Echo, Harness, Options, Prepared};
 
 const PASS: &str = "browser passphrase";
 
+/// Chromium, NSS tools and OpenSSL are here (else a loud skip; a failure under `CI=true`).
+fn browser_tools() -> bool {
+    tools(
+        &["chromium", "pk12util", "certutil", "openssl"],
+        "apt-get install chromium libnss3-tools openssl",
+    )
+}
+
+/// The real `certgate run` with no lame duck and `enrollment_extra` appended to its
+/// `enrollment` section.
+async fn real_gateway(enrollment_extra: &str) -> (Prepared, support::process::Running) {
+    let p = Prepared::new(Options {
+        extra: "shutdown:\n  drain_delay: 0s\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let yaml = std::fs::read_to_string(&p.config_path).unwrap().replace(
+        "enrollment:\n  enabled: true\n",
+        &format!("enrollment:\n  enabled: true\n{enrollment_extra}"),
+    );
+    std::fs::write(&p.config_path, yaml).unwrap();
+    let gw = start(&p);
+    (p, gw)
+}
+
 /// The certificate policy for `origin`, or `None` after a loud message when the policy
 /// folder cannot be written (a failure under `CI=true`).
 fn policy_or_skip(origin: &str) -> Option<AutoSelectPolicy> {
@@ -255,19 +280,11 @@ fn openssl(args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_makes_the_key_and_sends_only_a_csr() {
-    if !tools(
-        &["chromium", "pk12util", "certutil", "openssl"],
-        "apt-get install chromium libnss3-tools openssl",
-    ) {
+    if !browser_tools() {
         return;
     }
     // The real binary, so its log shows how each certificate was issued.
-    let p = Prepared::new(Options {
-        extra: "shutdown:\n  drain_delay: 0s\n".into(),
-        ..Options::default()
-    })
-    .await;
-    let mut gw = start(&p);
+    let (p, mut gw) = real_gateway("").await;
     let work = tempfile::tempdir().unwrap();
     let shots = screenshots();
     let nss = Nss::new(&work.path().join("home"), &p.pki.server_ca.cert_pem);
@@ -483,24 +500,11 @@ async fn browser_makes_the_key_and_sends_only_a_csr() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_renews_on_the_certificate_page_and_the_old_one_retires() {
-    if !tools(
-        &["chromium", "pk12util", "certutil", "openssl"],
-        "apt-get install chromium libnss3-tools openssl",
-    ) {
+    if !browser_tools() {
         return;
     }
     // renew_before longer than the validity: a new certificate is due at once.
-    let p = Prepared::new(Options {
-        extra: "shutdown:\n  drain_delay: 0s\n".into(),
-        ..Options::default()
-    })
-    .await;
-    let yaml = std::fs::read_to_string(&p.config_path).unwrap().replace(
-        "enrollment:\n  enabled: true\n",
-        "enrollment:\n  enabled: true\n  renew_before: 400d\n",
-    );
-    std::fs::write(&p.config_path, yaml).unwrap();
-    let mut gw = start(&p);
+    let (p, mut gw) = real_gateway("  renew_before: 400d\n").await;
     let work = tempfile::tempdir().unwrap();
     let shots = screenshots();
     let base = format!("https://localhost:{}", gw.listen.port());
@@ -622,10 +626,7 @@ async fn browser_renews_on_the_certificate_page_and_the_old_one_retires() {
 /// with its steps; never a TLS error page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_with_an_expired_certificate_sees_a_page() {
-    if !tools(
-        &["chromium", "pk12util", "certutil", "openssl"],
-        "apt-get install chromium libnss3-tools openssl",
-    ) {
+    if !browser_tools() {
         return;
     }
     let h = Harness::start().await;
