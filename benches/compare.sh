@@ -32,7 +32,9 @@
 # Everything runs on 127.0.0.1, every run is bounded in time, and all generated files live
 # in a temporary folder that is removed at the end (KEEP_TMP=1 keeps it).
 #
-# Environment knobs: DURATION (measured seconds per run, 8), WARMUP (2), ROUNDS (1; the
+# Environment knobs: PREBUILT (a folder with the executables certgate, certgate-skip,
+# loadgen and hot_path, e.g. $TMP/bin of a run kept with KEEP_TMP=1: used instead of
+# building), DURATION (measured seconds per run, 8), WARMUP (2), ROUNDS (1; the
 # median round is reported), STATE_ROUNDS (3), IDLE_CONNS (10000), SERVER_CORE (0),
 # CLIENT_CORE (1), RESULTS (output file), SERVERS ("certgate nginx haproxy"),
 # COUNT_SYSCALLS (1; 0 leaves perf out).
@@ -151,20 +153,28 @@ trap cleanup EXIT
 mkdir -p "$TMP/bin" "$TMP/nginx" "$TMP/out"
 
 # --- 2. build ---------------------------------------------------------------------------
-say "building certgate, the state-check-skipping benchmark build, and the load generator"
-cargo build --release --locked --bin certgate --features bench-skip-state-check
-cp target/release/certgate "$TMP/bin/certgate-skip"
-cargo build --release --locked --bin certgate
-cp target/release/certgate "$TMP/bin/certgate"
-exe() {
-  cargo build --release --locked --bench "$1" --message-format=json 2>/dev/null |
-    grep "\"kind\":\[\"bench\"\].*\"name\":\"$1\"" |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1
-}
-LG_EXE=$(exe loadgen)
-HP_EXE=$(exe hot_path)
-[ -x "$LG_EXE" ] && [ -x "$HP_EXE" ] || die "could not build the bench binaries"
-cp "$LG_EXE" "$TMP/bin/loadgen"
+if [ -n "${PREBUILT:-}" ]; then
+  say "reusing the binaries in $PREBUILT"
+  for b in certgate certgate-skip loadgen hot_path; do
+    [ -x "$PREBUILT/$b" ] || die "PREBUILT=$PREBUILT has no executable $b"
+    cp "$PREBUILT/$b" "$TMP/bin/$b"
+  done
+else
+  say "building certgate, the state-check-skipping benchmark build, and the load generator"
+  cargo build --release --locked --bin certgate --features bench-skip-state-check
+  cp target/release/certgate "$TMP/bin/certgate-skip"
+  cargo build --release --locked --bin certgate
+  cp target/release/certgate "$TMP/bin/certgate"
+  # Both bench targets in one cargo call (one build of the library with its dev features).
+  bench_exes=$(cargo build --release --locked --bench loadgen --bench hot_path --message-format=json 2>/dev/null |
+    grep '"kind":\["bench"\]' | sed -n 's/.*"name":"\([^"]*\)".*"executable":"\([^"]*\)".*/\1 \2/p')
+  for b in loadgen hot_path; do
+    e=$(awk -v b="$b" '$1 == b {print $2}' <<<"$bench_exes" | tail -1)
+    [ -x "$e" ] || die "could not build the bench binary $b"
+    cp "$e" "$TMP/bin/$b"
+  done
+fi
+HP_EXE=$TMP/bin/hot_path
 LG=$TMP/bin/loadgen
 
 # Foreground commands only: a backgrounded function would put a subshell between $! and
