@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # certgate vs nginx vs HAProxy with the same mTLS setup, side by side on this machine.
 #
-#   benches/compare.sh            # full run (about 8 minutes), writes benches/RESULTS.md
+#   benches/compare.sh            # full run (about 15 minutes), writes benches/RESULTS.md
 #   benches/compare.sh --quick    # short smoke run, writes nothing into the repository
 #
 # What it does:
@@ -15,10 +15,14 @@
 #      certificates with ECDSA P-256 and RSA-2048 keys) and starts one fast HTTP/1.1
 #      upstream on loopback;
 #   4. configures the three gateways equivalently (client certificate required and
-#      verified, identity headers forwarded, keep-alive to the upstream), pins the gateway
-#      under test to one core and the load generator (with the upstream) to the other;
-#   5. measures keep-alive (c=50 and c=1), a full handshake per request and a resumed
-#      session per request, in TLS 1.3 and 1.2, plus 10,000 idle connections, the cost of
+#      verified, identity headers forwarded, keep-alive to the upstream), each twice: with
+#      the full identity header set and with a small one (account, serial, fingerprint);
+#      pins the gateway under test to one core and the load generator (with the upstream)
+#      to the other;
+#   5. measures keep-alive c=50 in two topologies (the gateway alone on its core; the
+#      gateway and the upstream sharing it) with both header sets, keep-alive c=1, a full
+#      handshake per request and a resumed session per request, in TLS 1.3 and 1.2, with
+#      the proxy's and the upstream's CPU per request, plus 10,000 idle connections, the cost of
 #      the state check, the per-request decision (criterion) and the crypto ceiling
 #      (openssl speed, aws-lc); in every load run the server's CPU time is read from
 #      /proc/<pid>/stat as user and kernel time, and, when perf works here (checked once),
@@ -37,7 +41,8 @@
 # building), DURATION (measured seconds per run, 8), WARMUP (2), ROUNDS (1; the
 # median round is reported), STATE_ROUNDS (3), IDLE_CONNS (10000), SERVER_CORE (0),
 # CLIENT_CORE (1), RESULTS (output file), SERVERS ("certgate nginx haproxy"),
-# COUNT_SYSCALLS (1; 0 leaves perf out).
+# COUNT_SYSCALLS (1; 0 leaves perf out), PARTS (which blocks run: "load idle state
+# checks", all by default; a partial run is for trying things out).
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,6 +81,8 @@ SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
 SERVERS=${SERVERS:-certgate nginx haproxy}
 COUNT_SYSCALLS=${COUNT_SYSCALLS:-1}
+PARTS=${PARTS:-load idle state checks}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 if [ "$QUICK" = 1 ]; then
   RESULTS=${RESULTS:-}
 else
@@ -211,13 +218,31 @@ if [ -n "$SYSCALLS_NOTE" ]; then
   echo "    system calls will not be counted: $SYSCALLS_NOTE" >&2
 fi
 
-mapfile -t PORTS < <("$LG" ports 8)
-P_CG=${PORTS[0]} P_CG_ADMIN=${PORTS[1]} P_CG_MET=${PORTS[2]}
-P_SKIP=${PORTS[3]} P_SKIP_ADMIN=${PORTS[4]} P_SKIP_MET=${PORTS[5]}
-P_NGINX=${PORTS[6]} P_HAPROXY=${PORTS[7]}
+# Every gateway instance has its own port (certgate also an admin and a metrics port);
+# all run at once.
+mapfile -t PORTS < <("$LG" ports 32)
+NEXT_PORT=0
+port() { # name: assigns the next free port to P_<name>
+  printf -v "P_$1" '%s' "${PORTS[$NEXT_PORT]}"
+  NEXT_PORT=$((NEXT_PORT + 1))
+}
 
 # --- 4. configurations ------------------------------------------------------------------
-certgate_config() { # file port admin metrics db
+# The headers of the small set: account, serial and fingerprint only.
+CG_SMALL_HEADERS='headers:
+  identity:
+    subject: false
+    not_after: false
+    client_cert: false'
+certgate_config() { # instance [extra YAML]
+  local name=$1 extra=${2:-}
+  local safe=${name//-/_}
+  port "$safe"
+  port "${safe}_admin"
+  port "${safe}_metrics"
+  local p="P_$safe" a="P_${safe}_admin" m="P_${safe}_metrics"
+  set -- "$TMP/$name.yaml" "${!p}" "${!a}" "${!m}" "$TMP/state-$name.db"
+  cp "$TMP/state.db" "$5"
   cat >"$1" <<EOF
 listen: "127.0.0.1:$2"
 tls:
@@ -250,27 +275,44 @@ limits:
 log:
   level: warn
 EOF
+  [ -z "$extra" ] || echo "$extra" >>"$1"
 }
-cp "$TMP/state.db" "$TMP/state-skip.db"
-certgate_config "$TMP/certgate.yaml" "$P_CG" "$P_CG_ADMIN" "$P_CG_MET" "$TMP/state.db"
-certgate_config "$TMP/certgate-skip.yaml" "$P_SKIP" "$P_SKIP_ADMIN" "$P_SKIP_MET" "$TMP/state-skip.db"
+certgate_config certgate
+certgate_config certgate-small "$CG_SMALL_HEADERS"
+certgate_config certgate-skip
 
-cat >"$TMP/nginx.conf" <<EOF
+nginx_config() { # instance full|small
+  local name=$1 set=$2 safe=${1//-/_}
+  port "$safe"
+  local p="P_$safe"
+  local d=$TMP/nginx/$name
+  mkdir -p "$d"
+  local identity
+  if [ "$set" = full ]; then
+    identity="proxy_set_header X-Client-Cert-Subject \$ssl_client_s_dn;
+            proxy_set_header X-Client-Cert-Not-After \$ssl_client_v_end;
+            proxy_set_header Client-Cert \$ssl_client_escaped_cert;"
+  else
+    identity="proxy_set_header X-Client-Cert-Subject \"\";
+            proxy_set_header X-Client-Cert-Not-After \"\";
+            proxy_set_header Client-Cert \"\";"
+  fi
+  cat >"$TMP/$name.conf" <<EOF
 worker_processes 1;
 worker_rlimit_nofile $(ulimit -n);
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
 daemon off;
 events {
     worker_connections 32768;
 }
 http {
     access_log off;
-    client_body_temp_path $TMP/nginx/body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
+    client_body_temp_path $d/body;
+    proxy_temp_path $d/proxy;
+    fastcgi_temp_path $d/fastcgi;
+    uwsgi_temp_path $d/uwsgi;
+    scgi_temp_path $d/scgi;
     keepalive_timeout 120s;
     keepalive_requests 1000000;
     upstream app {
@@ -283,7 +325,7 @@ http {
         "~(^|,)CN=(?<cn>[^,]+)" \$cn;
     }
     server {
-        listen 127.0.0.1:$P_NGINX ssl;
+        listen 127.0.0.1:${!p} ssl;
         server_name localhost;
         ssl_certificate $C/server.pem;
         ssl_certificate_key $C/server.key;
@@ -303,9 +345,7 @@ http {
             proxy_set_header X-Client-Account \$client_account;
             proxy_set_header X-Client-Cert-Serial \$ssl_client_serial;
             proxy_set_header X-Client-Cert-Fingerprint \$ssl_client_fingerprint;
-            proxy_set_header X-Client-Cert-Subject \$ssl_client_s_dn;
-            proxy_set_header X-Client-Cert-Not-After \$ssl_client_v_end;
-            proxy_set_header Client-Cert \$ssl_client_escaped_cert;
+            $identity
             proxy_set_header Client-Cert-Chain "";
             proxy_set_header X-Forwarded-Client-Cert "";
             proxy_set_header Forwarded "";
@@ -316,8 +356,21 @@ http {
     }
 }
 EOF
+}
+nginx_config nginx full
+nginx_config nginx-small small
 
-cat >"$TMP/haproxy.cfg" <<EOF
+haproxy_config() { # instance full|small
+  local name=$1 set=$2 safe=${1//-/_}
+  port "$safe"
+  local p="P_$safe"
+  local identity=""
+  if [ "$set" = full ]; then
+    identity="http-request set-header X-Client-Cert-Subject %[ssl_c_s_dn(,0,rfc2253)]
+    http-request set-header X-Client-Cert-Not-After %[ssl_c_notafter]
+    http-request set-header Client-Cert :%[ssl_c_der,base64]:"
+  fi
+  cat >"$TMP/$name.cfg" <<EOF
 global
     nbthread 1
     # Two descriptors per allowed connection must fit the open-file limit.
@@ -335,7 +388,7 @@ defaults
     timeout http-keep-alive 120s
 
 frontend gate
-    bind 127.0.0.1:$P_HAPROXY ssl crt $C/server-bundle.pem ca-file $C/enroll-ca.pem verify required alpn h2,http/1.1
+    bind 127.0.0.1:${!p} ssl crt $C/server-bundle.pem ca-file $C/enroll-ca.pem verify required alpn h2,http/1.1
     # Client-sent identity headers never reach the app.
     http-request del-header ^x-client- -m reg
     http-request del-header ^x-forwarded- -m reg
@@ -345,9 +398,7 @@ frontend gate
     http-request set-header X-Client-Account %[ssl_c_s_dn(CN)]
     http-request set-header X-Client-Cert-Serial %[ssl_c_serial,hex,lower]
     http-request set-header X-Client-Cert-Fingerprint %[ssl_c_der,sha2(256),hex,lower]
-    http-request set-header X-Client-Cert-Subject %[ssl_c_s_dn(,0,rfc2253)]
-    http-request set-header X-Client-Cert-Not-After %[ssl_c_notafter]
-    http-request set-header Client-Cert :%[ssl_c_der,base64]:
+    $identity
     http-request set-header X-Forwarded-For %[src]
     http-request set-header X-Forwarded-Proto https
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
@@ -357,10 +408,19 @@ backend app
     http-reuse always
     server app 127.0.0.1:$UP_PORT
 EOF
+}
+haproxy_config haproxy full
+haproxy_config haproxy-small small
 
-"$TMP/bin/certgate" check-config --config "$TMP/certgate.yaml" >/dev/null
-"$NGINX" -t -q -c "$TMP/nginx.conf" -e "$TMP/nginx/error.log"
-"$HAPROXY" -c -q -f "$TMP/haproxy.cfg"
+for f in certgate certgate-small; do
+  "$TMP/bin/certgate" check-config --config "$TMP/$f.yaml" >/dev/null
+done
+for f in nginx nginx-small; do
+  "$NGINX" -t -q -c "$TMP/$f.conf" -e "$TMP/nginx/$f/error.log"
+done
+for f in haproxy haproxy-small; do
+  "$HAPROXY" -c -q -f "$TMP/$f.cfg"
+done
 
 # --- 5. measurements --------------------------------------------------------------------
 OUT=$TMP/out
@@ -377,27 +437,28 @@ wait_port() {
   return 1
 }
 
-# Per server: its process, the processes whose CPU is counted (nginx: master and worker),
-# and its port.
+# Per gateway instance (certgate, certgate-small, nginx, nginx-small, …): its process,
+# the processes whose CPU is counted (nginx: master and worker), and its port.
 declare -A S_PID S_PIDS S_PORT
-start_server() { # name
-  local pid port
+start_server() { # instance
+  local pid port=P_${1//-/_}
+  port=${!port}
   case "$1" in
-    certgate | certgate-skip)
-      port=$P_CG
-      [ "$1" = certgate-skip ] && port=$P_SKIP
-      taskset -c "$SERVER_CORE" "$TMP/bin/$1" run --config "$TMP/$1.yaml" >>"$OUT/$1.log" 2>&1 &
+    certgate-skip)
+      taskset -c "$SERVER_CORE" "$TMP/bin/certgate-skip" run --config "$TMP/$1.yaml" >>"$OUT/$1.log" 2>&1 &
       pid=$!
       ;;
-    nginx)
-      taskset -c "$SERVER_CORE" "$NGINX" -c "$TMP/nginx.conf" -e "$TMP/nginx/error.log" >>"$OUT/nginx.log" 2>&1 &
+    certgate*)
+      taskset -c "$SERVER_CORE" "$TMP/bin/certgate" run --config "$TMP/$1.yaml" >>"$OUT/$1.log" 2>&1 &
       pid=$!
-      port=$P_NGINX
       ;;
-    haproxy)
-      taskset -c "$SERVER_CORE" "$HAPROXY" -db -f "$TMP/haproxy.cfg" >>"$OUT/haproxy.log" 2>&1 &
+    nginx*)
+      taskset -c "$SERVER_CORE" "$NGINX" -c "$TMP/$1.conf" -e "$TMP/nginx/$1/error.log" >>"$OUT/$1.log" 2>&1 &
       pid=$!
-      port=$P_HAPROXY
+      ;;
+    haproxy*)
+      taskset -c "$SERVER_CORE" "$HAPROXY" -db -f "$TMP/$1.cfg" >>"$OUT/$1.log" 2>&1 &
+      pid=$!
       ;;
   esac
   PIDS+=("$pid")
@@ -426,13 +487,21 @@ stop_server() { # name
 TLS_ARGS=(--sni localhost --server-cert "$C/server.pem")
 loadavg() { echo "$(date -u +%H:%M:%S) $1: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/loadavg.txt"; }
 
-run_case() { # server case mode tls conns key [more loadgen args]
+# The server tag of an instance: the header set is part of the case name, not the server's.
+tag_of() { # instance
+  case "$1" in
+    *-small) echo "${1%-small}" ;;
+    *) echo "$1" ;;
+  esac
+}
+
+run_case() { # instance case mode tls conns key [more loadgen args]
   local server=$1 case=$2 mode=$3 tls=$4 conns=$5 key=$6
   shift 6
   local cmd=(run --addr "127.0.0.1:${S_PORT[$server]}" "${TLS_ARGS[@]}" --cert "$C/client-$key.pem"
     --key "$C/client-$key.key" --tls "$tls" --mode "$mode" --conns "$conns"
     --duration "$DURATION" --warmup "$WARMUP" --server-pid "${S_PIDS[$server]}"
-    --upstream-pid "$UP_PID" "${PERF_ARGS[@]}" --tag "server=$server" --tag "case=$case" "$@")
+    --upstream-pid "$UP_PID" "${PERF_ARGS[@]}" --tag "server=$(tag_of "$server")" --tag "case=$case" "$@")
   echo "taskset -c $CLIENT_CORE loadgen ${cmd[*]}" >>"$OUT/commands.txt"
   on_client "$LG" "${cmd[@]}" >>"$JSONL" || die "load generator failed ($server $case)"
 }
@@ -450,64 +519,110 @@ idle_case() { # server
   on_client "$LG" "${cmd[@]}" >>"$JSONL" || die "idle run failed ($1)"
 }
 
+# Topology: "alone" keeps the upstream on the load generator's core, "shared" moves it
+# (every thread, `taskset -a -p`) onto the gateway's core. The gateways stay where they are.
+TOPOLOGY=alone
+topology() { # alone|shared
+  [ "$1" = "$TOPOLOGY" ] && return 0
+  local core=$CLIENT_CORE
+  [ "$1" = shared ] && core=$SERVER_CORE
+  taskset -a -p -c "$core" "$UP_PID" >/dev/null
+  TOPOLOGY=$1
+  echo "    upstream moved to core $core ($1 topology)" >&2
+}
+
 # All gateways run at once (an idle one costs nothing) and every case is measured on each
 # of them back to back, so that all three see the same background load.
-say "starting $SERVERS (gateways on core $SERVER_CORE, load and upstream on core $CLIENT_CORE)"
-for server in $SERVERS; do
-  start_server "$server"
-  on_client "$LG" probe --addr "127.0.0.1:${S_PORT[$server]}" "${TLS_ARGS[@]}" \
-    --cert "$C/client-ec.pem" --key "$C/client-ec.key" --path /headers >"$OUT/headers-$server.txt"
-done
-CASES=(
-  "ka50-1.3 keepalive 1.3 50 ec"
-  "ka1-1.3 keepalive 1.3 1 ec"
-  "ka50-1.2 keepalive 1.2 50 ec"
-  "ka1-1.2 keepalive 1.2 1 ec"
-  "full-1.3 full 1.3 32 ec"
-  "full-1.2 full 1.2 32 ec"
-  "full-1.3-rsa full 1.3 32 rsa"
-  "resume-1.3 resume 1.3 32 ec"
-  "resume-1.2 resume 1.2 32 ec"
-)
-for round in $(seq "$ROUNDS"); do
-  for c in "${CASES[@]}"; do
-    read -r case mode tls conns key <<<"$c"
-    say "round $round/$ROUNDS: $case"
-    loadavg "before $case round $round"
-    for server in $SERVERS; do
-      run_case "$server" "$case" "$mode" "$tls" "$conns" "$key"
+if part load; then
+  say "starting $SERVERS, each with the full and the small header set (gateways on core $SERVER_CORE, load and upstream on core $CLIENT_CORE)"
+  for server in $SERVERS; do
+    for inst in "$server" "$server-small"; do
+      start_server "$inst"
+      on_client "$LG" probe --addr "127.0.0.1:${S_PORT[$inst]}" "${TLS_ARGS[@]}" \
+        --cert "$C/client-ec.pem" --key "$C/client-ec.key" --path /headers >"$OUT/headers-$inst.txt"
     done
   done
-done
-loadavg "after the load cases"
-
-say "$IDLE_CONNS idle connections (each gateway restarted first)"
-for server in $SERVERS; do
-  stop_server "$server"
-  start_server "$server"
-  idle_case "$server"
-  stop_server "$server"
-done
-loadavg "after idle"
-
-say "state check on vs skipped (alternating, $STATE_ROUNDS rounds each)"
-start_server certgate
-start_server certgate-skip
-for round in $(seq "$STATE_ROUNDS"); do
-  for server in certgate certgate-skip; do
-    run_case "$server" state-on keepalive 1.3 50 ec
+fi
+# case mode tls conns key header-set topology
+CASES=(
+  "ka50-1.3 keepalive 1.3 50 ec full alone"
+  "ka50-1.3-small keepalive 1.3 50 ec small alone"
+  "ka1-1.3 keepalive 1.3 1 ec full alone"
+  "ka50-1.2 keepalive 1.2 50 ec full alone"
+  "ka50-1.2-small keepalive 1.2 50 ec small alone"
+  "ka1-1.2 keepalive 1.2 1 ec full alone"
+  "full-1.3 full 1.3 32 ec full alone"
+  "full-1.2 full 1.2 32 ec full alone"
+  "full-1.3-rsa full 1.3 32 rsa full alone"
+  "resume-1.3 resume 1.3 32 ec full alone"
+  "resume-1.2 resume 1.2 32 ec full alone"
+  "ka50-1.3-shared keepalive 1.3 50 ec full shared"
+  "ka50-1.3-shared-small keepalive 1.3 50 ec small shared"
+  "ka50-1.2-shared keepalive 1.2 50 ec full shared"
+  "ka50-1.2-shared-small keepalive 1.2 50 ec small shared"
+)
+for round in $(seq "$ROUNDS"); do
+  part load || break
+  for c in "${CASES[@]}"; do
+    read -r case mode tls conns key set topo <<<"$c"
+    topology "$topo"
+    say "round $round/$ROUNDS: $case ($topo topology, $set header set)"
+    loadavg "before $case round $round"
+    for server in $SERVERS; do
+      inst=$server
+      [ "$set" = small ] && inst=$server-small
+      run_case "$inst" "$case" "$mode" "$tls" "$conns" "$key"
+    done
   done
+  topology alone
 done
-stop_server certgate
-stop_server certgate-skip
-loadavg "after state check"
+if part load; then
+  for server in $SERVERS; do
+    stop_server "$server-small"
+  done
+  loadavg "after the load cases"
+fi
 
-say "per-request decision (criterion) and crypto ceiling"
-on_server "$HP_EXE" --bench decision_cache_hit >"$OUT/criterion.txt" 2>&1 || true
-grep -A1 decision_cache_hit "$OUT/criterion.txt" | grep 'time:' >&2 || true
-on_server openssl speed -seconds "$OPENSSL_SECONDS" ecdsap256 ecdhp256 ecdhx25519 \
-  >"$OUT/openssl-speed.txt" 2>/dev/null || true
-on_server "$LG" speed --seconds "$OPENSSL_SECONDS" >"$OUT/awslc-speed.json"
+if part idle; then
+  say "$IDLE_CONNS idle connections (each gateway restarted first)"
+  for server in $SERVERS; do
+    [ -z "${S_PID[$server]:-}" ] || stop_server "$server"
+    start_server "$server"
+    idle_case "$server"
+    stop_server "$server"
+  done
+  loadavg "after idle"
+else
+  for server in $SERVERS; do
+    [ -z "${S_PID[$server]:-}" ] || stop_server "$server"
+  done
+fi
+
+if part state; then
+  say "state check on vs skipped (alternating, $STATE_ROUNDS rounds each)"
+  start_server certgate
+  start_server certgate-skip
+  for round in $(seq "$STATE_ROUNDS"); do
+    for server in certgate certgate-skip; do
+      run_case "$server" state-on keepalive 1.3 50 ec
+    done
+  done
+  stop_server certgate
+  stop_server certgate-skip
+  loadavg "after state check"
+fi
+
+: >"$OUT/criterion.txt"
+: >"$OUT/openssl-speed.txt"
+echo '{}' >"$OUT/awslc-speed.json"
+if part checks; then
+  say "per-request decision (criterion) and crypto ceiling"
+  on_server "$HP_EXE" --bench decision_cache_hit >"$OUT/criterion.txt" 2>&1 || true
+  grep -A1 decision_cache_hit "$OUT/criterion.txt" | grep 'time:' >&2 || true
+  on_server openssl speed -seconds "$OPENSSL_SECONDS" ecdsap256 ecdhp256 ecdhx25519 \
+    >"$OUT/openssl-speed.txt" 2>/dev/null || true
+  on_server "$LG" speed --seconds "$OPENSSL_SECONDS" >"$OUT/awslc-speed.json"
+fi
 loadavg "end"
 
 # --- 6. report --------------------------------------------------------------------------
@@ -533,7 +648,8 @@ cat "$OUT/tables.md"
   echo "- $("$HAPROXY" -v | head -1)"
   echo "- $(openssl version)"
   echo "- gateways pinned to core $SERVER_CORE; load generator and upstream pinned to core $CLIENT_CORE" \
-    "(\`taskset\`); measured ${DURATION}s per run after ${WARMUP}s warm-up; rounds: $ROUNDS;" \
+    "(\`taskset\`), except in the *shared* keep-alive cases, where the upstream runs on core $SERVER_CORE" \
+    "with the gateway; measured ${DURATION}s per run after ${WARMUP}s warm-up; rounds: $ROUNDS;" \
     "each case runs on the three gateways back to back; the idle reading is taken on a freshly started gateway"
   echo
   echo "Load average (1, 5, 15 min) around each block:"
@@ -553,29 +669,33 @@ cat "$OUT/tables.md"
   echo "forwards the same values as certgate but \`notAfter\` as YYMMDDhhmmssZ, and computes"
   echo "the fingerprint and base64 per request. certgate renders its headers once per connection."
   for s in $SERVERS; do
-    echo
-    echo "### $s"
-    echo
-    echo '```'
-    tr -d '\r' <"$OUT/headers-$s.txt" 2>/dev/null | sed -n '/^$/,$p' | sed '1d' | cut -c1-160
-    echo '```'
+    for inst in "$s" "$s-small"; do
+      echo
+      if [ "$inst" = "$s" ]; then echo "### $s (full header set)"; else echo "### $s (small header set)"; fi
+      echo
+      echo '```'
+      tr -d '\r' <"$OUT/headers-$inst.txt" 2>/dev/null | sed -n '/^$/,$p' | sed '1d' | cut -c1-160
+      echo '```'
+    done
   done
   echo
   echo "## Commands"
   echo
   echo "Servers: \`taskset -c $SERVER_CORE certgate run --config certgate.yaml\`," \
-    "\`taskset -c $SERVER_CORE nginx -c nginx.conf\`, \`taskset -c $SERVER_CORE haproxy -db -f haproxy.cfg\`;"
-  echo "upstream: \`taskset -c $CLIENT_CORE loadgen upstream\`. Load (loadgen = \`cargo bench --bench loadgen --\`):"
+    "\`taskset -c $SERVER_CORE nginx -c nginx.conf\`, \`taskset -c $SERVER_CORE haproxy -db -f haproxy.cfg\`" \
+    "(and the same with the \`-small\` configurations);"
+  echo "upstream: \`taskset -c $CLIENT_CORE loadgen upstream\`, moved with \`taskset -a -p -c $SERVER_CORE\` for the" \
+    "shared cases and back. Load (loadgen = \`cargo bench --bench loadgen --\`):"
   echo
   echo '```'
-  sed "s#$TMP#\$TMP#g" "$OUT/commands.txt" | awk '!seen[$0]++' | head -40
+  sed "s#$TMP#\$TMP#g" "$OUT/commands.txt" | awk '!seen[$0]++' | head -80
   echo "taskset -c $SERVER_CORE target/release/deps/hot_path-* --bench decision_cache_hit"
   echo "taskset -c $SERVER_CORE openssl speed -seconds $OPENSSL_SECONDS ecdsap256 ecdhp256 ecdhx25519"
   echo "taskset -c $SERVER_CORE loadgen speed --seconds $OPENSSL_SECONDS"
   echo '```'
   echo
   echo "## Configurations used"
-  for f in certgate.yaml nginx.conf haproxy.cfg; do
+  for f in certgate.yaml certgate-small.yaml nginx.conf nginx-small.conf haproxy.cfg haproxy-small.cfg; do
     echo
     echo "<details><summary>$f</summary>"
     echo

@@ -689,6 +689,7 @@ pub fn run(a: RunArgs) -> Result<Value, BoxError> {
             "server_syscalls": syscalls,
             "server_syscalls_per_req": match syscalls { Some(c) if n > 0 => json!(c as f64 / n as f64), _ => Value::Null },
             "upstream_cpu_s": upstream.map(procfs::Cpu::total),
+            "upstream_cpu_us_per_req": upstream.map_or(Value::Null, |u| per_req_us(u.total())),
             "upstream_user_us_per_req": upstream.map_or(Value::Null, |u| per_req_us(u.user)),
             "upstream_sys_us_per_req": upstream.map_or(Value::Null, |u| per_req_us(u.sys)),
             "client_cpu_s": self1 - self0,

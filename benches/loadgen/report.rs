@@ -1,5 +1,6 @@
 //! Renders the JSON result lines of one `compare.sh` run as the Markdown tables of
-//! `benches/RESULTS.md`: the side-by-side table with certgate ÷ peer ratios, the targets,
+//! `benches/RESULTS.md`: the side-by-side table with certgate ÷ peer ratios, the
+//! keep-alive matrix (two topologies × two header sets × TLS 1.3 and 1.2), the targets,
 //! where the server CPU goes (user and kernel time, system calls, and what the targets
 //! leave for user space), the bottleneck check, the state-check cost, and the crypto
 //! ceiling.
@@ -375,6 +376,57 @@ fn side_by_side(runs: &Runs, out: &mut String) {
     );
 }
 
+/// The keep-alive c=50 matrix: (case, topology, header set, TLS). "alone": the gateway
+/// alone on its core, load generator and upstream on the other; "shared": gateway and
+/// upstream on one core, the load generator alone on the other.
+const MATRIX: [(&str, &str, &str, &str); 8] = [
+    ("ka50-1.3", "alone", "full", "1.3"),
+    ("ka50-1.3-small", "alone", "small", "1.3"),
+    ("ka50-1.3-shared", "shared", "full", "1.3"),
+    ("ka50-1.3-shared-small", "shared", "small", "1.3"),
+    ("ka50-1.2", "alone", "full", "1.2"),
+    ("ka50-1.2-small", "alone", "small", "1.2"),
+    ("ka50-1.2-shared", "shared", "full", "1.2"),
+    ("ka50-1.2-shared-small", "shared", "small", "1.2"),
+];
+
+fn matrix(runs: &Runs, out: &mut String) {
+    out.push_str(
+        "Keep-alive c=50. Topology *alone*: the gateway alone on core 0, the load generator \
+         and the upstream on core 1. *shared*: the gateway and the upstream on core 0, the \
+         load generator alone on core 1. Header set *full*: account, serial, fingerprint, \
+         subject, not-after and the RFC 9440 `Client-Cert` (nginx: its PEM form), plus \
+         `X-Forwarded-For/Proto/Host`; *small*: account, serial and fingerprint plus the \
+         same `X-Forwarded-*` (the others are still removed from client requests). Proxy \
+         CPU is the gateway's processes, upstream CPU the upstream's process, both from \
+         `/proc/<pid>/stat` over the measured window.\n\n\
+         | topology | headers | TLS | server | req/s ↑ | p99 ms ↓ | proxy CPU µs/req ↓ | upstream CPU µs/req | req/s ÷ certgate |\n\
+         |---|---|---|---|---:|---:|---:|---:|---:|\n",
+    );
+    for (case, topo, headers, tls) in MATRIX {
+        let c = runs.num("certgate", case, "rps");
+        for (server, name) in SERVERS {
+            if runs.get(server, case).is_none() {
+                continue;
+            }
+            let rps = runs.num(server, case, "rps");
+            let _ = writeln!(
+                out,
+                "| {topo} | {headers} | {tls} | {name} | {} | {} | {} | {} | {} |",
+                fmt(rps, 0),
+                fmt(runs.num(server, case, "p99_ms"), 3),
+                fmt(runs.num(server, case, "server_cpu_us_per_req"), 1),
+                fmt(runs.num(server, case, "upstream_cpu_us_per_req"), 1),
+                if server == "certgate" {
+                    "1.00×".into()
+                } else {
+                    fmt_ratio(ratio(rps, c))
+                },
+            );
+        }
+    }
+}
+
 fn verdict(ok: Option<bool>) -> &'static str {
     match ok {
         Some(true) => "**met**",
@@ -397,7 +449,7 @@ fn best_peer(runs: &Runs, case: &str, field: &str, better: Better) -> Option<(&'
 
 fn targets(runs: &Runs, decision_ns: Option<f64>, out: &mut String) {
     out.push_str("| target | measured | verdict |\n|---|---|---|\n");
-    for (case, tls) in [("ka50-1.3", "1.3"), ("ka50-1.2", "1.2")] {
+    for (case, topo, headers, tls) in MATRIX {
         let c = runs.num("certgate", case, "rps");
         let cp99 = runs.num("certgate", case, "p99_ms");
         let best = best_peer(runs, case, "rps", Higher);
@@ -425,7 +477,7 @@ fn targets(runs: &Runs, decision_ns: Option<f64>, out: &mut String) {
         };
         let _ = writeln!(
             out,
-            "| keep-alive c=50 (TLS {tls}) req/s ≥ 1.25× the better peer, p99 no worse | {text} | {}{floor} |",
+            "| keep-alive c=50 (TLS {tls}, {topo}, {headers} headers) req/s ≥ 1.25× the better peer, p99 no worse | {text} | {}{floor} |",
             verdict(ok)
         );
     }
@@ -889,6 +941,8 @@ pub fn run(a: ReportArgs) -> Result<(), BoxError> {
     let mut out = String::new();
     out.push_str("### Side by side\n\n");
     side_by_side(&runs, &mut out);
+    out.push_str("\n### Keep-alive by topology and header set\n\n");
+    matrix(&runs, &mut out);
     out.push_str("\n### Targets\n\n");
     targets(&runs, decision_ns, &mut out);
     out.push_str("\n### Where the CPU goes\n\n");
