@@ -22,7 +22,8 @@
 #   5. measures keep-alive c=50 in two topologies (the gateway alone on its core; the
 #      gateway and the upstream sharing it) with both header sets, keep-alive c=1, a full
 #      handshake per request and a resumed session per request, in TLS 1.3 and 1.2, with
-#      the proxy's and the upstream's CPU per request, plus 10,000 idle connections, the cost of
+#      the proxy's and the upstream's CPU per request, plus 10,000 idle connections, what
+#      certgate's signed identity assertion and access log cost (each on vs off), the cost of
 #      the state check, the per-request decision (criterion) and the crypto ceiling
 #      (openssl speed, aws-lc); in every load run the server's CPU time is read from
 #      /proc/<pid>/stat as user and kernel time, and, when perf works here (checked once),
@@ -41,8 +42,9 @@
 # building), DURATION (measured seconds per run, 8), WARMUP (2), ROUNDS (1; the
 # median round is reported), STATE_ROUNDS (3), IDLE_CONNS (10000), SERVER_CORE (0),
 # CLIENT_CORE (1), RESULTS (output file), SERVERS ("certgate nginx haproxy"),
-# COUNT_SYSCALLS (1; 0 leaves perf out), PARTS (which blocks run: "load idle state
-# checks", all by default; a partial run is for trying things out).
+# COUNT_SYSCALLS (1; 0 leaves perf out), FEATURE_ROUNDS (3), PARTS (which blocks run:
+# "load idle features state checks", all by default; a partial run is for trying things
+# out).
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +69,7 @@ if [ "$QUICK" = 1 ]; then
   DURATION=${DURATION:-2}
   WARMUP=${WARMUP:-0.5}
   STATE_ROUNDS=${STATE_ROUNDS:-1}
+  FEATURE_ROUNDS=${FEATURE_ROUNDS:-1}
   IDLE_CONNS=${IDLE_CONNS:-1000}
   OPENSSL_SECONDS=1
 else
@@ -81,7 +84,8 @@ SERVER_CORE=${SERVER_CORE:-0}
 CLIENT_CORE=${CLIENT_CORE:-1}
 SERVERS=${SERVERS:-certgate nginx haproxy}
 COUNT_SYSCALLS=${COUNT_SYSCALLS:-1}
-PARTS=${PARTS:-load idle state checks}
+FEATURE_ROUNDS=${FEATURE_ROUNDS:-3}
+PARTS=${PARTS:-load idle features state checks}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 if [ "$QUICK" = 1 ]; then
   RESULTS=${RESULTS:-}
@@ -234,8 +238,19 @@ CG_SMALL_HEADERS='headers:
     subject: false
     not_after: false
     client_cert: false'
-certgate_config() { # instance [extra YAML]
-  local name=$1 extra=${2:-}
+CG_LOG='log:
+  level: warn'
+# The access log on: one line per request (target certgate::access, level info) to stderr,
+# which is a file here.
+CG_ACCESS_LOG='log:
+  level: "warn,certgate::access=info"
+  access: true'
+CG_ASSERTION="headers:
+  assertion:
+    audience: \"https://app.example.com\"
+    key_file: $TMP/secrets/assertion-key.pem"
+certgate_config() { # instance [extra YAML] [log YAML]
+  local name=$1 extra=${2:-} log=${3:-$CG_LOG}
   local safe=${name//-/_}
   port "$safe"
   port "${safe}_admin"
@@ -272,14 +287,15 @@ metrics:
 limits:
   max_connections: 30000
   idle_timeout: 120s
-log:
-  level: warn
+$log
 EOF
   [ -z "$extra" ] || echo "$extra" >>"$1"
 }
 certgate_config certgate
 certgate_config certgate-small "$CG_SMALL_HEADERS"
 certgate_config certgate-skip
+certgate_config certgate-assertion "$CG_ASSERTION"
+certgate_config certgate-access-log "" "$CG_ACCESS_LOG"
 
 nginx_config() { # instance full|small
   local name=$1 set=$2 safe=${1//-/_}
@@ -412,7 +428,7 @@ EOF
 haproxy_config haproxy full
 haproxy_config haproxy-small small
 
-for f in certgate certgate-small; do
+for f in certgate certgate-small certgate-assertion certgate-access-log; do
   "$TMP/bin/certgate" check-config --config "$TMP/$f.yaml" >/dev/null
 done
 for f in nginx nginx-small; do
@@ -598,6 +614,32 @@ else
   done
 fi
 
+if part features; then
+  say "certgate features on vs off (alternating, $FEATURE_ROUNDS rounds each)"
+  start_server certgate
+  for f in assertion access-log; do
+    start_server "certgate-$f"
+  done
+  for round in $(seq "$FEATURE_ROUNDS"); do
+    for f in assertion access-log; do
+      order=(certgate "certgate-$f")
+      [ $((round % 2)) = 0 ] && order=("certgate-$f" certgate)
+      for inst in "${order[@]}"; do
+        run_case "$inst" "feat-$f" keepalive 1.3 50 ec
+      done
+      # The access log's file need not grow over the rounds.
+      : >"$OUT/certgate-access-log.log"
+    done
+  done
+  grep -qi '^X-Client-Assertion:' <(on_client "$LG" probe --addr "127.0.0.1:${S_PORT[certgate-assertion]}" \
+    "${TLS_ARGS[@]}" --cert "$C/client-ec.pem" --key "$C/client-ec.key" --path /headers) >/dev/null ||
+    die "certgate-assertion forwarded no X-Client-Assertion"
+  for inst in certgate certgate-assertion certgate-access-log; do
+    stop_server "$inst"
+  done
+  loadavg "after the features"
+fi
+
 if part state; then
   say "state check on vs skipped (alternating, $STATE_ROUNDS rounds each)"
   start_server certgate
@@ -695,7 +737,7 @@ cat "$OUT/tables.md"
   echo '```'
   echo
   echo "## Configurations used"
-  for f in certgate.yaml certgate-small.yaml nginx.conf nginx-small.conf haproxy.cfg haproxy-small.cfg; do
+  for f in certgate.yaml certgate-small.yaml certgate-assertion.yaml certgate-access-log.yaml nginx.conf nginx-small.conf haproxy.cfg haproxy-small.cfg; do
     echo
     echo "<details><summary>$f</summary>"
     echo

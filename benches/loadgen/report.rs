@@ -586,6 +586,22 @@ fn targets(runs: &Runs, decision_ns: Option<f64>, out: &mut String) {
     );
 }
 
+fn feature_targets(runs: &Runs, out: &mut String) {
+    for (case, on, label) in FEATURES {
+        let cost = feature_cost(runs, case, on);
+        let _ = writeln!(
+            out,
+            "| {label} costs < 3% of keep-alive throughput and < 3% CPU per request | {} | {} |",
+            cost.map_or("–".into(), |(r, c)| format!(
+                "req/s {:+.1}%, CPU per request {:+.1}% (medians)",
+                r * 100.0,
+                c * 100.0
+            )),
+            verdict(cost.map(|(r, c)| -r < 0.03 && c < 0.03)),
+        );
+    }
+}
+
 /// What a CPU target leaves certgate, from figures of the same run: the server CPU per
 /// request (or connection) the target allows, and what certgate spends of it in the kernel
 /// and in user space today.
@@ -812,6 +828,67 @@ fn median(runs: &Runs, server: &str, case: &str, field: &str) -> Option<f64> {
     v.get(v.len() / 2).copied()
 }
 
+/// The features measured on and off: (case, the instance with the feature on, label).
+/// The instance with it off is plain `certgate`, run back to back with it.
+const FEATURES: [(&str, &str, &str); 2] = [
+    (
+        "feat-assertion",
+        "certgate-assertion",
+        "signed identity assertion (`headers.assertion`)",
+    ),
+    (
+        "feat-access-log",
+        "certgate-access-log",
+        "access log (`log.access: true`, one line per request to a file)",
+    ),
+];
+
+/// The relative cost of a feature: (req/s change, CPU per request change), medians.
+fn feature_cost(runs: &Runs, case: &str, on: &str) -> Option<(f64, f64)> {
+    let rps_off = median(runs, "certgate", case, "rps")?;
+    let rps_on = median(runs, on, case, "rps")?;
+    let cpu_off = median(runs, "certgate", case, "server_cpu_us_per_req")?;
+    let cpu_on = median(runs, on, case, "server_cpu_us_per_req")?;
+    Some(((rps_on - rps_off) / rps_off, (cpu_on - cpu_off) / cpu_off))
+}
+
+fn features(runs: &Runs, out: &mut String) {
+    out.push_str(
+        "certgate only, TLS 1.3 keep-alive c=50, gateway alone on its core; the same \
+         configuration with the feature off and on, run back to back, the order alternating \
+         from round to round; medians of the rounds. Both features have an off switch \
+         (the assertion is off without `headers.assertion`, the access log with \
+         `log.access: false`, the default).\n\n\
+         | feature | off: req/s per run | on: req/s per run | req/s Δ (medians) | off: CPU µs/req per run | on: CPU µs/req per run | CPU/req Δ (medians) |\n\
+         |---|---|---|---:|---|---|---:|\n",
+    );
+    for (case, on, label) in FEATURES {
+        let list = |server: &str, field: &str, digits: usize| -> String {
+            let v: Vec<String> = runs
+                .all(server, case)
+                .iter()
+                .map(|v| fmt(v[field].as_f64(), digits))
+                .collect();
+            if v.is_empty() {
+                "–".into()
+            } else {
+                v.join(", ")
+            }
+        };
+        let cost = feature_cost(runs, case, on);
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {} | {} | {} | {} |",
+            list("certgate", "rps", 0),
+            list(on, "rps", 0),
+            cost.map_or("–".into(), |c| format!("{:+.1}%", c.0 * 100.0)),
+            list("certgate", "server_cpu_us_per_req", 2),
+            list(on, "server_cpu_us_per_req", 2),
+            cost.map_or("–".into(), |c| format!("{:+.1}%", c.1 * 100.0)),
+        );
+    }
+}
+
 fn state_check(runs: &Runs, out: &mut String) {
     out.push_str(
         "| build (TLS 1.3 keep-alive c=50, runs alternating) | req/s per run | median req/s | server CPU µs/req per run | median µs/req |\n\
@@ -945,10 +1022,13 @@ pub fn run(a: ReportArgs) -> Result<(), BoxError> {
     matrix(&runs, &mut out);
     out.push_str("\n### Targets\n\n");
     targets(&runs, decision_ns, &mut out);
+    feature_targets(&runs, &mut out);
     out.push_str("\n### Where the CPU goes\n\n");
     cpu_split(&runs, a.syscalls_note.as_deref(), &mut out);
     out.push_str("\n### Crypto ceiling per core\n\n");
     crypto(openssl.as_deref(), awslc.as_ref(), &mut out);
+    out.push_str("\n### Feature costs, on and off\n\n");
+    features(&runs, &mut out);
     out.push_str("\n### Revocation and reset check cost\n\n");
     state_check(&runs, &mut out);
     out.push_str("\n### Was the load generator the limit?\n\n");
