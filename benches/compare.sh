@@ -22,7 +22,9 @@
 #   5. measures keep-alive c=50 in two topologies (the gateway alone on its core; the
 #      gateway and the upstream sharing it) with both header sets, keep-alive c=1, a full
 #      handshake per request and a resumed session per request, in TLS 1.3 and 1.2, with
-#      the proxy's and the upstream's CPU per request, plus 10,000 idle connections, what
+#      the proxy's and the upstream's CPU per request, HTTP/2 from the client (50 streams
+#      over a few connections; HTTP/1.1 keep-alive to the upstream), plus 10,000 idle
+#      connections, what
 #      certgate's signed identity assertion and access log cost (each on vs off), the cost of
 #      the state check, the per-request decision (criterion) and the crypto ceiling
 #      (openssl speed, aws-lc); in every load run the server's CPU time is read from
@@ -42,9 +44,9 @@
 # building), DURATION (measured seconds per run, 8), WARMUP (2), ROUNDS (1; the
 # median round is reported), STATE_ROUNDS (3), IDLE_CONNS (10000), SERVER_CORE (0),
 # CLIENT_CORE (1), RESULTS (output file), SERVERS ("certgate nginx haproxy"),
-# COUNT_SYSCALLS (1; 0 leaves perf out), FEATURE_ROUNDS (3), PARTS (which blocks run:
-# "load idle features state checks", all by default; a partial run is for trying things
-# out).
+# COUNT_SYSCALLS (1; 0 leaves perf out), FEATURE_ROUNDS (3), H2_CONNS (connections the
+# 50 HTTP/2 streams share, 5), PARTS (which blocks run: "load h2 idle features state
+# checks", all by default; a partial run is for trying things out).
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,7 +87,8 @@ CLIENT_CORE=${CLIENT_CORE:-1}
 SERVERS=${SERVERS:-certgate nginx haproxy}
 COUNT_SYSCALLS=${COUNT_SYSCALLS:-1}
 FEATURE_ROUNDS=${FEATURE_ROUNDS:-3}
-PARTS=${PARTS:-load idle features state checks}
+H2_CONNS=${H2_CONNS:-5}
+PARTS=${PARTS:-load h2 idle features state checks}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 if [ "$QUICK" = 1 ]; then
   RESULTS=${RESULTS:-}
@@ -341,7 +344,7 @@ http {
         "~(^|,)CN=(?<cn>[^,]+)" \$cn;
     }
     server {
-        listen 127.0.0.1:${!p} ssl;
+        listen 127.0.0.1:${!p} ssl http2;
         server_name localhost;
         ssl_certificate $C/server.pem;
         ssl_certificate_key $C/server.key;
@@ -549,7 +552,7 @@ topology() { # alone|shared
 
 # All gateways run at once (an idle one costs nothing) and every case is measured on each
 # of them back to back, so that all three see the same background load.
-if part load; then
+if part load || part h2; then
   say "starting $SERVERS, each with the full and the small header set (gateways on core $SERVER_CORE, load and upstream on core $CLIENT_CORE)"
   for server in $SERVERS; do
     for inst in "$server" "$server-small"; do
@@ -593,10 +596,24 @@ for round in $(seq "$ROUNDS"); do
   topology alone
 done
 if part load; then
+  loadavg "after the load cases"
+fi
+
+# HTTP/2 from the client (ALPN h2), HTTP/1.1 keep-alive from each gateway to the upstream.
+if part h2; then
+  say "HTTP/2: 50 concurrent streams over $H2_CONNS connections"
+  for round in $(seq "$ROUNDS"); do
+    for server in $SERVERS; do
+      run_case "$server" h2-1.3 h2 1.3 50 ec --h2-conns "$H2_CONNS"
+    done
+  done
+  loadavg "after HTTP/2"
+fi
+
+if part load || part h2; then
   for server in $SERVERS; do
     stop_server "$server-small"
   done
-  loadavg "after the load cases"
 fi
 
 if part idle; then

@@ -44,6 +44,9 @@ pub enum Mode {
     Full,
     /// A new connection for every request that resumes an earlier TLS session.
     Resume,
+    /// HTTP/2 (ALPN h2): `--conns` concurrent streams spread over `--h2-conns`
+    /// connections, each stream one request at a time.
+    H2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -94,9 +97,13 @@ pub struct RunArgs {
     pub tls: TlsArgs,
     #[arg(long, value_enum, default_value = "keepalive")]
     pub mode: Mode,
-    /// Concurrent connections (each runs one request at a time).
+    /// Concurrent connections (each runs one request at a time); in h2 mode, concurrent
+    /// streams.
     #[arg(long, default_value_t = 50)]
     pub conns: usize,
+    /// h2 mode: the connections the streams are spread over.
+    #[arg(long, default_value_t = 5)]
+    pub h2_conns: usize,
     /// Measured seconds.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -191,8 +198,8 @@ impl ServerCertVerifier for Pinned {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The client configuration: X25519 (or P-256) key exchange, AES-128-GCM only (the same suite
-/// whichever server answers), ALPN http/1.1, the pinned server certificate.
-fn client_config(a: &TlsArgs, resume: bool) -> Result<Arc<ClientConfig>, BoxError> {
+/// whichever server answers), ALPN http/1.1 (or h2), the pinned server certificate.
+fn client_config(a: &TlsArgs, resume: bool, h2: bool) -> Result<Arc<ClientConfig>, BoxError> {
     use rustls::CipherSuite as C;
     let mut provider: CryptoProvider = aws_lc_rs::default_provider();
     // P-256 is listed after X25519 because OpenSSL refuses a TLS 1.2 ECDSA P-256 server
@@ -228,7 +235,11 @@ fn client_config(a: &TlsArgs, resume: bool) -> Result<Arc<ClientConfig>, BoxErro
             algs,
         }))
         .with_client_auth_cert(chain, key)?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = if h2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     cfg.resumption = if resume {
         Resumption::in_memory_sessions(4096)
     } else {
@@ -238,7 +249,7 @@ fn client_config(a: &TlsArgs, resume: bool) -> Result<Arc<ClientConfig>, BoxErro
 }
 
 /// What one connection is opened with.
-struct Target {
+pub(crate) struct Target {
     addr: SocketAddr,
     name: ServerName<'static>,
     config: Arc<ClientConfig>,
@@ -246,11 +257,15 @@ struct Target {
 }
 
 impl Target {
-    fn new(a: &TlsArgs, resume: bool) -> Result<Self, BoxError> {
+    pub(crate) fn new(a: &TlsArgs, resume: bool) -> Result<Self, BoxError> {
+        Self::with_alpn(a, resume, false)
+    }
+
+    fn with_alpn(a: &TlsArgs, resume: bool, h2: bool) -> Result<Self, BoxError> {
         if !a.addr.ip().is_loopback() {
             return Err(format!("{} is not a loopback address", a.addr).into());
         }
-        let config = client_config(a, resume)?;
+        let config = client_config(a, resume, h2)?;
         Ok(Target {
             addr: a.addr,
             name: ServerName::try_from(a.sni.clone())?,
@@ -274,7 +289,7 @@ impl Target {
         }
     }
 
-    async fn connect(&self) -> std::io::Result<TlsStream<TcpStream>> {
+    pub(crate) async fn connect(&self) -> std::io::Result<TlsStream<TcpStream>> {
         let tcp = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(self.addr))
             .await
             .map_err(|_| std::io::Error::other("connect timed out"))??;
@@ -296,14 +311,14 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// How the body of a parsed response head ends.
-enum BodyEnd {
+pub(crate) enum BodyEnd {
     Length(usize),
     Chunked,
     Close,
 }
 
 /// Parses a response head: (status, head length, body framing).
-fn parse_head(buf: &[u8]) -> Result<Option<(u16, usize, BodyEnd)>, std::io::Error> {
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(u16, usize, BodyEnd)>, std::io::Error> {
     let Some(end) = find(buf, b"\r\n\r\n") else {
         return Ok(None);
     };
@@ -408,6 +423,8 @@ struct Ctx {
     target: Target,
     mode: Mode,
     req: Vec<u8>,
+    host: String,
+    path: String,
     measure_from: Instant,
     stop_at: Instant,
     limit: u64,
@@ -465,6 +482,7 @@ impl Ctx {
                 "version": conn.protocol_version().map(|v| format!("{v:?}")),
                 "cipher": conn.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())),
                 "kx": conn.negotiated_key_exchange_group().map(|g| format!("{:?}", g.name())),
+                "alpn": conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
             }));
         }
     }
@@ -534,6 +552,99 @@ async fn connection_worker(ctx: Rc<Ctx>) -> Stats {
     st
 }
 
+/// One HTTP/2 connection carrying `streams` concurrent streams; reconnects while the run
+/// lasts if the connection fails.
+async fn h2_connection_worker(ctx: Rc<Ctx>, streams: usize) -> Stats {
+    let mut st = Stats::default();
+    while !ctx.done() {
+        let t0 = Instant::now();
+        let tls = match ctx.target.connect().await {
+            Ok(s) => s,
+            Err(e) => {
+                ctx.error(&mut st, t0, &e);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            ctx.error(&mut st, t0, &"the server did not choose h2 (ALPN)");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        ctx.note_session(&mut st, &tls, false);
+        let (send, conn) =
+            match tokio::time::timeout(STEP_TIMEOUT, h2::client::handshake(tls)).await {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    ctx.error(&mut st, t0, &e);
+                    continue;
+                }
+                Err(_) => {
+                    ctx.error(&mut st, t0, &"HTTP/2 handshake timed out");
+                    continue;
+                }
+            };
+        let driver = tokio::task::spawn_local(async move {
+            if let Err(e) = conn.await {
+                eprintln!("loadgen: HTTP/2 connection: {e}");
+            }
+        });
+        let mut tasks = Vec::with_capacity(streams);
+        for _ in 0..streams {
+            let (c, send) = (ctx.clone(), send.clone());
+            tasks.push(tokio::task::spawn_local(h2_stream_worker(c, send)));
+        }
+        drop(send);
+        for t in tasks {
+            match t.await {
+                Ok(s) => st.merge(&s),
+                Err(_) => st.errors += 1,
+            }
+        }
+        driver.abort();
+    }
+    st
+}
+
+/// One stream at a time on a shared HTTP/2 connection; returns at the end of the run or
+/// at the first error (its connection worker then reconnects).
+async fn h2_stream_worker(ctx: Rc<Ctx>, mut send: h2::client::SendRequest<bytes::Bytes>) -> Stats {
+    let mut st = Stats::default();
+    let uri = format!("https://{}{}", ctx.host, ctx.path);
+    while !ctx.done() {
+        let t0 = Instant::now();
+        let one = async {
+            send = send.clone().ready().await?;
+            let req = http::Request::get(uri.as_str())
+                .header("user-agent", "certgate-loadgen")
+                .header("accept", "*/*")
+                .body(())
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let (resp, _) = send.send_request(req, true)?;
+            let resp = resp.await?;
+            let status = resp.status().as_u16();
+            let mut body = resp.into_body();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk?;
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            Ok::<u16, BoxError>(status)
+        };
+        match tokio::time::timeout(STEP_TIMEOUT, one).await {
+            Ok(Ok(status)) => ctx.record(&mut st, t0, status),
+            Ok(Err(e)) => {
+                ctx.error(&mut st, t0, &e);
+                return st;
+            }
+            Err(_) => {
+                ctx.error(&mut st, t0, &"request timed out");
+                return st;
+            }
+        }
+    }
+    st
+}
+
 fn tags(a: &TlsArgs) -> serde_json::Map<String, Value> {
     a.tags
         .iter()
@@ -564,9 +675,11 @@ pub fn run(a: RunArgs) -> Result<Value, BoxError> {
         let stop_at = start + total;
         let close = a.mode != Mode::Keepalive;
         let ctx = Rc::new(Ctx {
-            target: Target::new(&a.tls, a.mode == Mode::Resume)?,
+            target: Target::with_alpn(&a.tls, a.mode == Mode::Resume, a.mode == Mode::H2)?,
             mode: a.mode,
             req: request(&a.path, &a.tls.sni, close),
+            host: a.tls.sni.clone(),
+            path: a.path.clone(),
             measure_from,
             stop_at,
             limit: a.requests.unwrap_or(u64::MAX),
@@ -582,14 +695,27 @@ pub fn run(a: RunArgs) -> Result<Value, BoxError> {
                 .ok()
         });
         let mut workers = Vec::with_capacity(a.conns);
-        for _ in 0..a.conns {
-            let c = ctx.clone();
-            workers.push(tokio::task::spawn_local(async move {
-                match c.mode {
-                    Mode::Keepalive => keepalive_worker(c).await,
-                    Mode::Full | Mode::Resume => connection_worker(c).await,
-                }
-            }));
+        if a.mode == Mode::H2 {
+            // The streams spread evenly over the connections.
+            let n = a.h2_conns.clamp(1, a.conns);
+            for i in 0..n {
+                let streams = a.conns / n + usize::from(i < a.conns % n);
+                workers.push(tokio::task::spawn_local(h2_connection_worker(
+                    ctx.clone(),
+                    streams,
+                )));
+            }
+        } else {
+            for _ in 0..a.conns {
+                let c = ctx.clone();
+                workers.push(tokio::task::spawn_local(async move {
+                    match c.mode {
+                        Mode::Keepalive => keepalive_worker(c).await,
+                        Mode::Full | Mode::Resume => connection_worker(c).await,
+                        Mode::H2 => unreachable!("h2 runs its own workers"),
+                    }
+                }));
+            }
         }
 
         tokio::time::sleep_until(measure_from.into()).await;
@@ -665,6 +791,7 @@ pub fn run(a: RunArgs) -> Result<Value, BoxError> {
             "mode": format!("{:?}", a.mode).to_lowercase(),
             "tls": match a.tls.tls { TlsVersion::V12 => "1.2", TlsVersion::V13 => "1.3" },
             "conns": a.conns,
+            "h2_conns": (a.mode == Mode::H2).then(|| a.h2_conns.clamp(1, a.conns)),
             "seconds": wall,
             "requests": n,
             "ok": st.ok,

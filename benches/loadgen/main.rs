@@ -6,6 +6,7 @@
 //!   req/s, latency percentiles, handshake kinds and the CPU time the server processes
 //!   used in the measured window, split into user and kernel time, and with `--perf`
 //!   their system calls in the same window;
+//!   `--mode h2` runs concurrent HTTP/2 streams over a few connections;
 //! - `idle`: opens many connections, holds them idle, prints the server's memory;
 //! - `upstream`: the fast HTTP/1.1 upstream on loopback that every gateway forwards to;
 //! - `pki`: the test PKI (certgate's dev PKI plus ECDSA and RSA-2048 client certificates);

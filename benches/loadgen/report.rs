@@ -427,6 +427,48 @@ fn matrix(runs: &Runs, out: &mut String) {
     }
 }
 
+fn h2(runs: &Runs, out: &mut String) {
+    out.push_str(
+        "TLS 1.3, HTTP/2 from the client (ALPN h2): 50 concurrent streams, each one request \
+         at a time, spread over a few connections; every gateway speaks HTTP/1.1 keep-alive \
+         to the upstream. Gateway alone on its core, full header set. HTTP/1.1 keep-alive \
+         c=50 of the same run beside it.\n\n\
+         | server | connections | ALPN | HTTP/2 req/s ↑ | p50 ms | p99 ms ↓ | proxy CPU µs/req ↓ | upstream CPU µs/req | errors | non-2xx | HTTP/1.1 req/s | HTTP/1.1 p99 ms |\n\
+         |---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (server, name) in SERVERS {
+        let Some(v) = runs.get(server, "h2-1.3") else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            v["h2_conns"],
+            v["negotiated"]["alpn"].as_str().unwrap_or("–"),
+            fmt(v["rps"].as_f64(), 0),
+            fmt(v["p50_ms"].as_f64(), 3),
+            fmt(v["p99_ms"].as_f64(), 3),
+            fmt(v["server_cpu_us_per_req"].as_f64(), 1),
+            fmt(v["upstream_cpu_us_per_req"].as_f64(), 1),
+            v["errors"],
+            v["non_2xx"],
+            fmt(runs.num(server, "ka50-1.3", "rps"), 0),
+            fmt(runs.num(server, "ka50-1.3", "p99_ms"), 3),
+        );
+    }
+    let c = runs.num("certgate", "h2-1.3", "rps");
+    let ratios: Vec<String> = SERVERS[1..]
+        .iter()
+        .filter_map(|(s, name)| {
+            let r = ratio(c, runs.num(s, "h2-1.3", "rps"))?;
+            Some(format!("{r:.2}× {name}"))
+        })
+        .collect();
+    if !ratios.is_empty() {
+        let _ = writeln!(out, "\ncertgate's HTTP/2 req/s: {}.", ratios.join(", "));
+    }
+}
+
 fn verdict(ok: Option<bool>) -> &'static str {
     match ok {
         Some(true) => "**met**",
@@ -1020,6 +1062,8 @@ pub fn run(a: ReportArgs) -> Result<(), BoxError> {
     side_by_side(&runs, &mut out);
     out.push_str("\n### Keep-alive by topology and header set\n\n");
     matrix(&runs, &mut out);
+    out.push_str("\n### HTTP/2 from the client\n\n");
+    h2(&runs, &mut out);
     out.push_str("\n### Targets\n\n");
     targets(&runs, decision_ns, &mut out);
     feature_targets(&runs, &mut out);
