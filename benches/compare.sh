@@ -23,8 +23,9 @@
 #      gateway and the upstream sharing it) with both header sets, keep-alive c=1, a full
 #      handshake per request and a resumed session per request, in TLS 1.3 and 1.2, with
 #      the proxy's and the upstream's CPU per request, HTTP/2 from the client (50 streams
-#      over a few connections; HTTP/1.1 keep-alive to the upstream), plus 10,000 idle
-#      connections, what
+#      over a few connections; HTTP/1.1 keep-alive to the upstream), a 1 GiB download and
+#      upload through each gateway and straight to the upstream (MiB/s, and the gateway's
+#      resident memory sampled during the transfer), plus 10,000 idle connections, what
 #      certgate's signed identity assertion and access log cost (each on vs off), the cost of
 #      the state check, the per-request decision (criterion) and the crypto ceiling
 #      (openssl speed, aws-lc); in every load run the server's CPU time is read from
@@ -45,8 +46,9 @@
 # median round is reported), STATE_ROUNDS (3), IDLE_CONNS (10000), SERVER_CORE (0),
 # CLIENT_CORE (1), RESULTS (output file), SERVERS ("certgate nginx haproxy"),
 # COUNT_SYSCALLS (1; 0 leaves perf out), FEATURE_ROUNDS (3), H2_CONNS (connections the
-# 50 HTTP/2 streams share, 5), PARTS (which blocks run: "load h2 idle features state
-# checks", all by default; a partial run is for trying things out).
+# 50 HTTP/2 streams share, 5), TRANSFER_BYTES (1 GiB; --quick 256 MiB), PARTS (which
+# blocks run: "load h2 transfer idle features state checks", all by default; a partial
+# run is for trying things out).
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,6 +74,7 @@ if [ "$QUICK" = 1 ]; then
   WARMUP=${WARMUP:-0.5}
   STATE_ROUNDS=${STATE_ROUNDS:-1}
   FEATURE_ROUNDS=${FEATURE_ROUNDS:-1}
+  TRANSFER_BYTES=${TRANSFER_BYTES:-$((256 << 20))}
   IDLE_CONNS=${IDLE_CONNS:-1000}
   OPENSSL_SECONDS=1
 else
@@ -88,7 +91,8 @@ SERVERS=${SERVERS:-certgate nginx haproxy}
 COUNT_SYSCALLS=${COUNT_SYSCALLS:-1}
 FEATURE_ROUNDS=${FEATURE_ROUNDS:-3}
 H2_CONNS=${H2_CONNS:-5}
-PARTS=${PARTS:-load h2 idle features state checks}
+TRANSFER_BYTES=${TRANSFER_BYTES:-$((1 << 30))}
+PARTS=${PARTS:-load h2 transfer idle features state checks}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 if [ "$QUICK" = 1 ]; then
   RESULTS=${RESULTS:-}
@@ -371,6 +375,17 @@ http {
             proxy_set_header X-Forwarded-For \$remote_addr;
             proxy_set_header X-Forwarded-Proto https;
             proxy_set_header X-Forwarded-Host \$host;
+            # The transfer cases stream both ways, as certgate and HAProxy do, instead of
+            # buffering the body (to memory and temporary files) first.
+            location /stream/ {
+                proxy_pass http://app;
+                proxy_buffering off;
+            }
+            location = /sink {
+                proxy_pass http://app;
+                proxy_request_buffering off;
+                client_max_body_size 0;
+            }
         }
     }
 }
@@ -395,6 +410,9 @@ global
     # Two descriptors per allowed connection must fit the open-file limit.
     maxconn $HAPROXY_MAXCONN
     tune.ssl.cachesize 200000
+    # Room to add the identity headers to a request whose buffer is already full of body
+    # (the default 1024 bytes is less than the full set; a failed rewrite answers 500).
+    tune.maxrewrite 4096
     ssl-default-bind-options ssl-min-ver TLSv1.2
 
 defaults
@@ -552,7 +570,7 @@ topology() { # alone|shared
 
 # All gateways run at once (an idle one costs nothing) and every case is measured on each
 # of them back to back, so that all three see the same background load.
-if part load || part h2; then
+if part load || part h2 || part transfer; then
   say "starting $SERVERS, each with the full and the small header set (gateways on core $SERVER_CORE, load and upstream on core $CLIENT_CORE)"
   for server in $SERVERS; do
     for inst in "$server" "$server-small"; do
@@ -610,7 +628,28 @@ if part h2; then
   loadavg "after HTTP/2"
 fi
 
-if part load || part h2; then
+# One large download and upload each, straight to the upstream (plain HTTP/1.1 on
+# loopback, the upstream's memory sampled) and through each gateway (TLS 1.3, its memory
+# sampled).
+if part transfer; then
+  say "$((TRANSFER_BYTES >> 20)) MiB download and upload: straight to the upstream, then through each gateway"
+  for dir in download upload; do
+    for target in direct $SERVERS; do
+      if [ "$target" = direct ]; then
+        args=(--plain --addr "127.0.0.1:$UP_PORT" --server-pid "$UP_PID")
+      else
+        args=(--addr "127.0.0.1:${S_PORT[$target]}" --server-pid "${S_PIDS[$target]}")
+      fi
+      cmd=(transfer "${args[@]}" "${TLS_ARGS[@]}" --cert "$C/client-ec.pem" --key "$C/client-ec.key"
+        --tls 1.3 --direction "$dir" --bytes "$TRANSFER_BYTES" --tag "server=$target" --tag "case=$dir")
+      echo "taskset -c $CLIENT_CORE loadgen ${cmd[*]}" >>"$OUT/commands.txt"
+      on_client "$LG" "${cmd[@]}" >>"$JSONL" || die "transfer failed ($target $dir)"
+    done
+  done
+  loadavg "after the transfers"
+fi
+
+if part load || part h2 || part transfer; then
   for server in $SERVERS; do
     stop_server "$server-small"
   done

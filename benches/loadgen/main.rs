@@ -8,7 +8,10 @@
 //!   their system calls in the same window;
 //!   `--mode h2` runs concurrent HTTP/2 streams over a few connections;
 //! - `idle`: opens many connections, holds them idle, prints the server's memory;
-//! - `upstream`: the fast HTTP/1.1 upstream on loopback that every gateway forwards to;
+//! - `transfer`: one large download or upload (through a gateway, or plain HTTP straight
+//!   to the upstream), its MiB/s and the server's resident memory sampled during it;
+//! - `upstream`: the fast HTTP/1.1 upstream on loopback that every gateway forwards to
+//!   (with endpoints that stream a large body out and discard one coming in);
 //! - `pki`: the test PKI (certgate's dev PKI plus ECDSA and RSA-2048 client certificates);
 //! - `probe`: one request, printing the response (what a gateway forwarded);
 //! - `speed`: aws-lc's ECDSA/ECDH rates on this core;
@@ -26,6 +29,7 @@ mod procfs;
 mod report;
 mod speed;
 mod syscalls;
+mod transfer;
 mod upstream;
 
 use std::process::ExitCode;
@@ -45,6 +49,8 @@ enum Cmd {
     Run(client::RunArgs),
     /// Hold many idle TLS connections and print the server's memory as JSON.
     Idle(client::IdleArgs),
+    /// One large download or upload, timed, with the server's memory sampled, as JSON.
+    Transfer(transfer::TransferArgs),
     /// Serve the fast HTTP/1.1 upstream.
     Upstream(upstream::UpstreamArgs),
     /// Write the benchmark PKI and state store.
@@ -92,6 +98,7 @@ fn main() -> ExitCode {
     let result: Result<(), Box<dyn std::error::Error + Send + Sync>> = match cli.cmd {
         Cmd::Run(a) => client::run(a).map(|v| println!("{v}")),
         Cmd::Idle(a) => client::idle(a).map(|v| println!("{v}")),
+        Cmd::Transfer(a) => transfer::run(a).map(|v| println!("{v}")),
         Cmd::Upstream(a) => upstream::run(a),
         Cmd::Pki(a) => pki::run(a),
         Cmd::Probe { tls, path } => client::probe(tls, path).map(|s| print!("{s}")),

@@ -116,3 +116,8 @@ pub fn rss_kb(pid: u32) -> Option<u64> {
 pub fn pss_kb(pid: u32) -> Option<u64> {
     status_kb(pid, "smaps_rollup", "Pss:")
 }
+
+/// Peak resident set size since the process started (VmHWM), in KiB.
+pub fn hwm_kb(pid: u32) -> Option<u64> {
+    status_kb(pid, "status", "VmHWM:")
+}

@@ -469,6 +469,92 @@ fn h2(runs: &Runs, out: &mut String) {
     }
 }
 
+/// A transfer's resident memory, MiB: (at the start, highest sample during it).
+fn transfer_rss(runs: &Runs, server: &str, dir: &str) -> Option<(f64, f64)> {
+    let v = runs.get(server, dir)?;
+    Some((
+        v["rss_before_kb"].as_f64()? / 1024.0,
+        v["rss_peak_kb"].as_f64()? / 1024.0,
+    ))
+}
+
+/// RSS counts as flat when its peak during the transfer stays within this of the start.
+const FLAT_MIB: f64 = 16.0;
+
+fn transfers(runs: &Runs, out: &mut String) {
+    let size = ["download", "upload"]
+        .iter()
+        .find_map(|d| runs.num("direct", d, "bytes"))
+        .map_or("–".into(), |b| format!("{:.0} MiB", b / 1048576.0));
+    let _ = write!(
+        out,
+        "One {size} download (`GET /stream/<bytes>`) and one upload (`POST /sink`, \
+         Content-Length) on one connection, timed from the request to the last byte. *direct* \
+         is the baseline: the same transfer in plain HTTP/1.1 straight to the upstream \
+         (no TLS, no proxy hop; load generator and upstream on core 1, as in every \
+         transfer); through a gateway the client speaks TLS 1.3 to it on core 0 and it \
+         speaks HTTP/1.1 to the upstream. The upstream streams from one 256 KiB buffer and \
+         discards what it reads. Memory: `VmRSS` of the gateway's processes (for direct, the \
+         upstream's) from `/proc/<pid>/status`, sampled every 10 ms during the transfer, and \
+         `VmHWM` (the peak since the process started) after it. nginx runs with \
+         `proxy_buffering off` and `proxy_request_buffering off` on these two paths.\n\n\
+         | path | download MiB/s ↑ | ÷ direct | upload MiB/s ↑ | ÷ direct | RSS during download: start → peak MiB | RSS during upload: start → peak MiB | VmHWM after MiB |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    let rss = |server: &str, dir: &str| {
+        transfer_rss(runs, server, dir).map_or("–".into(), |(a, b)| format!("{a:.1} → {b:.1}"))
+    };
+    for (server, name) in [("direct", "direct (plain HTTP/1.1 to the upstream)")]
+        .into_iter()
+        .chain(SERVERS)
+    {
+        if runs.get(server, "download").is_none() && runs.get(server, "upload").is_none() {
+            continue;
+        }
+        let down = runs.num(server, "download", "mib_per_s");
+        let up = runs.num(server, "upload", "mib_per_s");
+        let hwm = runs
+            .num(server, "upload", "hwm_after_kb")
+            .or_else(|| runs.num(server, "download", "hwm_after_kb"));
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            fmt(down, 0),
+            fmt_ratio(ratio(down, runs.num("direct", "download", "mib_per_s"))),
+            fmt(up, 0),
+            fmt_ratio(ratio(up, runs.num("direct", "upload", "mib_per_s"))),
+            rss(server, "download"),
+            rss(server, "upload"),
+            fmt(hwm.map(|k| k / 1024.0), 1),
+        );
+    }
+}
+
+fn transfer_targets(runs: &Runs, out: &mut String) {
+    for (server, name) in SERVERS {
+        for dir in ["download", "upload"] {
+            let Some(mibs) = runs.num(server, dir, "mib_per_s") else {
+                continue;
+            };
+            let direct = runs.num("direct", dir, "mib_per_s");
+            let r = ratio(Some(mibs), direct);
+            let rss = transfer_rss(runs, server, dir);
+            let text = format!(
+                "{} ({mibs:.0} vs {} MiB/s); RSS {}",
+                fmt_ratio(r),
+                fmt(direct, 0),
+                rss.map_or("–".into(), |(a, b)| format!("{a:.1} → {b:.1} MiB"))
+            );
+            let ok = r.zip(rss).map(|(r, (a, b))| r >= 0.9 && b - a <= FLAT_MIB);
+            let _ = writeln!(
+                out,
+                "| {dir} through {name} ≥ 0.9× direct, RSS flat (peak ≤ start + {FLAT_MIB:.0} MiB) | {text} | {} |",
+                verdict(ok)
+            );
+        }
+    }
+}
+
 fn verdict(ok: Option<bool>) -> &'static str {
     match ok {
         Some(true) => "**met**",
@@ -820,7 +906,7 @@ fn bottleneck(runs: &Runs, out: &mut String) {
     );
     for ((server, case), vs) in &runs.0 {
         for v in vs {
-            if v["mode"] == "idle" {
+            if v["mode"] == "idle" || v["mode"] == "transfer" {
                 continue;
             }
             let secs = v["seconds"].as_f64().unwrap_or(1.0);
@@ -1064,9 +1150,12 @@ pub fn run(a: ReportArgs) -> Result<(), BoxError> {
     matrix(&runs, &mut out);
     out.push_str("\n### HTTP/2 from the client\n\n");
     h2(&runs, &mut out);
+    out.push_str("\n### Large transfers\n\n");
+    transfers(&runs, &mut out);
     out.push_str("\n### Targets\n\n");
     targets(&runs, decision_ns, &mut out);
     feature_targets(&runs, &mut out);
+    transfer_targets(&runs, &mut out);
     out.push_str("\n### Where the CPU goes\n\n");
     cpu_split(&runs, a.syscalls_note.as_deref(), &mut out);
     out.push_str("\n### Crypto ceiling per core\n\n");
