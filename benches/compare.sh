@@ -772,7 +772,11 @@ cat "$OUT/tables.md"
       if [ "$inst" = "$s" ]; then echo "### $s (full header set)"; else echo "### $s (small header set)"; fi
       echo
       echo '```'
-      tr -d '\r' <"$OUT/headers-$inst.txt" 2>/dev/null | sed -n '/^$/,$p' | sed '1d' | cut -c1-160
+      if [ -f "$OUT/headers-$inst.txt" ]; then
+        tr -d '\r' <"$OUT/headers-$inst.txt" | sed -n '/^$/,$p' | sed '1d' | cut -c1-160
+      else
+        echo "(not fetched: this run left out the load block)"
+      fi
       echo '```'
     done
   done

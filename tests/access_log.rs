@@ -29,19 +29,25 @@ async fn wait_lines(gw: &support::process::Running, n: usize) -> Vec<Value> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_access_lines_are_flat_and_name_the_request() {
+/// A gateway's files with `log.access: true` and `more` (YAML lines of the log section)
+/// added to the harness's log section.
+async fn with_access_log(more: &str) -> Prepared {
     let p = Prepared::new(Options {
         extra: "shutdown:\n  drain_delay: 0s\n".into(),
         ..Options::default()
     })
     .await;
-    // log.access and json format: appended to the harness's log section.
     let yaml = std::fs::read_to_string(&p.config_path).unwrap().replace(
         "log:\n  level: warn\n",
-        "log:\n  level: warn\n  format: json\n  access: true\n",
+        &format!("log:\n  level: warn\n{more}  access: true\n"),
     );
     std::fs::write(&p.config_path, yaml).unwrap();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_access_lines_are_flat_and_name_the_request() {
+    let p = with_access_log("  format: json\n").await;
     let alice = p.pki.client("alice");
     let gw = start(&p);
     let ca = reqwest::Certificate::from_pem(p.pki.server_ca.cert_pem.as_bytes()).unwrap();
@@ -148,4 +154,67 @@ async fn json_access_lines_are_flat_and_name_the_request() {
     assert!(refused.get("upstream_status").is_none(), "{refused}");
     assert!(refused.get("account").is_none(), "{refused}");
     assert_eq!(refused["request_id"].as_str().map(str::len), Some(32));
+}
+
+/// Text lines (the default format), one per request, as the rest of the log is written:
+/// quotes and control characters of a client's user agent escaped, and every line still
+/// buffered at a SIGTERM written before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_access_lines_are_escaped_and_written_before_exit() {
+    let p = with_access_log("").await;
+    let alice = p.pki.client("alice");
+    let mut gw = start(&p);
+    let ca = reqwest::Certificate::from_pem(p.pki.server_ca.cert_pem.as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .resolve("localhost", gw.listen)
+        .no_proxy()
+        .http1_only()
+        .identity(alice.reqwest_identity())
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{}", gw.listen.port());
+    let ua = http::HeaderValue::from_bytes(b"say \"hi\"\tnow \xff").unwrap();
+    const N: usize = 20;
+    for i in 0..N {
+        let r = client
+            .get(format!("{base}/app/n{i}"))
+            .header("user-agent", ua.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    // At once: the last lines may still be in the writer's buffer.
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait_exit(support::STEP), Some(0), "{}", gw.log());
+    let deadline = Instant::now() + support::STEP;
+    let lines = loop {
+        let lines: Vec<String> = gw
+            .log()
+            .lines()
+            .filter(|l| l.contains(" INFO certgate::access: request "))
+            .map(str::to_string)
+            .collect();
+        if lines.len() >= N || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(lines.len(), N, "log:\n{}", gw.log());
+    for (i, l) in lines.iter().enumerate() {
+        assert!(l.contains(&format!(" path=\"/app/n{i}\" ")), "{l}");
+        assert!(
+            l.contains(r#" user_agent="say \"hi\"\tnow �" "#),
+            "user agent not escaped as the log escapes strings: {l}"
+        );
+        assert!(l.contains(" decision=\"allowed\" status=200 "), "{l}");
+        assert!(l.contains(" account=\"alice\" "), "{l}");
+        assert!(l.ends_with(" complete=true"), "{l}");
+        // RFC 3339 with microseconds, UTC, then two spaces and the level.
+        let (stamp, _) = l.split_once("  INFO ").unwrap();
+        assert_eq!(stamp.len(), 27, "{l}");
+        assert!(stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T', "{l}");
+    }
 }

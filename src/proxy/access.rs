@@ -20,6 +20,7 @@ use http::{Method, Uri, Version};
 
 use crate::config::RequestIdMode;
 use crate::core::decision::Decision;
+use crate::logging;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -190,75 +191,58 @@ impl Record {
     /// Writes the line: `bytes_out` response body bytes went out, `complete` when the
     /// body reached its end (false: the client went away, or the connection was cut).
     pub fn finish(&self, bytes_out: u64, complete: bool) {
-        let s = &self.start;
-        let text = |v: &Option<HeaderValue>| -> Option<String> {
-            v.as_ref()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        };
-        let mut ua = text(&s.user_agent);
-        if let Some(u) = ua.as_mut()
-            && u.len() > MAX_USER_AGENT
-        {
-            let mut end = MAX_USER_AGENT;
-            while !u.is_char_boundary(end) {
-                end -= 1;
-            }
-            u.truncate(end);
+        if !tracing::enabled!(target: "certgate::access", tracing::Level::INFO) {
+            return;
         }
+        let s = &self.start;
         let up = self.upstream.as_ref();
-        let fields = Fields {
-            request_id: text(&s.request_id),
-            method: s.method.as_str(),
-            path: s.uri.path(),
-            host: s
-                .uri
-                .authority()
-                .map(|a| a.as_str().to_string())
-                .or_else(|| text(&s.host)),
-            protocol: protocol(s.version),
-            user_agent: ua,
-            bytes_in: up.map_or(0, |u| u.body.bytes.load(Ordering::Relaxed)),
-            upstream_status: up.and_then(|u| u.status),
-            upstream_us: up.map(|u| u.micros),
-            duration_us: s.at.elapsed().as_micros() as u64,
+        let user_agent = s.user_agent.as_ref().map(|v| {
+            let mut b = &v.as_bytes()[..v.len().min(MAX_USER_AGENT)];
+            // A cut in the middle of a character drops that character's first bytes.
+            if b.len() < v.len()
+                && let Err(e) = std::str::from_utf8(b)
+                && e.error_len().is_none()
+            {
+                b = &b[..e.valid_up_to()];
+            }
+            String::from_utf8_lossy(b)
+        });
+        let host = match s.uri.authority() {
+            Some(a) => Some(String::from_utf8_lossy(a.as_str().as_bytes())),
+            None => s
+                .host
+                .as_ref()
+                .map(|h| String::from_utf8_lossy(h.as_bytes())),
         };
-        tracing::info!(
-            target: "certgate::access",
-            request_id = fields.request_id.as_deref(),
-            method = fields.method,
-            path = fields.path,
-            host = fields.host.as_deref(),
-            sni = self.sni.as_deref(),
-            tls_version = self.tls_version,
-            protocol = fields.protocol,
-            user_agent = fields.user_agent.as_deref(),
-            peer = %self.peer,
-            decision = self.decision.as_str(),
-            status = self.status,
-            account = self.account.as_deref(),
-            serial = self.serial.as_deref(),
-            bytes_in = fields.bytes_in,
-            bytes_out,
-            upstream_status = fields.upstream_status,
-            upstream_us = fields.upstream_us,
-            duration_us = fields.duration_us,
-            complete,
-            "request"
-        );
+        let request_id = s
+            .request_id
+            .as_ref()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()));
+        logging::AccessLine::info("request")
+            .str("request_id", request_id.as_deref())
+            .str("method", Some(s.method.as_str()))
+            .str("path", Some(s.uri.path()))
+            .str("host", host.as_deref())
+            .str("sni", self.sni.as_deref())
+            .str("tls_version", Some(self.tls_version))
+            .str("protocol", Some(protocol(s.version)))
+            .str("user_agent", user_agent.as_deref())
+            .display("peer", self.peer)
+            .str("decision", Some(self.decision.as_str()))
+            .num("status", Some(u64::from(self.status)))
+            .str("account", self.account.as_deref())
+            .str("serial", self.serial.as_deref())
+            .num(
+                "bytes_in",
+                Some(up.map_or(0, |u| u.body.bytes.load(Ordering::Relaxed))),
+            )
+            .num("bytes_out", Some(bytes_out))
+            .num("upstream_status", up.and_then(|u| u.status).map(u64::from))
+            .num("upstream_us", up.map(|u| u.micros))
+            .num("duration_us", Some(s.at.elapsed().as_micros() as u64))
+            .bool("complete", complete)
+            .write();
     }
-}
-
-struct Fields<'a> {
-    request_id: Option<String>,
-    method: &'a str,
-    path: &'a str,
-    host: Option<String>,
-    protocol: &'static str,
-    user_agent: Option<String>,
-    bytes_in: u64,
-    upstream_status: Option<u16>,
-    upstream_us: Option<u64>,
-    duration_us: u64,
 }
 
 fn protocol(v: Version) -> &'static str {
