@@ -43,9 +43,14 @@ impl AccessLine {
     /// the access target is enabled at INFO.
     pub fn info(message: &str) -> Self {
         let format = super::format();
-        let (mut buf, now) = SCRATCH.with(|s| {
+        let json = matches!(format, Some(LogFormat::Json));
+        let buf = SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
-            let buf = std::mem::take(&mut s.buf);
+            let mut buf = std::mem::take(&mut s.buf);
+            buf.clear();
+            if format.is_none() {
+                return buf;
+            }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
@@ -53,35 +58,32 @@ impl AccessLine {
                 s.second = now.as_secs();
                 s.stamp = second_stamp(now.as_secs());
             }
-            let mut stamp = String::with_capacity(27);
-            stamp.push_str(&s.stamp);
-            (buf, (stamp, now.subsec_micros()))
+            if json {
+                buf.push_str("{\"timestamp\":\"");
+            }
+            buf.push_str(&s.stamp);
+            buf.push('.');
+            push_padded(&mut buf, u64::from(now.subsec_micros()), 6);
+            buf.push('Z');
+            buf
         });
-        buf.clear();
-        let (mut stamp, micros) = now;
-        stamp.push('.');
-        push_padded(&mut stamp, u64::from(micros), 6);
-        stamp.push('Z');
-        let json = matches!(format, Some(LogFormat::Json));
-        if json {
-            buf.push_str("{\"timestamp\":\"");
-            buf.push_str(&stamp);
-            buf.push_str("\",\"level\":\"INFO\",\"message\":");
-            json_str(&mut buf, message);
-        } else if format.is_some() {
-            buf.push_str(&stamp);
-            buf.push_str("  INFO ");
-            buf.push_str(ACCESS_TARGET);
-            buf.push_str(": ");
-            buf.push_str(message);
-        } else {
-            buf.push_str(message);
-        }
-        AccessLine {
+        let mut line = AccessLine {
             buf,
             json,
             fallback: format.is_none(),
+        };
+        if json {
+            line.buf.push_str("\",\"level\":\"INFO\",\"message\":");
+            json_str(&mut line.buf, message);
+        } else if !line.fallback {
+            line.buf.push_str("  INFO ");
+            line.buf.push_str(ACCESS_TARGET);
+            line.buf.push_str(": ");
+            line.buf.push_str(message);
+        } else {
+            line.buf.push_str(message);
         }
+        line
     }
 
     fn key(&mut self, key: &str) {
@@ -109,15 +111,41 @@ impl AccessLine {
         self
     }
 
-    /// A field shown as text unquoted (an address), a string in JSON.
-    pub fn display(&mut self, key: &str, v: impl std::fmt::Display) -> &mut Self {
+    /// A string field whose value the caller knows to hold only printable ASCII other
+    /// than `"` and `\\` (a method, a protocol name, a request id): quoted, not scanned.
+    pub fn plain(&mut self, key: &str, v: &str) -> &mut Self {
+        debug_assert!(v.bytes().all(|b| PLAIN_TEXT[usize::from(b)]));
+        self.key(key);
+        self.buf.push('"');
+        self.buf.push_str(v);
+        self.buf.push('"');
+        self
+    }
+
+    /// A socket address: unquoted in text (as the log shows a displayed value), a string
+    /// in JSON. An address has no character that needs escaping.
+    pub fn addr(&mut self, key: &str, v: std::net::SocketAddr) -> &mut Self {
         self.key(key);
         if self.json {
-            let mut s = String::with_capacity(48);
-            let _ = write!(s, "{v}");
-            json_str(&mut self.buf, &s);
-        } else {
-            let _ = write!(self.buf, "{v}");
+            self.buf.push('"');
+        }
+        match v {
+            std::net::SocketAddr::V4(a) => {
+                for (i, o) in a.ip().octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.buf.push('.');
+                    }
+                    push_padded(&mut self.buf, u64::from(o), 1);
+                }
+                self.buf.push(':');
+                push_padded(&mut self.buf, u64::from(a.port()), 1);
+            }
+            std::net::SocketAddr::V6(a) => {
+                let _ = write!(self.buf, "{a}");
+            }
+        }
+        if self.json {
+            self.buf.push('"');
         }
         self
     }
@@ -175,33 +203,63 @@ fn second_stamp(secs: u64) -> String {
     )
 }
 
-/// Appends `v` in decimal, zero-padded to at least `width` digits.
+/// The two-digit decimal numbers `00` to `99`, one after the other.
+static PAIRS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Appends `v` in decimal, zero-padded to at least `width` digits (at most 20).
 fn push_padded(out: &mut String, mut v: u64, width: usize) {
-    let mut digits = [0u8; 20];
+    let mut digits = [b'0'; 20];
     let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+    while v >= 100 {
+        let r = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[r..r + 2]);
     }
-    while digits.len() - i < width {
+    if v >= 10 {
+        let r = v as usize * 2;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[r..r + 2]);
+    } else {
         i -= 1;
-        digits[i] = b'0';
+        digits[i] = b'0' + v as u8;
     }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+    // The padding is the zeros the buffer starts with.
+    let from = i.min(digits.len().saturating_sub(width));
+    for &d in &digits[from..] {
+        out.push(char::from(d));
+    }
+}
+
+/// Bytes written as they are inside a quoted string: in the text log printable ASCII
+/// but `"` and `\\`; in JSON everything but control characters, `"` and `\\`.
+static PLAIN_TEXT: [bool; 256] = plain_table(false);
+static PLAIN_JSON: [bool; 256] = plain_table(true);
+
+const fn plain_table(json: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0x20;
+    while b < 256 {
+        t[b] = b != b'"' as usize && b != b'\\' as usize && (json || b < 0x7f);
+        b += 1;
+    }
+    t
 }
 
 /// `v` quoted as Rust's `Debug` quotes a string in the text log: `"` and `\` escaped, and
 /// every control character written as an escape.
 fn debug_str(out: &mut String, v: &str) {
     out.push('"');
-    if v.bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
+    if v.bytes().all(|b| PLAIN_TEXT[usize::from(b)]) {
         out.push_str(v);
         out.push('"');
         return;
@@ -234,7 +292,7 @@ fn debug_str(out: &mut String, v: &str) {
 /// `v` as a JSON string.
 fn json_str(out: &mut String, v: &str) {
     out.push('"');
-    if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if v.bytes().all(|b| PLAIN_JSON[usize::from(b)]) {
         out.push_str(v);
         out.push('"');
         return;
@@ -286,6 +344,36 @@ mod tests {
             json_str(&mut j, plain);
             assert_eq!(t, format!("{plain:?}"));
             assert_eq!(j, serde_json::to_string(plain).unwrap());
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for a in [
+            "127.0.0.1:443",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[::1]:8443",
+            "[fe80::1%3]:1",
+        ] {
+            let v: std::net::SocketAddr = a.parse().unwrap();
+            for json in [false, true] {
+                let mut l = AccessLine {
+                    buf: String::new(),
+                    json,
+                    fallback: false,
+                };
+                l.addr("peer", v);
+                let want = if json {
+                    format!(
+                        ",\"peer\":{}",
+                        serde_json::to_string(&v.to_string()).unwrap()
+                    )
+                } else {
+                    format!(" peer={v}")
+                };
+                assert_eq!(l.buf, want);
+            }
         }
     }
 

@@ -20,6 +20,7 @@ use http::{Method, Uri, Version};
 
 use crate::config::RequestIdMode;
 use crate::core::decision::Decision;
+use crate::core::identity::ClientIdentity;
 use crate::logging;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -149,8 +150,9 @@ pub struct Via<'a> {
     pub peer: SocketAddr,
     pub sni: Option<&'a str>,
     pub tls_version: &'static str,
-    pub account: Option<&'a str>,
-    pub serial: Option<&'a str>,
+    /// The client certificate's identity (its account and serial are logged); shared,
+    /// not copied.
+    pub identity: Option<&'a Arc<ClientIdentity>>,
 }
 
 /// One request's line, written by [`Record::finish`] when its response body is done.
@@ -160,8 +162,7 @@ pub struct Record {
     peer: SocketAddr,
     sni: Option<Box<str>>,
     tls_version: &'static str,
-    account: Option<Box<str>>,
-    serial: Option<Box<str>>,
+    identity: Option<Arc<ClientIdentity>>,
     decision: Decision,
     status: u16,
     upstream: Option<UpstreamInfo>,
@@ -180,8 +181,7 @@ impl Record {
             peer: via.peer,
             sni: via.sni.map(Into::into),
             tls_version: via.tls_version,
-            account: via.account.map(Into::into),
-            serial: via.serial.map(Into::into),
+            identity: via.identity.cloned(),
             decision,
             status,
             upstream,
@@ -196,6 +196,7 @@ impl Record {
         }
         let s = &self.start;
         let up = self.upstream.as_ref();
+        let id = self.identity.as_deref();
         let user_agent = s.user_agent.as_ref().map(|v| {
             let mut b = &v.as_bytes()[..v.len().min(MAX_USER_AGENT)];
             // A cut in the middle of a character drops that character's first bytes.
@@ -208,30 +209,30 @@ impl Record {
             String::from_utf8_lossy(b)
         });
         let host = match s.uri.authority() {
-            Some(a) => Some(String::from_utf8_lossy(a.as_str().as_bytes())),
+            Some(a) => Some(std::borrow::Cow::Borrowed(a.as_str())),
             None => s
                 .host
                 .as_ref()
                 .map(|h| String::from_utf8_lossy(h.as_bytes())),
         };
-        let request_id = s
-            .request_id
-            .as_ref()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()));
-        logging::AccessLine::info("request")
-            .str("request_id", request_id.as_deref())
-            .str("method", Some(s.method.as_str()))
+        // Made here as hex digits, or a client's kept only when plain (`is_plain_id`).
+        let request_id = s.request_id.as_ref().and_then(|v| v.to_str().ok());
+        let mut line = logging::AccessLine::info("request");
+        if let Some(id) = request_id {
+            line.plain("request_id", id);
+        }
+        line.plain("method", s.method.as_str())
             .str("path", Some(s.uri.path()))
             .str("host", host.as_deref())
             .str("sni", self.sni.as_deref())
-            .str("tls_version", Some(self.tls_version))
-            .str("protocol", Some(protocol(s.version)))
+            .plain("tls_version", self.tls_version)
+            .plain("protocol", protocol(s.version))
             .str("user_agent", user_agent.as_deref())
-            .display("peer", self.peer)
-            .str("decision", Some(self.decision.as_str()))
+            .addr("peer", self.peer)
+            .plain("decision", self.decision.as_str())
             .num("status", Some(u64::from(self.status)))
-            .str("account", self.account.as_deref())
-            .str("serial", self.serial.as_deref())
+            .str("account", id.and_then(|i| i.account.as_deref()))
+            .str("serial", id.map(|i| i.serial.as_str()))
             .num(
                 "bytes_in",
                 Some(up.map_or(0, |u| u.body.bytes.load(Ordering::Relaxed))),

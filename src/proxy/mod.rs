@@ -560,8 +560,7 @@ impl Proxy {
                 peer: conn.peer,
                 sni: conn.sni.as_deref(),
                 tls_version: conn.tls_version,
-                account: id.and_then(|i| i.account.as_deref()),
-                serial: id.map(|i| i.serial.as_str()),
+                identity: conn.identity.as_ref(),
             };
             let status = resp.status().as_u16();
             let record = access::Record::new(start, via, decision, status, upstream);
