@@ -29,6 +29,21 @@ async fn wait_lines(gw: &support::process::Running, n: usize) -> Vec<Value> {
     }
 }
 
+/// An HTTP/1.1 client of the gateway at `listen` with `leaf`'s certificate.
+fn h1_client(
+    p: &Prepared,
+    leaf: &support::pki::Leaf,
+    listen: std::net::SocketAddr,
+) -> reqwest::ClientBuilder {
+    let ca = reqwest::Certificate::from_pem(p.pki.server_ca.cert_pem.as_bytes()).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .resolve("localhost", listen)
+        .no_proxy()
+        .http1_only()
+        .identity(leaf.reqwest_identity())
+}
+
 /// A gateway's files with `log.access: true` and `more` (YAML lines of the log section)
 /// added to the harness's log section.
 async fn with_access_log(more: &str) -> Prepared {
@@ -50,13 +65,7 @@ async fn json_access_lines_are_flat_and_name_the_request() {
     let p = with_access_log("  format: json\n").await;
     let alice = p.pki.client("alice");
     let gw = start(&p);
-    let ca = reqwest::Certificate::from_pem(p.pki.server_ca.cert_pem.as_bytes()).unwrap();
-    let client = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .resolve("localhost", gw.listen)
-        .no_proxy()
-        .http1_only()
-        .identity(alice.reqwest_identity())
+    let client = h1_client(&p, &alice, gw.listen)
         .user_agent("access-log-test/1.0")
         .build()
         .unwrap();
@@ -164,15 +173,7 @@ async fn text_access_lines_are_escaped_and_written_before_exit() {
     let p = with_access_log("").await;
     let alice = p.pki.client("alice");
     let mut gw = start(&p);
-    let ca = reqwest::Certificate::from_pem(p.pki.server_ca.cert_pem.as_bytes()).unwrap();
-    let client = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .resolve("localhost", gw.listen)
-        .no_proxy()
-        .http1_only()
-        .identity(alice.reqwest_identity())
-        .build()
-        .unwrap();
+    let client = h1_client(&p, &alice, gw.listen).build().unwrap();
     let base = format!("https://localhost:{}", gw.listen.port());
     let ua = http::HeaderValue::from_bytes(b"say \"hi\"\tnow \xff").unwrap();
     const N: usize = 20;

@@ -111,17 +111,6 @@ impl AccessLine {
         self
     }
 
-    /// A string field whose value the caller knows to hold only printable ASCII other
-    /// than `"` and `\\` (a method, a protocol name, a request id): quoted, not scanned.
-    pub fn plain(&mut self, key: &str, v: &str) -> &mut Self {
-        debug_assert!(v.bytes().all(|b| PLAIN_TEXT[usize::from(b)]));
-        self.key(key);
-        self.buf.push('"');
-        self.buf.push_str(v);
-        self.buf.push('"');
-        self
-    }
-
     /// A socket address: unquoted in text (as the log shows a displayed value), a string
     /// in JSON. An address has no character that needs escaping.
     pub fn addr(&mut self, key: &str, v: std::net::SocketAddr) -> &mut Self {

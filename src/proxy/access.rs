@@ -217,19 +217,17 @@ impl Record {
         };
         // Made here as hex digits, or a client's kept only when plain (`is_plain_id`).
         let request_id = s.request_id.as_ref().and_then(|v| v.to_str().ok());
-        let mut line = logging::AccessLine::info("request");
-        if let Some(id) = request_id {
-            line.plain("request_id", id);
-        }
-        line.plain("method", s.method.as_str())
+        logging::AccessLine::info("request")
+            .str("request_id", request_id)
+            .str("method", Some(s.method.as_str()))
             .str("path", Some(s.uri.path()))
             .str("host", host.as_deref())
             .str("sni", self.sni.as_deref())
-            .plain("tls_version", self.tls_version)
-            .plain("protocol", protocol(s.version))
+            .str("tls_version", Some(self.tls_version))
+            .str("protocol", Some(protocol(s.version)))
             .str("user_agent", user_agent.as_deref())
             .addr("peer", self.peer)
-            .plain("decision", self.decision.as_str())
+            .str("decision", Some(self.decision.as_str()))
             .num("status", Some(u64::from(self.status)))
             .str("account", id.and_then(|i| i.account.as_deref()))
             .str("serial", id.map(|i| i.serial.as_str()))
